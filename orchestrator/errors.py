@@ -1,0 +1,82 @@
+"""The one exception tree of oi. Every error meant for a person derives from ``OiError``.
+
+::
+
+    OiError                      what failed, where, and the fix, in one message
+    ├── ConfigError              bad settings, flags, config file or usage          (exit 2)
+    │   └── UnknownLanguageError a block's language is not one oi runs
+    ├── PolicyError              the admin policy forbids what was asked            (exit 2)
+    ├── SandboxError             the container engine failed us                     (exit 1)
+    │   ├── EngineUnavailableError  no Docker engine answers at the socket
+    │   ├── ImageMissingError       a sandbox image is not built
+    │   ├── ImageBuildError         building an image failed
+    │   └── RuntimeMissingError     an isolation runtime (gVisor) is asked for but not installed
+    └── ModelError               the model endpoint failed us                       (exit 1)
+        ├── ModelUnavailableError   nothing answers at the API base URL
+        ├── ModelNotFoundError      the server does not serve that model
+        └── ContextOverflowError    the conversation does not fit the model's context
+
+Failed *user code* is never an exception: it is data in an ``ExecResult``.
+Third-party errors (docker, openai) are converted at exactly one boundary each
+(``sandbox/docker.py``, ``llm/client.py``) with ``raise Mapped(...) from exc``.
+"""
+
+from __future__ import annotations
+
+
+class OiError(Exception):
+    """Root of every error oi raises for a person to read."""
+
+    exit_code = 1
+
+
+class ConfigError(OiError):
+    """Settings, flags or a config file are wrong."""
+
+    exit_code = 2
+
+
+class UnknownLanguageError(ConfigError):
+    """A block's language is not one oi can run."""
+
+
+class PolicyError(OiError):
+    """The admin policy forbids what was asked."""
+
+    exit_code = 2
+
+
+class SandboxError(OiError):
+    """The container engine failed (not the user's code)."""
+
+
+class EngineUnavailableError(SandboxError):
+    """No Docker engine answers."""
+
+
+class ImageMissingError(SandboxError):
+    """A sandbox image is not present."""
+
+
+class ImageBuildError(SandboxError):
+    """Building a sandbox image failed."""
+
+
+class RuntimeMissingError(SandboxError):
+    """An isolation runtime was requested but is not installed: fail closed."""
+
+
+class ModelError(OiError):
+    """The model endpoint failed."""
+
+
+class ModelUnavailableError(ModelError):
+    """Nothing answers at the model API base URL."""
+
+
+class ModelNotFoundError(ModelError):
+    """The endpoint does not serve the requested model."""
+
+
+class ContextOverflowError(ModelError):
+    """The conversation does not fit the model's context window."""

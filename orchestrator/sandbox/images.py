@@ -1,0 +1,253 @@
+"""Sandbox images: where their build contexts are, their content-hash tags, building them.
+
+Offline first: the base is ``debian:bookworm-slim`` when present or pullable; when no registry
+answers, a Debian base is bootstrapped with ``debootstrap`` and imported (``docker import``).
+Language images are tagged ``<prefix>-<name>:<hash of the build context>`` and rebuilt only when
+their context changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+
+from orchestrator.errors import ImageBuildError, ImageMissingError
+from orchestrator.languages import LANGUAGES, Language
+from orchestrator.sandbox.docker import engine_errors
+from orchestrator.settings import Settings
+
+Progress = Callable[[str], None]
+BOOTSTRAP_BASE = "oi-base:bookworm"
+LANGUAGE_IMAGES = tuple(info.image for info in LANGUAGES.values())
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def context_root() -> Path:
+    """The folder holding one build context per image (``sandbox-images/`` in the repo)."""
+    override = os.environ.get("OI_IMAGES_DIR")
+    if override:
+        return Path(override)
+    return Path(str(resources.files("orchestrator.sandbox_images")))
+
+
+def context_hash(directory: Path, base: str) -> str:
+    """sha256 over the context's files (path + content) and the requested base image."""
+    digest = hashlib.sha256()
+    digest.update(f"base={base}\n".encode())
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        if path.name == "__init__.py" or "__pycache__" in path.parts:
+            continue
+        digest.update(str(path.relative_to(directory)).encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ImageStatus:
+    name: str
+    tag: str
+    present: bool
+    image_id: str | None = None
+    stale_tags: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    tag: str
+    image_id: str
+
+
+class ImageCatalog:
+    """Knows the expected tag of each sandbox image, and builds the ones that are missing."""
+
+    def __init__(
+        self, client: docker.DockerClient, settings: Settings, root: Path | None = None
+    ) -> None:
+        self._client = client
+        self._settings = settings
+        self._root = root or context_root()
+        self._resolved: dict[str, ResolvedImage] = {}
+
+    def repository(self, name: str) -> str:
+        return f"{self._settings.image_prefix}-{name}"
+
+    def expected_tag(self, name: str) -> str:
+        digest = context_hash(self._root / name, self._settings.base_image)
+        return f"{self.repository(name)}:{digest[:12]}"
+
+    def resolve(self, language: Language) -> ResolvedImage:
+        """The image for a language, or ``ImageMissingError`` saying how to build it."""
+        name = LANGUAGES[language].image
+        cached = self._resolved.get(name)
+        if cached:
+            return cached
+        tag = self.expected_tag(name)
+        try:
+            with engine_errors(f"looking up image {tag}"):
+                attrs = self._client.api.inspect_image(tag)
+        except ImageMissingError:
+            raise ImageMissingError(
+                f"sandbox image {tag} for {language.value} is not built (or is stale); "
+                "run 'oi images build' (or 'make setup')"
+            ) from None
+        resolved = ResolvedImage(tag, str(attrs["Id"]))
+        self._resolved[name] = resolved
+        return resolved
+
+    def status(self) -> list[ImageStatus]:
+        statuses = []
+        for name in LANGUAGE_IMAGES:
+            tag = self.expected_tag(name)
+            with engine_errors("listing images"):
+                images = self._client.api.images(name=self.repository(name))
+            present_id = None
+            stale: list[str] = []
+            for image in images:
+                for repo_tag in image.get("RepoTags") or []:
+                    if repo_tag == tag:
+                        present_id = str(image["Id"])
+                    elif repo_tag.startswith(self.repository(name) + ":"):
+                        stale.append(repo_tag)
+            statuses.append(ImageStatus(name, tag, present_id is not None, present_id, stale))
+        return statuses
+
+    # --- building -----------------------------------------------------------------------------
+
+    def _image_exists(self, ref: str) -> bool:
+        try:
+            with engine_errors(f"looking up image {ref}"):
+                self._client.api.inspect_image(ref)
+        except ImageMissingError:
+            return False
+        return True
+
+    def ensure_base(self, progress: Progress = _quiet) -> str:
+        """A local base image ref: the configured one, pulled if possible, else bootstrapped."""
+        wanted = self._settings.base_image
+        if self._image_exists(wanted):
+            return wanted
+        progress(f"pulling {wanted} ...")
+        try:
+            repo, _, tag = wanted.partition(":")
+            self._client.api.pull(repo, tag=tag or "latest")
+            if self._image_exists(wanted):
+                progress(f"pulled {wanted}")
+                return wanted
+        except (docker.errors.APIError, docker.errors.DockerException) as exc:
+            progress(f"cannot pull {wanted} ({str(exc).splitlines()[0][:160]})")
+        if self._image_exists(BOOTSTRAP_BASE):
+            progress(f"using the bootstrapped base {BOOTSTRAP_BASE}")
+            return BOOTSTRAP_BASE
+        progress(
+            f"no registry: bootstrapping a Debian bookworm base with debootstrap as "
+            f"{BOOTSTRAP_BASE} (one time, a few minutes)"
+        )
+        self._bootstrap_base(progress)
+        return BOOTSTRAP_BASE
+
+    def _bootstrap_base(self, progress: Progress) -> None:
+        debootstrap = shutil.which("debootstrap") or (
+            "/usr/sbin/debootstrap" if Path("/usr/sbin/debootstrap").exists() else None
+        )
+        if debootstrap is None or os.geteuid() != 0:
+            raise ImageBuildError(
+                f"cannot pull {self._settings.base_image} and cannot bootstrap a base: "
+                "debootstrap needs root and the 'debootstrap' package; run 'sudo make setup', "
+                f"or make {self._settings.base_image} available (docker load / a registry)"
+            )
+        mirror = os.environ.get("OI_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+        with tempfile.TemporaryDirectory(prefix="oi-debootstrap-") as tmp:
+            rootfs = Path(tmp) / "rootfs"
+            proc = subprocess.run(
+                [debootstrap, "--variant=minbase", "bookworm", str(rootfs), mirror],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if proc.returncode != 0:
+                tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-10:])
+                raise ImageBuildError(f"debootstrap from {mirror} failed:\n{tail}")
+            progress("importing the bootstrapped root filesystem into Docker ...")
+            archive = Path(tmp) / "rootfs.tar"
+            with tarfile.open(archive, "w") as tar:
+                tar.add(str(rootfs), arcname=".")
+            shutil.rmtree(rootfs, ignore_errors=True)
+            repo, _, tag = BOOTSTRAP_BASE.partition(":")
+            with engine_errors("importing the bootstrapped base"):
+                self._client.api.import_image_from_file(
+                    str(archive), repository=repo, tag=tag, changes=['CMD ["bash"]']
+                )
+
+    def build(
+        self,
+        names: list[str] | None = None,
+        *,
+        force: bool = False,
+        progress: Progress = _quiet,
+    ) -> list[ImageStatus]:
+        """Build the missing (or all, with ``force``) images; return the new status."""
+        wanted = names or list(LANGUAGE_IMAGES)
+        todo = [s for s in self.status() if s.name in wanted and (force or not s.present)]
+        if not todo:
+            progress("all sandbox images are up to date")
+            return self.status()
+        base = self.ensure_base(progress)
+        for status in todo:
+            progress(f"building {status.tag} (base {base}) ...")
+            self._build_one(status.name, status.tag, base, progress)
+            progress(f"built {status.tag}")
+        self._resolved.clear()
+        return self.status()
+
+    def _build_one(self, name: str, tag: str, base: str, progress: Progress) -> None:
+        log: list[str] = []
+        with engine_errors(f"building image {tag}"):
+            events = self._client.api.build(
+                path=str(self._root / name),
+                tag=tag,
+                buildargs={"BASE": base},
+                rm=True,
+                forcerm=True,
+                pull=False,
+                decode=True,
+                labels={"oi.image": name, "oi.base": self._settings.base_image},
+            )
+            for event in events:
+                self._on_build_event(event, log, progress, tag)
+
+    @staticmethod
+    def _on_build_event(
+        event: dict[str, Any], log: list[str], progress: Progress, tag: str
+    ) -> None:
+        if "error" in event:
+            tail = "\n".join(log[-15:])
+            raise ImageBuildError(f"building {tag} failed: {event['error'].strip()}\n{tail}")
+        line = str(event.get("stream", "")).rstrip()
+        if line:
+            log.append(line)
+            if line.startswith("Step "):
+                progress(f"  {line}")
+
+    def prune_stale(self) -> list[str]:
+        removed = []
+        for status in self.status():
+            for tag in status.stale_tags:
+                with engine_errors(f"removing stale image {tag}"):
+                    self._client.api.remove_image(tag)
+                removed.append(tag)
+        return removed

@@ -1,0 +1,309 @@
+"""Run one block in one fresh container: launch, send the program, stream, collect, remove.
+
+``Sandbox.run`` is the public seam. Container creation sits behind ``Launcher`` so that a pool
+of pre-started containers can hand out ready ones: every container waits for its program on
+stdin, runs exactly one block and is removed afterwards, always (errors and Ctrl-C included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import select
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import docker
+
+from orchestrator.errors import SandboxError
+from orchestrator.languages import Language, parse_language
+from orchestrator.sandbox.docker import connect, engine_errors
+from orchestrator.sandbox.images import ImageCatalog
+from orchestrator.sandbox.output import STDERR, STDOUT, CappedBuffer, FrameDecoder
+from orchestrator.sandbox.spec import (
+    ContainerSpec,
+    Identity,
+    build_spec,
+    check_workdir,
+    current_identity,
+)
+from orchestrator.settings import Settings
+
+OutputCallback = Callable[[str, bytes], None]
+"""Called with ("stdout" | "stderr", bytes) as output arrives, while the block runs."""
+
+TIMEOUT_EXIT = 124  # as timeout(1)
+OOM_EXIT = 137  # as Docker: 128 + SIGKILL
+
+
+def new_session_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """What happened to one block. Failed user code is data here, never an exception."""
+
+    language: str
+    exit_code: int
+    stdout: str
+    stderr: str
+    stdout_cut: int  # bytes dropped from the middle of stdout (kept: head + tail)
+    stderr_cut: int
+    stdout_bytes: int
+    stderr_bytes: int
+    duration_s: float
+    timed_out: bool
+    oom_killed: bool
+    container_id: str
+    image: str
+    image_id: str
+    code_sha256: str
+
+    @property
+    def truncated(self) -> bool:
+        return bool(self.stdout_cut or self.stderr_cut)
+
+    @property
+    def shell_exit_code(self) -> int:
+        """The exit code a shell would show: 124 on timeout, 137 on OOM, else the block's."""
+        if self.timed_out:
+            return TIMEOUT_EXIT
+        if self.oom_killed:
+            return OOM_EXIT
+        return self.exit_code
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["truncated"] = self.truncated
+        return data
+
+
+@dataclass
+class LiveContainer:
+    """A started container whose stdin/stdout/stderr are attached, waiting for its program."""
+
+    id: str
+    sock: socket.socket
+    response: Any  # keeps the hijacked HTTP response (and so the socket) alive
+
+
+class Launcher(Protocol):
+    """Hands out started, attached containers for a spec. A pool implements this too."""
+
+    def launch(self, spec: ContainerSpec) -> LiveContainer: ...
+
+
+class DirectLauncher:
+    """Creates, attaches and starts a container on demand."""
+
+    def __init__(self, api: docker.APIClient) -> None:
+        self._api = api
+
+    def launch(self, spec: ContainerSpec) -> LiveContainer:
+        with engine_errors(f"creating a {spec.language.value} sandbox from {spec.image}"):
+            host_config = self._api.create_host_config(**spec.host_config)
+            created = self._api.create_container(host_config=host_config, **spec.create_kwargs())
+        container_id = str(created["Id"])
+        try:
+            with engine_errors("attaching to the sandbox"):
+                raw = self._api.attach_socket(
+                    container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+                )
+            sock: socket.socket = getattr(raw, "_sock", raw)
+            with engine_errors("starting the sandbox"):
+                self._api.start(container_id)
+        except BaseException:
+            remove_container(self._api, container_id)
+            raise
+        return LiveContainer(container_id, sock, raw)
+
+
+def remove_container(api: docker.APIClient, container_id: str) -> None:
+    """Force-remove a container; never raises (the sweep catches what this misses)."""
+    with contextlib.suppress(Exception), _sigint_deferred():
+        api.remove_container(container_id, force=True, v=True)
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C while cleaning up so that a second Ctrl-C cannot leak a container."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            raise KeyboardInterrupt
+
+
+class Sandbox:
+    """Runs blocks of code, each in a fresh hardened container.
+
+    Construct with ``Sandbox.from_settings(settings)``; tests and the pool inject their own
+    docker client, image catalog or launcher.
+    """
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        settings: Settings,
+        images: ImageCatalog,
+        identity: Identity,
+        *,
+        session_id: str | None = None,
+        host_env: Mapping[str, str] | None = None,
+        launcher: Launcher | None = None,
+    ) -> None:
+        self.settings = settings
+        self.session_id = session_id or new_session_id()
+        self.identity = identity
+        self._client = client
+        self._api: docker.APIClient = client.api
+        self._images = images
+        self._host_env = dict(os.environ if host_env is None else host_env)
+        self.launcher: Launcher = launcher or DirectLauncher(self._api)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        session_id: str | None = None,
+        client: docker.DockerClient | None = None,
+    ) -> Sandbox:
+        check_workdir(settings.workdir, home=Path(os.environ.get("HOME") or Path.home()))
+        client = client or connect()
+        return cls(
+            client,
+            settings,
+            ImageCatalog(client, settings),
+            current_identity(settings.workdir),
+            session_id=session_id,
+        )
+
+    def spec_for(self, language: Language) -> ContainerSpec:
+        """The container spec a block in ``language`` gets (shown on the approval screen)."""
+        image = self._images.resolve(language)
+        return build_spec(
+            language, image.tag, self.settings, self.identity, self.session_id, self._host_env
+        )
+
+    def run(
+        self,
+        language: Language | str,
+        code: str | bytes,
+        on_output: OutputCallback | None = None,
+    ) -> ExecResult:
+        """Run ``code`` in a fresh container and return its result once it ends.
+
+        Output is passed to ``on_output`` live and kept capped (head + tail) in the result.
+        A timeout kills the container (SIGTERM, then SIGKILL after ``kill_grace``) and is
+        reported in the result. Infrastructure failures raise ``SandboxError`` subclasses.
+        """
+        lang = language if isinstance(language, Language) else parse_language(language)
+        program = code.encode() if isinstance(code, str) else code
+        spec = self.spec_for(lang)
+        image = self._images.resolve(lang)
+        live = self.launcher.launch(spec)
+        try:
+            return self._execute(live, lang, program, image.tag, image.image_id, on_output)
+        finally:
+            with contextlib.suppress(OSError):
+                live.sock.close()
+            remove_container(self._api, live.id)
+
+    def _execute(
+        self,
+        live: LiveContainer,
+        language: Language,
+        program: bytes,
+        image: str,
+        image_id: str,
+        on_output: OutputCallback | None,
+    ) -> ExecResult:
+        settings = self.settings
+        buffers = {
+            STDOUT: CappedBuffer(settings.max_output),
+            STDERR: CappedBuffer(settings.max_output),
+        }
+        names = {STDOUT: "stdout", STDERR: "stderr"}
+        decoder = FrameDecoder()
+        # The clock starts when the program is sent, not when the container was made.
+        started = time.monotonic()
+        deadline = started + settings.timeout
+        try:
+            live.sock.sendall(program)
+            live.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            raise SandboxError(
+                f"sending the program to sandbox {live.id[:12]} failed: {exc}"
+            ) from exc
+        timed_out = False
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            ready, _, _ = select.select([live.sock], [], [], min(remaining, 1.0))
+            if not ready:
+                continue
+            try:
+                data = live.sock.recv(65536)
+            except OSError:
+                break
+            if not data:
+                break
+            for stream, payload in decoder.feed(data):
+                if stream not in buffers:
+                    continue
+                buffers[stream].write(payload)
+                if on_output is not None:
+                    on_output(names[stream], payload)
+        exit_code, oom_killed = self._finish(live.id, timed_out)
+        duration = time.monotonic() - started
+        out, err = buffers[STDOUT], buffers[STDERR]
+        return ExecResult(
+            language=language.value,
+            exit_code=exit_code,
+            stdout=out.text(),
+            stderr=err.text(),
+            stdout_cut=out.cut,
+            stderr_cut=err.cut,
+            stdout_bytes=out.total,
+            stderr_bytes=err.total,
+            duration_s=round(duration, 4),
+            timed_out=timed_out,
+            oom_killed=oom_killed,
+            container_id=live.id,
+            image=image,
+            image_id=image_id,
+            code_sha256=hashlib.sha256(program).hexdigest(),
+        )
+
+    def _finish(self, container_id: str, timed_out: bool) -> tuple[int, bool]:
+        """Stop the container if needed; return (exit code, killed by the OOM killer)."""
+        grace = self.settings.kill_grace
+        with engine_errors("stopping the sandbox"):
+            if timed_out:
+                self._api.stop(container_id, timeout=max(0, round(grace)))
+            status = self._api.wait(container_id, timeout=int(grace) + 30)
+        exit_code = int(status.get("StatusCode", -1))
+        oom_killed = False
+        if exit_code == OOM_EXIT and not timed_out:
+            with engine_errors("inspecting the sandbox"):
+                state = self._api.inspect_container(container_id)["State"]
+            oom_killed = bool(state.get("OOMKilled"))
+        return exit_code, oom_killed

@@ -1,0 +1,248 @@
+"""Pure translation: (language, settings, who runs it) -> Docker container arguments.
+
+Nothing here talks to Docker; every rule of SECURITY.md's "defaults" list lives in
+``build_spec`` and is unit-tested by table. ``docker.py`` only executes what this returns.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import ConfigError
+from orchestrator.languages import LANGUAGES, Language
+from orchestrator.settings import Settings
+
+WORKSPACE = "/workspace"
+LABEL_MANAGED = "oi.managed"
+LABEL_SESSION = "oi.session"
+LABEL_OWNER = "oi.owner"
+LABEL_PID = "oi.pid"
+LABEL_PID_START = "oi.pid_start"
+LABEL_CREATED = "oi.created"
+LABEL_LANGUAGE = "oi.language"
+
+# The sandbox's own environment. Nothing of the host's is copied unless allowlisted.
+BASE_ENVIRONMENT: Mapping[str, str] = {
+    "HOME": "/tmp",
+    "TMPDIR": "/tmp",
+    "LANG": "C.UTF-8",
+    "PYTHONUNBUFFERED": "1",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "MPLBACKEND": "Agg",
+    "MPLCONFIGDIR": "/tmp/.matplotlib",
+}
+
+# Directories whose contents must never be mounted into a sandbox, relative to $HOME.
+_SECRET_HOME_DIRS = (".ssh", ".aws", ".gnupg", ".docker", ".kube", ".config", ".azure")
+# System paths that are never a workdir (they hold the Docker socket or the host's state).
+_FORBIDDEN_SYSTEM_DIRS = ("/run", "/var/run", "/var/lib/docker", "/etc", "/proc", "/sys", "/dev")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who runs the block, for ``user=`` and the reaping labels."""
+
+    uid: int
+    gid: int
+    owner_uid: int  # the invoking user's uid (label), may differ from uid when run as root
+    pid: int
+    pid_start: str  # start time of the oi process, so a reused pid is not mistaken for it
+    warning: str | None = None
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything needed to create one sandbox container (docker-py low-level arguments)."""
+
+    language: Language
+    image: str
+    command: list[str]
+    user: str
+    environment: dict[str, str]
+    labels: dict[str, str]
+    host_config: dict[str, Any] = field(default_factory=dict)
+    working_dir: str = WORKSPACE
+
+    def create_kwargs(self) -> dict[str, Any]:
+        """Arguments for ``APIClient.create_container`` (minus ``host_config``)."""
+        return {
+            "image": self.image,
+            "command": self.command,
+            "user": self.user,
+            "environment": self.environment,
+            "labels": self.labels,
+            "working_dir": self.working_dir,
+            # The program arrives on stdin, then stdin closes: with detach=False docker-py sets
+            # StdinOnce, so the daemon closes the container's stdin when we half-close ours.
+            "stdin_open": True,
+            "detach": False,
+            "tty": False,
+            # Never copy proxy settings from ~/.docker/config.json into a sandbox.
+            "use_config_proxy": False,
+            "network_disabled": self.host_config.get("network_mode") == "none",
+        }
+
+
+def bootstrap_command(language: Language) -> list[str]:
+    """The container's command: read the program from stdin into /tmp, then run it.
+
+    The program is sent after the container has started (so a pool can pre-start it), and what
+    runs is exactly the bytes sent. The program's own stdin is /dev/null.
+    """
+    info = LANGUAGES[language]
+    path = f"/tmp/{info.filename}"
+    interpreter = " ".join(info.interpreter)
+    return ["/bin/sh", "-c", f"cat > {path} && exec {interpreter} {path} </dev/null"]
+
+
+def check_workdir(workdir: Path, home: Path) -> None:
+    """Refuse workdirs that would expose the host: /, $HOME or above, secrets, system dirs."""
+    workdir = workdir.resolve()
+    home = home.resolve()
+    if not workdir.is_dir():
+        raise ConfigError(f"workdir {workdir} is not a directory; create it or pass --workdir DIR")
+    if workdir == Path("/"):
+        raise ConfigError("refusing to mount / into the sandbox; pass --workdir with a project dir")
+    if home != Path("/") and (workdir == home or workdir in home.parents):
+        raise ConfigError(
+            f"refusing to mount {workdir}: it holds your home directory (keys, tokens); "
+            "cd into a project folder or pass --workdir DIR"
+        )
+    for name in _SECRET_HOME_DIRS:
+        secret = home / name
+        if workdir == secret or secret in workdir.parents:
+            raise ConfigError(
+                f"refusing to mount {workdir}: it is inside {secret}, which holds credentials; "
+                "pass --workdir with a project folder"
+            )
+    for system in _FORBIDDEN_SYSTEM_DIRS:
+        system_path = Path(system)
+        if workdir == system_path or system_path in workdir.parents:
+            raise ConfigError(
+                f"refusing to mount {workdir}: system directory {system} is never a workdir"
+            )
+
+
+def resolve_identity(
+    *,
+    uid: int,
+    gid: int,
+    workdir_uid: int,
+    workdir_gid: int,
+    pid: int,
+    pid_start: str,
+) -> Identity:
+    """The uid:gid the sandbox runs as, so files it writes in the workdir stay the user's.
+
+    As root, use the workdir owner's ids when that is not root; uid 0 only as a last resort.
+    """
+    if uid != 0:
+        return Identity(uid, gid, uid, pid, pid_start)
+    if workdir_uid != 0:
+        return Identity(workdir_uid, workdir_gid, uid, pid, pid_start)
+    return Identity(
+        0,
+        0,
+        uid,
+        pid,
+        pid_start,
+        warning="sandbox runs as uid 0 (oi runs as root and the workdir belongs to root); "
+        "capabilities are dropped, but prefer running oi as a normal user",
+    )
+
+
+def sandbox_environment(allowlist: list[str], host_env: Mapping[str, str]) -> dict[str, str]:
+    """The base environment plus only the host variables named in ``allowlist``."""
+    env = dict(BASE_ENVIRONMENT)
+    for name in allowlist:
+        if name in host_env:
+            env[name] = host_env[name]
+    return env
+
+
+def build_spec(
+    language: Language,
+    image: str,
+    settings: Settings,
+    identity: Identity,
+    session_id: str,
+    host_env: Mapping[str, str],
+    *,
+    created: float | None = None,
+) -> ContainerSpec:
+    """Translate settings into a hardened container spec (SECURITY.md "defaults")."""
+    runtime = "runsc" if settings.isolation == "gvisor" else None
+    network_mode = {"none": "none", "open": "bridge", "allowlist": "none"}[settings.network]
+    host_config: dict[str, Any] = {
+        "binds": {str(settings.workdir): {"bind": WORKSPACE, "mode": "rw"}},
+        "network_mode": network_mode,
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "privileged": False,
+        "read_only": True,
+        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={settings.tmp_size}"},
+        "pids_limit": settings.pids,
+        "mem_limit": settings.memory,
+        "memswap_limit": settings.memory,  # equal: swap must not double the limit
+        "nano_cpus": int(settings.cpus * 1_000_000_000),
+        "ulimits": [
+            {"Name": "nofile", "Soft": settings.nofile, "Hard": settings.nofile},
+            {"Name": "fsize", "Soft": settings.max_file_size, "Hard": settings.max_file_size},
+        ],
+        "init": True,
+        "ipc_mode": "private",
+        # stdout is read over the attach stream; a log driver would only copy it to disk.
+        "log_config": {"Type": "none", "Config": {}},
+        "auto_remove": False,  # we remove it ourselves, after reading the exit status
+    }
+    if runtime:
+        host_config["runtime"] = runtime
+    labels = {
+        LABEL_MANAGED: "1",
+        LABEL_SESSION: session_id,
+        LABEL_OWNER: str(identity.owner_uid),
+        LABEL_PID: str(identity.pid),
+        LABEL_PID_START: identity.pid_start,
+        LABEL_CREATED: f"{created if created is not None else time.time():.3f}",
+        LABEL_LANGUAGE: language.value,
+    }
+    return ContainerSpec(
+        language=language,
+        image=image,
+        command=bootstrap_command(language),
+        user=f"{identity.uid}:{identity.gid}",
+        environment=sandbox_environment(settings.env, host_env),
+        labels=labels,
+        host_config=host_config,
+    )
+
+
+def process_start_time(pid: int) -> str:
+    """Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            stat = fh.read()
+    except OSError:
+        return "0"
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return fields[19] if len(fields) > 19 else "0"
+
+
+def current_identity(workdir: Path) -> Identity:
+    """The identity of this oi process for a given workdir (reads the process and the fs)."""
+    st = workdir.stat()
+    pid = os.getpid()
+    return resolve_identity(
+        uid=os.getuid(),
+        gid=os.getgid(),
+        workdir_uid=st.st_uid,
+        workdir_gid=st.st_gid,
+        pid=pid,
+        pid_start=process_start_time(pid),
+    )

@@ -1,0 +1,177 @@
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import ConfigError
+from orchestrator.languages import Language
+from orchestrator.sandbox.gc import is_orphan
+from orchestrator.sandbox.spec import (
+    BASE_ENVIRONMENT,
+    Identity,
+    bootstrap_command,
+    build_spec,
+    check_workdir,
+    resolve_identity,
+    sandbox_environment,
+)
+from orchestrator.settings import Settings
+
+IDENTITY = Identity(uid=1000, gid=1000, owner_uid=1000, pid=4242, pid_start="777")
+
+
+def make_spec(tmp_path: Path, **overrides: object):
+    settings = Settings(workdir=tmp_path, **overrides)  # type: ignore[arg-type]
+    return build_spec(
+        Language.PYTHON,
+        "oi-sandbox-python:abc",
+        settings,
+        IDENTITY,
+        "sess-1",
+        {"OI_API_KEY": "secret", "PATH": "/usr/bin", "WANTED": "yes"},
+        created=1.5,
+    )
+
+
+def test_defaults_follow_security_md(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path)
+    hc = spec.host_config
+    assert hc["network_mode"] == "none"
+    assert hc["cap_drop"] == ["ALL"]
+    assert hc["security_opt"] == ["no-new-privileges"]
+    assert hc["privileged"] is False
+    assert hc["read_only"] is True
+    assert hc["tmpfs"] == {"/tmp": f"rw,nosuid,nodev,size={256 * 1024**2}"}
+    assert hc["pids_limit"] == 256
+    assert hc["mem_limit"] == hc["memswap_limit"] == 1024**3
+    assert hc["nano_cpus"] == 1_000_000_000
+    assert {u["Name"] for u in hc["ulimits"]} == {"nofile", "fsize"}
+    assert hc["init"] is True
+    assert hc["log_config"]["Type"] == "none"
+    assert hc["binds"] == {str(tmp_path): {"bind": "/workspace", "mode": "rw"}}
+    assert "runtime" not in hc
+    assert spec.user == "1000:1000"
+    assert spec.working_dir == "/workspace"
+    kwargs = spec.create_kwargs()
+    assert kwargs["stdin_open"] and not kwargs["detach"] and not kwargs["tty"]
+    assert kwargs["use_config_proxy"] is False
+    assert kwargs["network_disabled"] is True
+
+
+def test_no_host_environment_leaks(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path)
+    assert spec.environment == dict(BASE_ENVIRONMENT)
+    assert "OI_API_KEY" not in spec.environment
+
+
+def test_env_allowlist_passes_only_named_variables() -> None:
+    env = sandbox_environment(["WANTED", "MISSING"], {"WANTED": "yes", "OTHER": "no"})
+    assert env["WANTED"] == "yes"
+    assert "OTHER" not in env and "MISSING" not in env
+
+
+def test_labels_for_reaping(tmp_path: Path) -> None:
+    labels = make_spec(tmp_path).labels
+    assert labels == {
+        "oi.managed": "1",
+        "oi.session": "sess-1",
+        "oi.owner": "1000",
+        "oi.pid": "4242",
+        "oi.pid_start": "777",
+        "oi.created": "1.500",
+        "oi.language": "python",
+    }
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "value"),
+    [
+        ({"memory": "512m"}, "mem_limit", 512 * 1024**2),
+        ({"memory": "512m"}, "memswap_limit", 512 * 1024**2),
+        ({"cpus": 0.5}, "nano_cpus", 500_000_000),
+        ({"pids": 64}, "pids_limit", 64),
+        ({"isolation": "gvisor"}, "runtime", "runsc"),
+        ({"network": "open"}, "network_mode", "bridge"),
+        ({"tmp_size": "10m"}, "tmpfs", {"/tmp": f"rw,nosuid,nodev,size={10 * 1024**2}"}),
+    ],
+)
+def test_limits_map_to_host_config(tmp_path: Path, overrides: dict, key: str, value: object) -> None:
+    assert make_spec(tmp_path, **overrides).host_config[key] == value
+
+
+@pytest.mark.parametrize(
+    ("language", "fragment"),
+    [
+        (Language.PYTHON, "exec python3 -u /tmp/main.py </dev/null"),
+        (Language.JAVASCRIPT, "exec node /tmp/main.js </dev/null"),
+        (Language.SHELL, "exec bash /tmp/main.sh </dev/null"),
+    ],
+)
+def test_bootstrap_reads_program_from_stdin(language: Language, fragment: str) -> None:
+    command = bootstrap_command(language)
+    assert command[:2] == ["/bin/sh", "-c"]
+    assert command[2].startswith("cat > /tmp/main.")
+    assert command[2].endswith(fragment)
+
+
+@pytest.mark.parametrize(
+    ("uid", "gid", "wd_uid", "wd_gid", "expected", "warns"),
+    [
+        (1000, 1000, 1000, 1000, (1000, 1000), False),
+        (1000, 100, 0, 0, (1000, 100), False),  # a normal user keeps their own ids
+        (0, 0, 1001, 1002, (1001, 1002), False),  # root: the workdir owner's ids
+        (0, 0, 0, 0, (0, 0), True),  # last resort, with a warning
+    ],
+)
+def test_resolve_identity(uid, gid, wd_uid, wd_gid, expected, warns) -> None:
+    ident = resolve_identity(
+        uid=uid, gid=gid, workdir_uid=wd_uid, workdir_gid=wd_gid, pid=1, pid_start="1"
+    )
+    assert (ident.uid, ident.gid) == expected
+    assert ident.owner_uid == uid
+    assert (ident.warning is not None) == warns
+
+
+@pytest.mark.parametrize(
+    "relative",
+    ["", ".ssh", ".aws/creds", ".config", ".docker"],
+)
+def test_check_workdir_refuses_home_and_secrets(tmp_path: Path, relative: str) -> None:
+    home = tmp_path / "home"
+    target = home / relative if relative else home
+    target.mkdir(parents=True)
+    with pytest.raises(ConfigError):
+        check_workdir(target, home=home)
+
+
+def test_check_workdir_refuses_root_and_ancestors_of_home(tmp_path: Path) -> None:
+    home = tmp_path / "home" / "me"
+    home.mkdir(parents=True)
+    with pytest.raises(ConfigError):
+        check_workdir(Path("/"), home=home)
+    with pytest.raises(ConfigError):
+        check_workdir(tmp_path / "home", home=home)
+    with pytest.raises(ConfigError):
+        check_workdir(Path("/var/run"), home=home)
+
+
+def test_check_workdir_accepts_a_project_folder(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    project = home / "src" / "project"
+    project.mkdir(parents=True)
+    check_workdir(project, home=home)
+    with pytest.raises(ConfigError):
+        check_workdir(project / "missing", home=home)
+
+
+@pytest.mark.parametrize(
+    ("labels", "alive", "orphan"),
+    [
+        ({"oi.pid": "10", "oi.pid_start": "5"}, {10: "5"}, False),
+        ({"oi.pid": "10", "oi.pid_start": "5"}, {}, True),  # process gone
+        ({"oi.pid": "10", "oi.pid_start": "5"}, {10: "9"}, True),  # pid reused
+        ({"oi.pid": "x"}, {}, True),
+        ({}, {}, True),
+    ],
+)
+def test_is_orphan(labels: dict, alive: dict, orphan: bool) -> None:
+    assert is_orphan(labels, alive.get) is orphan
