@@ -34,8 +34,18 @@ def test_frame_decoder_byte_by_byte() -> None:
         ([b"abc"], 10, "abc", 0),
         ([b"0123456789"], 10, "0123456789", 0),
         ([b"0123456789AB"], 10, "01234\n[... 2 bytes cut by oi ...]\n789AB", 2),
-        ([b"01", b"23", b"45", b"67", b"89", b"AB"], 10, "01234\n[... 2 bytes cut by oi ...]\n789AB", 2),
-        ([b"a" * 5, b"b" * 1000, b"c" * 5], 10, "aaaaa\n[... 1000 bytes cut by oi ...]\nccccc", 1000),
+        (
+            [b"01", b"23", b"45", b"67", b"89", b"AB"],
+            10,
+            "01234\n[... 2 bytes cut by oi ...]\n789AB",
+            2,
+        ),
+        (
+            [b"a" * 5, b"b" * 1000, b"c" * 5],
+            10,
+            "aaaaa\n[... 1000 bytes cut by oi ...]\nccccc",
+            1000,
+        ),
         ([b""], 4, "", 0),
     ],
 )

@@ -94,7 +94,9 @@ def test_labels_for_reaping(tmp_path: Path) -> None:
         ({"tmp_size": "10m"}, "tmpfs", {"/tmp": f"rw,nosuid,nodev,size={10 * 1024**2}"}),
     ],
 )
-def test_limits_map_to_host_config(tmp_path: Path, overrides: dict, key: str, value: object) -> None:
+def test_limits_map_to_host_config(
+    tmp_path: Path, overrides: dict, key: str, value: object
+) -> None:
     assert make_spec(tmp_path, **overrides).host_config[key] == value
 
 

@@ -1,0 +1,61 @@
+# oi: the commands a newcomer needs. `make setup` is idempotent and quick when all is in place.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.oi-installed
+COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo "docker-compose")
+PYTEST_ARGS ?=
+
+.PHONY: setup venv engine images test lint typecheck unit integration security bench up down demo clean help
+
+help:
+	@echo "make setup   - venv with oi installed, a running Docker engine, the sandbox images"
+	@echo "make test    - lint, type check and the whole test suite (runs setup first)"
+	@echo "make bench   - per-block latency: bare subprocess vs docker run vs oi"
+	@echo "make up/down - start/stop vLLM with Qwen3-4B-Instruct-2507 on a GPU (compose/)"
+
+setup: venv engine images
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	  || { echo "oi needs Python >= 3.11 (found $$($(PYTHON) --version))"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+engine:
+	@bash scripts/ensure-docker.sh
+
+images: venv engine
+	@$(BIN)/oi images build
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+test: setup lint typecheck
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+unit: venv
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python bench/latency.py
+
+up:
+	$(COMPOSE) -f compose/docker-compose.yml up -d
+	@echo "waiting for vLLM at http://localhost:$${VLLM_PORT:-8000}/health (model download and load take minutes)..."
+	@for i in $$(seq 1 120); do curl -fsS http://localhost:$${VLLM_PORT:-8000}/health >/dev/null 2>&1 && { echo "vLLM is up"; exit 0; }; sleep 5; done; \
+	  echo "vLLM did not become healthy; see: $(COMPOSE) -f compose/docker-compose.yml logs vllm"; exit 1
+
+down:
+	$(COMPOSE) -f compose/docker-compose.yml down
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

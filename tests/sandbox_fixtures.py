@@ -1,0 +1,95 @@
+"""Fixtures for tests against the real Docker engine (imported by the integration and security
+conftests). Every test gets its own session id; afterwards we assert that no container of that
+session remains, and remove any that did (so one failure does not cascade)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from orchestrator.sandbox.docker import connect
+from orchestrator.sandbox.images import ImageCatalog
+from orchestrator.sandbox.runner import Sandbox
+from orchestrator.sandbox.spec import current_identity
+from orchestrator.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+OI = str(Path(sys.executable).parent / "oi")
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> docker.DockerClient:
+    return connect()
+
+
+def session_containers(client: docker.DockerClient, session_id: str) -> list[dict[str, Any]]:
+    return client.api.containers(all=True, filters={"label": f"oi.session={session_id}"})
+
+
+def pid_containers(client: docker.DockerClient, pid: int) -> list[dict[str, Any]]:
+    return client.api.containers(all=True, filters={"label": f"oi.pid={pid}"})
+
+
+@pytest.fixture
+def session_id(docker_client: docker.DockerClient) -> Iterator[str]:
+    sid = "test-" + uuid.uuid4().hex[:10]
+    yield sid
+    leftovers = session_containers(docker_client, sid)
+    for container in leftovers:
+        docker_client.api.remove_container(container["Id"], force=True)
+    assert not leftovers, f"containers of session {sid} left behind: {leftovers}"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    path = tmp_path / "work"
+    path.mkdir()
+    return path
+
+
+SandboxFactory = Callable[..., Sandbox]
+
+
+@pytest.fixture
+def make_sandbox(
+    docker_client: docker.DockerClient, session_id: str, workdir: Path
+) -> SandboxFactory:
+    """Build a Sandbox for this test's session with settings overrides."""
+
+    def factory(host_env: dict[str, str] | None = None, **overrides: Any) -> Sandbox:
+        overrides.setdefault("workdir", workdir)
+        settings = Settings(**overrides)
+        return Sandbox(
+            docker_client,
+            settings,
+            ImageCatalog(docker_client, settings),
+            current_identity(settings.workdir),
+            session_id=session_id,
+            host_env=host_env,
+        )
+
+    return factory
+
+
+def run_oi(
+    *args: str, env: dict[str, str] | None = None, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``oi`` console script."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [OI, *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=120,
+        check=False,
+        **kwargs,
+    )

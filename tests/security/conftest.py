@@ -1,0 +1,10 @@
+import pytest
+
+from tests.sandbox_fixtures import docker_client, make_sandbox, session_id, workdir
+
+__all__ = ["docker_client", "make_sandbox", "session_id", "workdir"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(pytest.mark.docker)
