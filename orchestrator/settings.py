@@ -71,6 +71,13 @@ class Settings(BaseSettings):
         default=1.0, ge=0, description="seconds between SIGTERM and SIGKILL on timeout"
     )
 
+    # --- pre-started containers (see sandbox/pool.py) --------------------------------------
+    pool: bool = Field(default=True, description="pre-start throwaway containers for speed")
+    pool_size: int = Field(default=1, ge=1, description="ready containers kept per shape")
+    pool_idle: float = Field(
+        default=60.0, gt=0, description="seconds an unused pool waits before draining"
+    )
+
     # --- what the sandbox sees ------------------------------------------------------------
     workdir: Path = Field(default_factory=Path.cwd, description="mounted at /workspace")
     env: list[str] = Field(

@@ -194,6 +194,18 @@ class Sandbox:
             session_id=session_id,
         )
 
+    def warm(self, language: Language) -> None:
+        """Hint that a block in ``language`` is likely soon (a pool pre-starts one)."""
+
+    def close(self) -> None:
+        """Release pre-started containers. Idempotent; the Sandbox can be used again after."""
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def spec_for(self, language: Language) -> ContainerSpec:
         """The container spec a block in ``language`` gets (shown on the approval screen)."""
         image = self._images.resolve(language)
