@@ -207,6 +207,314 @@ def _report_limits(result: ExecResult, settings: Settings) -> None:
         )
 
 
+# --- oi run / oi chat ---------------------------------------------------------------------------
+ApiBaseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-base", help="OpenAI-compatible endpoint [default: http://localhost:8000/v1]."
+    ),
+]
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", help="Model name [default: Qwen/Qwen3-4B-Instruct-2507].")
+]
+ApiKeyOpt = Annotated[str | None, typer.Option("--api-key", help="API key [default: EMPTY].")]
+ToolModeOpt = Annotated[
+    str | None,
+    typer.Option("--tool-mode", help="auto (tools, else markdown), tools or markdown."),
+]
+MaxTurnsOpt = Annotated[
+    int | None, typer.Option("--max-turns", help="Model turns before stopping [default: 20].")
+]
+AutoRunOpt = Annotated[
+    bool | None,
+    typer.Option("--auto-run", "-y", help="Run every block without asking (it is sandboxed)."),
+]
+TemperatureOpt = Annotated[
+    float | None, typer.Option("--temperature", help="Sampling temperature.")
+]
+MaxModelLenOpt = Annotated[
+    int | None, typer.Option("--max-model-len", help="Context size if the server does not say.")
+]
+NoPoolOpt = Annotated[
+    bool, typer.Option("--no-pool", help="Do not pre-start containers (slower, fewer resources).")
+]
+
+EXIT_FOR_STATUS = {"finished": 0, "max_turns": 3, "quit": 3, "loop_guard": 3, "interrupted": 3}
+
+
+def _agent_settings(**flags: Any) -> Settings:
+    if flags.pop("no_pool", False):
+        flags["pool"] = False
+    return _limits(**flags)
+
+
+def _drive(events: Any, renderer: Any) -> str:
+    """Consume a session generator, rendering each event. Ctrl-C while a block runs is thrown
+    into the session (which kills the block's container); elsewhere it stops the turn."""
+    pending_interrupt = False
+    while True:
+        try:
+            event = events.throw(KeyboardInterrupt()) if pending_interrupt else next(events)
+            pending_interrupt = False
+        except StopIteration as stop:
+            return str(stop.value)
+        except KeyboardInterrupt:
+            renderer.interrupt()
+            err_console.print("[yellow]oi: interrupted[/]")
+            return "interrupted"
+        try:
+            renderer.render(event)
+        except KeyboardInterrupt:
+            renderer.interrupt()
+            pending_interrupt = True
+
+
+def _make_renderer(as_json: bool, *, markdown: bool) -> Any:
+    from orchestrator.render import HumanRenderer, JsonRenderer  # noqa: PLC0415
+
+    return JsonRenderer() if as_json else HumanRenderer(markdown=markdown)
+
+
+def _open(settings: Settings, resume: str | None = None) -> Any:
+    from orchestrator.render import InteractiveApprover  # noqa: PLC0415
+    from orchestrator.session import open_session  # noqa: PLC0415
+
+    session = open_session(
+        settings, InteractiveApprover(), resume=resume, docker_client=_docker_client()
+    )
+    if session.sandbox.identity.warning:
+        err_console.print(f"[yellow]oi: {session.sandbox.identity.warning}[/]")
+    return session
+
+
+@app.command("run")
+def run_command(
+    task: Annotated[str, typer.Argument(help="What to do, in plain words.")],
+    auto_run: AutoRunOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON event per line on stdout.")
+    ] = False,
+    api_base: ApiBaseOpt = None,
+    model: ModelOpt = None,
+    api_key: ApiKeyOpt = None,
+    tool_mode: ToolModeOpt = None,
+    max_turns: MaxTurnsOpt = None,
+    temperature: TemperatureOpt = None,
+    max_model_len: MaxModelLenOpt = None,
+    memory: MemoryOpt = None,
+    cpus: CpusOpt = None,
+    pids: PidsOpt = None,
+    timeout: TimeoutOpt = None,
+    max_output: MaxOutputOpt = None,
+    workdir: WorkdirOpt = None,
+    env: EnvOpt = None,
+    isolation: IsolationOpt = None,
+    no_pool: NoPoolOpt = False,
+) -> None:
+    """Do one task: the model writes code, you approve, it runs sandboxed, until done.
+
+    Exit codes: 0 finished, 1 model or Docker unreachable, 2 bad usage/config, 3 stopped
+    (max turns, quit, loop guard, Ctrl-C).
+    """
+    with _errors():
+        settings = _agent_settings(
+            auto_run=auto_run,
+            api_base=api_base,
+            model=model,
+            api_key=api_key,
+            tool_mode=tool_mode,
+            max_turns=max_turns,
+            temperature=temperature,
+            max_model_len=max_model_len,
+            memory=memory,
+            cpus=cpus,
+            pids=pids,
+            timeout=timeout,
+            max_output=max_output,
+            workdir=workdir,
+            env=env,
+            isolation=isolation,
+            no_pool=no_pool,
+        )
+        session = _open(settings)
+        try:
+            status = _drive(session.send(task), _make_renderer(as_json, markdown=False))
+        finally:
+            session.sandbox.close()
+        raise typer.Exit(EXIT_FOR_STATUS.get(status, 3))
+
+
+CHAT_HELP = """commands:
+  %reset          forget the conversation (keeps the system prompt)
+  %undo           forget your last message and everything after it
+  %tokens         tokens used so far
+  %auto on|off    run blocks without asking (sandboxed) / ask again
+  %save FILE      save the conversation as markdown
+  %help           this help
+  exit, quit, Ctrl-D   leave (Ctrl-C stops a running block or reply)"""
+
+
+@app.command("chat")
+def chat_command(
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="Continue a recorded session (id or prefix).")
+    ] = None,
+    auto_run: AutoRunOpt = None,
+    api_base: ApiBaseOpt = None,
+    model: ModelOpt = None,
+    api_key: ApiKeyOpt = None,
+    tool_mode: ToolModeOpt = None,
+    max_turns: MaxTurnsOpt = None,
+    temperature: TemperatureOpt = None,
+    max_model_len: MaxModelLenOpt = None,
+    memory: MemoryOpt = None,
+    cpus: CpusOpt = None,
+    pids: PidsOpt = None,
+    timeout: TimeoutOpt = None,
+    max_output: MaxOutputOpt = None,
+    workdir: WorkdirOpt = None,
+    env: EnvOpt = None,
+    isolation: IsolationOpt = None,
+    no_pool: NoPoolOpt = False,
+) -> None:
+    """Talk with the model in a loop; every block it writes runs sandboxed after you approve."""
+    with _errors():
+        settings = _agent_settings(
+            auto_run=auto_run,
+            api_base=api_base,
+            model=model,
+            api_key=api_key,
+            tool_mode=tool_mode,
+            max_turns=max_turns,
+            temperature=temperature,
+            max_model_len=max_model_len,
+            memory=memory,
+            cpus=cpus,
+            pids=pids,
+            timeout=timeout,
+            max_output=max_output,
+            workdir=workdir,
+            env=env,
+            isolation=isolation,
+            no_pool=no_pool,
+        )
+        session = _open(settings, resume=resume)
+        renderer = _make_renderer(False, markdown=True)
+        err_console.print(
+            f"oi chat · {settings.model} at {settings.api_base} · workdir {settings.workdir}"
+            f" · session {session.transcript.path.stem if session.transcript else '?'}\n"
+            "type a task, %help for commands, Ctrl-D to leave"
+        )
+        try:
+            _chat_loop(session, renderer)
+        finally:
+            session.sandbox.close()
+
+
+def _chat_loop(session: Any, renderer: Any) -> None:
+    while True:
+        try:
+            line = input("oi> ")
+        except EOFError:
+            err_console.print()
+            return
+        except KeyboardInterrupt:
+            err_console.print("\nbye")
+            return
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("exit", "quit"):
+            return
+        if text.startswith("%"):
+            _chat_command(session, text)
+            continue
+        with _errors_in_chat():
+            _drive(session.send(text), renderer)
+
+
+@contextlib.contextmanager
+def _errors_in_chat() -> Iterator[None]:
+    """In chat, a failed turn is reported and the conversation goes on."""
+    try:
+        yield
+    except OiError as exc:
+        err_console.print(f"[bold red]oi: error:[/] {exc}", soft_wrap=True)
+
+
+def _chat_command(session: Any, text: str) -> None:
+    command, _, argument = text.partition(" ")
+    argument = argument.strip()
+    if command == "%reset":
+        session.reset()
+        err_console.print("conversation reset")
+    elif command == "%undo":
+        err_console.print("undone" if session.undo() else "nothing to undo")
+    elif command == "%tokens":
+        totals = session.totals
+        err_console.print(
+            f"prompt {totals.prompt_tokens} + completion {totals.completion_tokens} tokens; "
+            f"{totals.blocks} block(s) run; ~{len(session.messages)} messages in context"
+        )
+    elif command == "%auto" and argument in ("on", "off"):
+        session.auto_run = argument == "on"
+        err_console.print(f"auto-run {argument}")
+    elif command == "%save" and argument:
+        from orchestrator.transcript import save_markdown  # noqa: PLC0415
+
+        with _errors_in_chat():
+            path = save_markdown(session.messages, Path(argument))
+            err_console.print(f"saved to {path}")
+    elif command == "%help":
+        err_console.print(CHAT_HELP, markup=False)
+    else:
+        err_console.print(f"unknown command {text!r}\n{CHAT_HELP}", markup=False)
+
+
+# --- oi sessions --------------------------------------------------------------------------------
+sessions_app = typer.Typer(help="List and show recorded sessions.", no_args_is_help=True)
+app.add_typer(sessions_app, name="sessions")
+
+
+@sessions_app.command("list")
+def sessions_list() -> None:
+    """Recorded sessions, oldest first."""
+    import datetime  # noqa: PLC0415
+
+    from orchestrator.transcript import list_sessions  # noqa: PLC0415
+
+    with _errors():
+        settings = load_settings()
+        infos = list_sessions(settings.sessions_dir)
+        if not infos:
+            err_console.print(f"no sessions in {settings.sessions_dir}")
+            return
+        table = Table("id", "started", "status", "blocks", "task")
+        for info in infos:
+            started = datetime.datetime.fromtimestamp(info.started).strftime("%Y-%m-%d %H:%M")
+            table.add_row(info.session_id, started, info.status, str(info.blocks), info.task[:60])
+        Console().print(table)
+
+
+@sessions_app.command("show")
+def sessions_show(
+    session_id: Annotated[str, typer.Argument(help="Session id (or a unique prefix).")],
+    raw: Annotated[bool, typer.Option("--json", help="Print the raw JSONL records.")] = False,
+) -> None:
+    """Show one recorded session: messages, code with hashes, decisions, results."""
+    from orchestrator.render import render_transcript  # noqa: PLC0415
+    from orchestrator.transcript import find_session, read_records  # noqa: PLC0415
+
+    with _errors():
+        settings = load_settings()
+        records = list(read_records(find_session(settings.sessions_dir, session_id)))
+        if raw:
+            for record in records:
+                typer.echo(json.dumps(record))
+        else:
+            render_transcript(records, Console())
+
+
 # --- oi images ----------------------------------------------------------------------------------
 @images_app.command("build")
 def images_build(
