@@ -353,8 +353,8 @@ class Session:
             notes.append(f"dropped {dropped} old message(s) to fit the context")
         if estimate_tokens(self.messages, tools) > budget:
             raise ContextOverflowError(
-                f"the conversation does not fit the model's context ({self._max_model_len} "
-                "tokens) even after trimming; start over (%reset in chat) or raise "
+                f"the conversation does not fit the model's context (about {budget} tokens "
+                "left for it) even after trimming; start over (%reset in chat) or raise "
                 "--max-model-len on the server"
             )
         return notes

@@ -290,7 +290,9 @@ def test_context_overflow_shrinks_and_retries_once(
 
     big = fence("sh", "head -c 3000 /dev/zero | tr '\\0' x")
     fake_vllm.script(
-        Reply(text=big), Reply(text=big + " "), Reply(text=big + "  "),
+        Reply(text=big),
+        Reply(text=big + " "),
+        Reply(text=big + "  "),
         Reply(error=replace(error(), shape=shape)),
         Reply(text="Answer."),
     )
