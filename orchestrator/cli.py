@@ -646,10 +646,55 @@ def doctor() -> None:
             "run oi as a normal user, or use a workdir owned by one",
             fatal=False,
         )
+    _doctor_model(settings, report)
     if problems:
         err_console.print(f"[red]{problems} problem(s): the sandbox cannot run until fixed[/]")
         raise typer.Exit(1)
     err_console.print("[green]the sandbox is ready[/]")
+
+
+def _doctor_model(settings: Settings, report: Any) -> None:
+    """Model endpoint checks: reachable, model served, tool calling. Warnings only, since
+    the sandbox (oi exec) works without a model."""
+    from orchestrator.llm.client import ModelClient  # noqa: PLC0415
+
+    client = ModelClient.from_settings(settings.model_copy(update={"request_timeout": 15.0}))
+    try:
+        served = client.list_models()
+    except OiError as exc:
+        report(
+            False,
+            f"model endpoint {settings.api_base}: {exc}",
+            "make up, or set OI_API_BASE",
+            fatal=False,
+        )
+        return
+    report(True, f"model endpoint {settings.api_base} answers (serves: {', '.join(served)})")
+    if settings.model not in served:
+        report(
+            False,
+            f"model {settings.model} is not served there",
+            f"use --model / OI_MODEL with one of: {', '.join(served)}",
+            fatal=False,
+        )
+        return
+    length = client.model_max_len()
+    report(
+        True,
+        f"model {settings.model}, context {length or settings.max_model_len} tokens"
+        + ("" if length else " (from settings: the server does not say)"),
+    )
+    try:
+        tools = client.supports_tools()
+    except OiError as exc:
+        report(False, f"tool calling: could not check ({exc})", fatal=False)
+        return
+    report(
+        tools,
+        "tool calling " + ("on" if tools else "off: oi will use markdown code blocks"),
+        "start vLLM with --enable-auto-tool-choice --tool-call-parser hermes",
+        fatal=False,
+    )
 
 
 def main() -> None:

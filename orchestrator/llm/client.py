@@ -119,6 +119,12 @@ class _PartialToolCall:
     arguments: list[str] = field(default_factory=list)
 
 
+_PROBE_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {"name": "noop", "parameters": {"type": "object", "properties": {}}},
+}
+
+
 class ModelClient:
     """Chat with one model on an OpenAI-compatible server (vLLM first).
 
@@ -280,6 +286,23 @@ class ModelClient:
                 value = (model.model_extra or {}).get("max_model_len")
                 return value if isinstance(value, int) and value > 0 else None
         return None
+
+    def supports_tools(self) -> bool:
+        """Whether the server accepts tool calls (a one-token request; for ``oi doctor``)."""
+        try:
+            self._client.chat.completions.create(
+                model=self.model,
+                messages=[{"role": "user", "content": "Say OK."}],
+                tools=cast("list[ChatCompletionToolUnionParam]", [_PROBE_TOOL]),
+                tool_choice="auto",
+                max_tokens=1,
+            )
+        except openai.OpenAIError as exc:
+            mapped = self._map_error(exc)
+            if isinstance(mapped, ToolsUnsupportedError):
+                return False
+            raise mapped from exc
+        return True
 
     def _map_error(self, exc: openai.OpenAIError) -> ModelError:
         """Convert one SDK exception into the oi error a person (or the session) acts on."""

@@ -407,3 +407,17 @@ def test_edited_block_runs_exactly_the_approved_bytes(
     assert ran["sha256"] == edited["sha256"] == result["sha256"]
     # What ran inside the container hashes to the approved hash.
     assert result["result"]["stdout"].split()[0] == ran["sha256"]
+
+
+def test_doctor_checks_the_model_endpoint(agent_env: dict[str, str]) -> None:
+    with FakeVllm() as fake:
+        fake.script(Reply(text="OK"))
+        proc = run_oi("doctor", env={**agent_env, "OI_API_BASE": fake.base_url})
+        assert proc.returncode == 0, proc.stderr
+        assert "tool calling on" in proc.stderr and "context 32768 tokens" in proc.stderr
+    with FakeVllm(enable_auto_tool_choice=False) as fake:
+        proc = run_oi("doctor", env={**agent_env, "OI_API_BASE": fake.base_url})
+        assert "tool calling off" in proc.stderr and "--enable-auto-tool-choice" in proc.stderr
+    proc = run_oi("doctor", env={**agent_env, "OI_API_BASE": "http://127.0.0.1:9/v1"})
+    assert "cannot reach the model server" in proc.stderr
+    assert proc.returncode == 0  # the sandbox itself is fine: model problems are warnings
