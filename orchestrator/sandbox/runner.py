@@ -175,6 +175,8 @@ class Sandbox:
         self._images = images
         self._host_env = dict(os.environ if host_env is None else host_env)
         self.launcher: Launcher = launcher or DirectLauncher(self._api)
+        self._running: set[str] = set()
+        self._running_lock = threading.Lock()
 
     @classmethod
     def from_settings(
@@ -196,6 +198,14 @@ class Sandbox:
 
     def warm(self, language: Language) -> None:
         """Hint that a block in ``language`` is likely soon (a pool pre-starts one)."""
+
+    def cancel(self) -> None:
+        """Kill the blocks running now (Ctrl-C from another thread); their ``run`` returns."""
+        with self._running_lock:
+            running = list(self._running)
+        for container_id in running:
+            with contextlib.suppress(Exception):
+                self._api.kill(container_id)
 
     def close(self) -> None:
         """Release pre-started containers. Idempotent; the Sandbox can be used again after."""
@@ -230,9 +240,13 @@ class Sandbox:
         spec = self.spec_for(lang)
         image = self._images.resolve(lang)
         live = self.launcher.launch(spec)
+        with self._running_lock:
+            self._running.add(live.id)
         try:
             return self._execute(live, lang, program, image.tag, image.image_id, on_output)
         finally:
+            with self._running_lock:
+                self._running.discard(live.id)
             with contextlib.suppress(OSError):
                 live.sock.close()
             remove_container(self._api, live.id)
