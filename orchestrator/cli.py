@@ -697,6 +697,15 @@ def _doctor_model(settings: Settings, report: Any) -> None:
     )
 
 
+def _register_extensions() -> None:
+    from orchestrator.cli_batch import register  # noqa: PLC0415
+
+    register(app)
+
+
+_register_extensions()
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
