@@ -24,7 +24,7 @@ from orchestrator.errors import OiError
 from orchestrator.languages import parse_language, supported_names
 from orchestrator.sandbox.docker import connect, engine_errors, engine_versions
 from orchestrator.sandbox.gc import sweep
-from orchestrator.sandbox.images import ImageCatalog
+from orchestrator.sandbox.images import ALL_IMAGES, ImageCatalog
 from orchestrator.sandbox.output import TerminalSanitizer
 from orchestrator.sandbox.runner import ExecResult, Sandbox
 from orchestrator.settings import Settings, config_files, load_settings
@@ -85,35 +85,57 @@ def _docker_client() -> Any:
 
 # --- shared option types ----------------------------------------------------------------------
 MemoryOpt = Annotated[
-    str | None, typer.Option("--memory", "-m", help="Memory limit, swap included [default: 1g].")
+    str | None, typer.Option("--memory", "-m", help="Memory limit, swap included (default: 1g).")
 ]
-CpusOpt = Annotated[float | None, typer.Option("--cpus", help="CPUs [default: 1].")]
-PidsOpt = Annotated[int | None, typer.Option("--pids", help="Max processes [default: 256].")]
+CpusOpt = Annotated[float | None, typer.Option("--cpus", help="CPUs (default: 1).")]
+PidsOpt = Annotated[int | None, typer.Option("--pids", help="Max processes (default: 256).")]
 TimeoutOpt = Annotated[
     float | None,
-    typer.Option("--timeout", "-t", help="Wall-clock seconds per block [default: 60]."),
+    typer.Option("--timeout", "-t", help="Wall-clock seconds per block (default: 60)."),
 ]
 MaxOutputOpt = Annotated[
     int | None,
-    typer.Option("--max-output", help="Bytes of each stream kept, head + tail [default: 8192]."),
+    typer.Option("--max-output", help="Bytes of each stream kept, head + tail (default: 8192)."),
 ]
 WorkdirOpt = Annotated[
     Path | None,
-    typer.Option("--workdir", "-w", help="Folder mounted at /workspace [default: current dir]."),
+    typer.Option("--workdir", "-w", help="Folder mounted at /workspace (default: current dir)."),
 ]
 EnvOpt = Annotated[
     list[str] | None,
     typer.Option("--env", "-e", help="Pass this host variable into the sandbox (repeatable)."),
 ]
 IsolationOpt = Annotated[
-    str | None, typer.Option("--isolation", help="runc or gvisor [default: runc].")
+    str | None, typer.Option("--isolation", help="runc or gvisor (default: runc).")
+]
+NetworkOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--network", help="none (loopback only), allowlist (--allow-host via a proxy), open."
+    ),
+]
+AllowHostOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-host", help="Host reachable under --network allowlist; presets: pypi, npm, debian."
+    ),
+]
+CaBundleOpt = Annotated[
+    Path | None, typer.Option("--ca-bundle", help="CA bundle for TLS (default: the host's).")
+]
+MountOpt = Annotated[
+    list[str] | None,
+    typer.Option("--mount", help="Extra mount HOST[:CONTAINER][:rw], read-only by default."),
 ]
 
 
 def _limits(**flags: Any) -> Settings:
-    env = flags.pop("env", None)
-    if env:
-        flags["env"] = list(env)
+    for key in ("env", "allow_host", "mount"):
+        values = flags.pop(key, None)
+        if values:
+            flags[{"allow_host": "allow_hosts", "mount": "mounts"}.get(key, key)] = list(values)
+    if flags.get("allow_hosts") and flags.get("network") is None:
+        flags["network"] = "allowlist"  # naming hosts means the allowlist tier
     return load_settings(**flags)
 
 
@@ -130,6 +152,10 @@ def exec_command(
     workdir: WorkdirOpt = None,
     env: EnvOpt = None,
     isolation: IsolationOpt = None,
+    network: NetworkOpt = None,
+    allow_host: AllowHostOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    mount: MountOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Run one block of code in a fresh sandbox; exit with its exit code (124 timeout, 137 OOM)."""
@@ -144,6 +170,10 @@ def exec_command(
             workdir=workdir,
             env=env,
             isolation=isolation,
+            network=network,
+            allow_host=allow_host,
+            ca_bundle=ca_bundle,
+            mount=mount,
         )
         code = _read_code(file)
         sandbox = Sandbox.from_settings(settings, client=_docker_client())
@@ -211,19 +241,19 @@ def _report_limits(result: ExecResult, settings: Settings) -> None:
 ApiBaseOpt = Annotated[
     str | None,
     typer.Option(
-        "--api-base", help="OpenAI-compatible endpoint [default: http://localhost:8000/v1]."
+        "--api-base", help="OpenAI-compatible endpoint (default: http://localhost:8000/v1)."
     ),
 ]
 ModelOpt = Annotated[
-    str | None, typer.Option("--model", help="Model name [default: Qwen/Qwen3-4B-Instruct-2507].")
+    str | None, typer.Option("--model", help="Model name (default: Qwen/Qwen3-4B-Instruct-2507).")
 ]
-ApiKeyOpt = Annotated[str | None, typer.Option("--api-key", help="API key [default: EMPTY].")]
+ApiKeyOpt = Annotated[str | None, typer.Option("--api-key", help="API key (default: EMPTY).")]
 ToolModeOpt = Annotated[
     str | None,
     typer.Option("--tool-mode", help="auto (tools, else markdown), tools or markdown."),
 ]
 MaxTurnsOpt = Annotated[
-    int | None, typer.Option("--max-turns", help="Model turns before stopping [default: 20].")
+    int | None, typer.Option("--max-turns", help="Model turns before stopping (default: 20).")
 ]
 AutoRunOpt = Annotated[
     bool | None,
@@ -309,6 +339,10 @@ def run_command(
     workdir: WorkdirOpt = None,
     env: EnvOpt = None,
     isolation: IsolationOpt = None,
+    network: NetworkOpt = None,
+    allow_host: AllowHostOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    mount: MountOpt = None,
     no_pool: NoPoolOpt = False,
 ) -> None:
     """Do one task: the model writes code, you approve, it runs sandboxed, until done.
@@ -335,6 +369,10 @@ def run_command(
             env=env,
             isolation=isolation,
             no_pool=no_pool,
+            network=network,
+            allow_host=allow_host,
+            ca_bundle=ca_bundle,
+            mount=mount,
         )
         session = _open(settings)
         try:
@@ -375,6 +413,10 @@ def chat_command(
     workdir: WorkdirOpt = None,
     env: EnvOpt = None,
     isolation: IsolationOpt = None,
+    network: NetworkOpt = None,
+    allow_host: AllowHostOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    mount: MountOpt = None,
     no_pool: NoPoolOpt = False,
 ) -> None:
     """Talk with the model in a loop; every block it writes runs sandboxed after you approve."""
@@ -397,6 +439,10 @@ def chat_command(
             env=env,
             isolation=isolation,
             no_pool=no_pool,
+            network=network,
+            allow_host=allow_host,
+            ca_bundle=ca_bundle,
+            mount=mount,
         )
         session = _open(settings, resume=resume)
         renderer = _make_renderer(False, markdown=True)
@@ -520,7 +566,7 @@ def sessions_show(
 def images_build(
     names: Annotated[
         list[str] | None,
-        typer.Argument(help="Images to build: python, node, shell [default: all]."),
+        typer.Argument(help="Images to build: python, node, shell, proxy (default: all)."),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if up to date.")] = False,
     prune: Annotated[bool, typer.Option("--prune", help="Remove stale image tags.")] = False,
@@ -528,9 +574,11 @@ def images_build(
     """Build the sandbox images (offline: bootstraps a Debian base when nothing can be pulled)."""
     with _errors():
         catalog = ImageCatalog(connect(), load_settings())
-        unknown = set(names or []) - {"python", "node", "shell"}
+        unknown = set(names or []) - set(ALL_IMAGES)
         if unknown:
-            raise _usage(f"unknown image(s) {', '.join(sorted(unknown))}; use python, node, shell")
+            raise _usage(
+                f"unknown image(s) {', '.join(sorted(unknown))}; use {', '.join(ALL_IMAGES)}"
+            )
         catalog.build(names, force=force, progress=err_console.print)
         if prune:
             for tag in catalog.prune_stale():
@@ -578,6 +626,21 @@ def config_show() -> None:
             "# config files: "
             + ", ".join(f"{p}{'' if p.exists() else ' (absent)'}" for p in config_files())
         )
+
+
+# --- oi policy ---------------------------------------------------------------------------------
+policy_app = typer.Typer(help="The admin policy for shared servers.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("show")
+def policy_show() -> None:
+    """Print the admin policy in force (/etc/oi/policy.toml, $OI_POLICY_FILE), line by line."""
+    from orchestrator.policy import describe, load_policy  # noqa: PLC0415
+
+    with _errors():
+        for line in describe(load_policy()):
+            typer.echo(line)
 
 
 # --- oi doctor ----------------------------------------------------------------------------------

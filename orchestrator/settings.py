@@ -84,7 +84,27 @@ class Settings(BaseSettings):
         default_factory=list, description="names of host variables passed into the sandbox"
     )
     network: NetworkTier = "none"
+    allow_hosts: list[str] = Field(
+        default_factory=list, description="hosts (or presets pypi, npm, debian) for allowlist"
+    )
+    egress_ranges: list[str] = Field(
+        default_factory=list,
+        description="private address ranges the allowlist proxy may reach (CIDR); none by default",
+    )
+    ca_bundle: Path | None = Field(
+        default=None, description="CA bundle mounted for TLS (default: the host's, if found)"
+    )
+    mounts: list[str] = Field(
+        default_factory=list, description="extra mounts HOST[:CONTAINER][:rw], read-only default"
+    )
     isolation: Isolation = "runc"
+    gvisor_runtime: str = Field(
+        default="runsc", description="Docker runtime name of gVisor without network"
+    )
+    gvisor_network_runtime: str = Field(
+        default="runsc-host", description="Docker runtime name of gVisor for networked tiers"
+    )
+    audit_log: Path | None = Field(default=None, description="JSON audit line per block here")
 
     # --- images -----------------------------------------------------------------------------
     image_prefix: str = "oi-sandbox"
@@ -138,13 +158,17 @@ class Settings(BaseSettings):
 
 
 def load_settings(**flags: Any) -> Settings:
-    """Build settings from the flags a person gave (``None`` means "not given").
+    """Build settings from the flags a person gave (``None`` means "not given"), capped by
+    the admin policy (``/etc/oi/policy.toml`` or ``$OI_POLICY_FILE``).
 
-    Raises ``ConfigError`` naming the offending key and where it may come from.
+    Raises ``ConfigError`` naming the offending key and where it may come from, and
+    ``PolicyError`` naming the policy line that forbids what was asked.
     """
+    from orchestrator.policy import apply_policy, load_policy  # noqa: PLC0415
+
     given = {key: value for key, value in flags.items() if value is not None}
     try:
-        return Settings(**given)
+        settings = Settings(**given)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
@@ -156,3 +180,4 @@ def load_settings(**flags: Any) -> Settings:
         ) from None
     except (OSError, ValueError) as exc:  # e.g. a TOML syntax error
         raise ConfigError(f"cannot read config: {exc}") from None
+    return apply_policy(settings, load_policy())

@@ -43,11 +43,11 @@ def engine_errors(action: str) -> Iterator[None]:
         ) from exc
     except docker.errors.APIError as exc:
         explanation = str(exc.explanation or exc)
-        if "runtime" in explanation and "runsc" in explanation:
+        if "unknown runtime" in explanation.lower() or "invalid runtime" in explanation.lower():
             raise RuntimeMissingError(
-                f"{action}: the gVisor runtime 'runsc' is not registered with Docker; install "
-                "runsc and register it in /etc/docker/daemon.json ('sudo make setup' does), "
-                "or use --isolation runc"
+                f"{action}: {explanation}: the gVisor runtime is not registered with Docker, and "
+                "oi will not fall back to a weaker one; install runsc and register it in "
+                "/etc/docker/daemon.json ('sudo make setup' does), or use --isolation runc"
             ) from exc
         raise SandboxError(f"{action}: Docker engine error: {explanation}") from exc
     except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:

@@ -31,6 +31,8 @@ from orchestrator.settings import Settings
 Progress = Callable[[str], None]
 BOOTSTRAP_BASE = "oi-base:bookworm"
 LANGUAGE_IMAGES = tuple(info.image for info in LANGUAGES.values())
+PROXY_IMAGE = "proxy"
+ALL_IMAGES = (*LANGUAGE_IMAGES, PROXY_IMAGE)
 
 
 def _quiet(_: str) -> None:
@@ -92,7 +94,10 @@ class ImageCatalog:
 
     def resolve(self, language: Language) -> ResolvedImage:
         """The image for a language, or ``ImageMissingError`` saying how to build it."""
-        name = LANGUAGES[language].image
+        return self.resolve_name(LANGUAGES[language].image, language.value)
+
+    def resolve_name(self, name: str, purpose: str | None = None) -> ResolvedImage:
+        """The image built from ``sandbox-images/<name>``, or ``ImageMissingError``."""
         cached = self._resolved.get(name)
         if cached:
             return cached
@@ -102,7 +107,7 @@ class ImageCatalog:
                 attrs = self._client.api.inspect_image(tag)
         except ImageMissingError:
             raise ImageMissingError(
-                f"sandbox image {tag} for {language.value} is not built (or is stale); "
+                f"sandbox image {tag} for {purpose or name} is not built (or is stale); "
                 "run 'oi images build' (or 'make setup')"
             ) from None
         resolved = ResolvedImage(tag, str(attrs["Id"]))
@@ -111,7 +116,7 @@ class ImageCatalog:
 
     def status(self) -> list[ImageStatus]:
         statuses = []
-        for name in LANGUAGE_IMAGES:
+        for name in ALL_IMAGES:
             tag = self.expected_tag(name)
             with engine_errors("listing images"):
                 images = self._client.api.images(name=self.repository(name))
@@ -201,7 +206,7 @@ class ImageCatalog:
         progress: Progress = _quiet,
     ) -> list[ImageStatus]:
         """Build the missing (or all, with ``force``) images; return the new status."""
-        wanted = names or list(LANGUAGE_IMAGES)
+        wanted = names or list(ALL_IMAGES)
         todo = [s for s in self.status() if s.name in wanted and (force or not s.present)]
         if not todo:
             progress("all sandbox images are up to date")

@@ -43,6 +43,56 @@ _SECRET_HOME_DIRS = (".ssh", ".aws", ".gnupg", ".docker", ".kube", ".config", ".
 _FORBIDDEN_SYSTEM_DIRS = ("/run", "/var/run", "/var/lib/docker", "/etc", "/proc", "/sys", "/dev")
 
 
+CA_IN_SANDBOX = "/etc/ssl/certs/oi-ca-bundle.crt"
+
+
+@dataclass(frozen=True)
+class NetworkAttachment:
+    """How a sandbox reaches the network beyond ``none`` (decided by settings and policy).
+
+    ``network`` is the Docker network to join (an internal allowlist network, or the bridge);
+    ``proxy_url`` the egress proxy of an allowlist; ``ca_bundle`` a host CA bundle to mount so
+    TLS works on networks that intercept it.
+    """
+
+    network: str
+    proxy_url: str | None = None
+    ca_bundle: Path | None = None
+
+
+def proxy_environment(proxy_url: str | None, ca_bundle: bool) -> dict[str, str]:
+    """Variables that make ordinary tools (pip, npm, curl, requests, node) use the proxy and
+    trust the mounted CA bundle."""
+    env: dict[str, str] = {}
+    if proxy_url:
+        local = "localhost,127.0.0.1,::1"
+        env.update(
+            {
+                "HTTP_PROXY": proxy_url,
+                "HTTPS_PROXY": proxy_url,
+                "http_proxy": proxy_url,
+                "https_proxy": proxy_url,
+                "NO_PROXY": local,
+                "no_proxy": local,
+                "npm_config_proxy": proxy_url,
+                "npm_config_https_proxy": proxy_url,
+                "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+            }
+        )
+    if ca_bundle:
+        env.update(
+            {
+                "PIP_CERT": CA_IN_SANDBOX,
+                "REQUESTS_CA_BUNDLE": CA_IN_SANDBOX,
+                "SSL_CERT_FILE": CA_IN_SANDBOX,
+                "CURL_CA_BUNDLE": CA_IN_SANDBOX,
+                "NODE_EXTRA_CA_CERTS": CA_IN_SANDBOX,
+                "npm_config_cafile": CA_IN_SANDBOX,
+            }
+        )
+    return env
+
+
 @dataclass(frozen=True)
 class Identity:
     """Who runs the block, for ``user=`` and the reaping labels."""
@@ -128,6 +178,48 @@ def check_workdir(workdir: Path, home: Path) -> None:
             )
 
 
+@dataclass(frozen=True)
+class ExtraMount:
+    host: Path
+    container: str
+    read_only: bool
+
+
+def parse_mount(text: str, home: Path) -> ExtraMount:
+    """``HOST[:CONTAINER][:rw|:ro]`` -> an extra mount, read-only unless ``:rw`` is said.
+
+    The same rules as the workdir apply to HOST (never /, $HOME, secrets, system dirs, the
+    Docker socket); CONTAINER defaults to /mnt/<name> and may not shadow /workspace or /tmp.
+    """
+    parts = text.split(":")
+    mode = "ro"
+    if parts[-1] in ("ro", "rw") and len(parts) > 1:
+        mode = parts.pop()
+    if len(parts) > 2 or not parts[0]:
+        raise ConfigError(f"--mount {text!r}: use HOST[:CONTAINER][:rw]")
+    host = Path(parts[0]).expanduser()
+    if not host.exists():
+        raise ConfigError(f"--mount {text!r}: {host} does not exist")
+    host = host.resolve()
+    if host.name == "docker.sock" or host.is_socket():
+        raise ConfigError(
+            f"--mount {text!r}: sockets (the Docker socket above all) are never mounted"
+        )
+    if host.is_dir():
+        check_workdir(host, home)
+    else:
+        check_workdir(host.parent, home)
+    container = parts[1] if len(parts) == 2 else f"/mnt/{host.name or 'data'}"
+    if not container.startswith("/") or ".." in container.split("/"):
+        raise ConfigError(f"--mount {text!r}: the container path must be absolute")
+    if container == "/" or any(
+        container == reserved or container.startswith(reserved + "/")
+        for reserved in (WORKSPACE, "/tmp", "/proc", "/sys", "/dev", "/etc", "/usr", "/bin")
+    ):
+        raise ConfigError(f"--mount {text!r}: {container} is reserved; use e.g. /mnt/NAME")
+    return ExtraMount(host, container, mode == "ro")
+
+
 def resolve_identity(
     *,
     uid: int,
@@ -174,12 +266,42 @@ def build_spec(
     host_env: Mapping[str, str],
     *,
     created: float | None = None,
+    attachment: NetworkAttachment | None = None,
+    extra_mounts: tuple[ExtraMount, ...] = (),
 ) -> ContainerSpec:
-    """Translate settings into a hardened container spec (SECURITY.md "defaults")."""
-    runtime = "runsc" if settings.isolation == "gvisor" else None
-    network_mode = {"none": "none", "open": "bridge", "allowlist": "none"}[settings.network]
+    """Translate settings into a hardened container spec (SECURITY.md "defaults").
+
+    ``attachment`` is required for the ``allowlist`` and ``open`` tiers and ignored for
+    ``none``, so a bug elsewhere can only fail closed.
+    """
+    network_mode = "none"
+    binds: dict[str, dict[str, str]] = {str(settings.workdir): {"bind": WORKSPACE, "mode": "rw"}}
+    for mount in extra_mounts:
+        binds[str(mount.host)] = {
+            "bind": mount.container,
+            "mode": "ro" if mount.read_only else "rw",
+        }
+    environment = sandbox_environment(settings.env, host_env)
+    if settings.network != "none":
+        if attachment is None:
+            raise ConfigError(f"network tier {settings.network!r} needs a network attachment")
+        network_mode = attachment.network
+        if attachment.ca_bundle is not None:
+            binds[str(attachment.ca_bundle)] = {"bind": CA_IN_SANDBOX, "mode": "ro"}
+        environment.update(
+            proxy_environment(attachment.proxy_url, attachment.ca_bundle is not None)
+        )
+    runtime = None
+    if settings.isolation == "gvisor":
+        # "runsc" gives the sandbox no network at all; "runsc-host" lets gVisor use the
+        # container's own network namespace (the allowlist network or the bridge).
+        runtime = (
+            settings.gvisor_runtime
+            if settings.network == "none"
+            else settings.gvisor_network_runtime
+        )
     host_config: dict[str, Any] = {
-        "binds": {str(settings.workdir): {"bind": WORKSPACE, "mode": "rw"}},
+        "binds": binds,
         "network_mode": network_mode,
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
@@ -216,7 +338,7 @@ def build_spec(
         image=image,
         command=bootstrap_command(language),
         user=f"{identity.uid}:{identity.gid}",
-        environment=sandbox_environment(settings.env, host_env),
+        environment=environment,
         labels=labels,
         host_config=host_config,
     )

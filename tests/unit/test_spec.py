@@ -7,7 +7,9 @@ from orchestrator.languages import Language
 from orchestrator.sandbox.gc import is_orphan
 from orchestrator.sandbox.spec import (
     BASE_ENVIRONMENT,
+    CA_IN_SANDBOX,
     Identity,
+    NetworkAttachment,
     bootstrap_command,
     build_spec,
     check_workdir,
@@ -19,8 +21,10 @@ from orchestrator.settings import Settings
 IDENTITY = Identity(uid=1000, gid=1000, owner_uid=1000, pid=4242, pid_start="777")
 
 
-def make_spec(tmp_path: Path, **overrides: object):
+def make_spec(tmp_path: Path, attachment: NetworkAttachment | None = None, **overrides: object):
     settings = Settings(workdir=tmp_path, **overrides)  # type: ignore[arg-type]
+    if attachment is None and settings.network != "none":
+        attachment = NetworkAttachment("bridge")
     return build_spec(
         Language.PYTHON,
         "oi-sandbox-python:abc",
@@ -29,6 +33,7 @@ def make_spec(tmp_path: Path, **overrides: object):
         "sess-1",
         {"OI_API_KEY": "secret", "PATH": "/usr/bin", "WANTED": "yes"},
         created=1.5,
+        attachment=attachment,
     )
 
 
@@ -90,7 +95,7 @@ def test_labels_for_reaping(tmp_path: Path) -> None:
         ({"cpus": 0.5}, "nano_cpus", 500_000_000),
         ({"pids": 64}, "pids_limit", 64),
         ({"isolation": "gvisor"}, "runtime", "runsc"),
-        ({"network": "open"}, "network_mode", "bridge"),
+        ({"isolation": "gvisor", "network": "open"}, "runtime", "runsc-host"),
         ({"tmp_size": "10m"}, "tmpfs", {"/tmp": f"rw,nosuid,nodev,size={10 * 1024**2}"}),
     ],
 )
@@ -177,3 +182,96 @@ def test_check_workdir_accepts_a_project_folder(tmp_path: Path) -> None:
 )
 def test_is_orphan(labels: dict, alive: dict, orphan: bool) -> None:
     assert is_orphan(labels, alive.get) is orphan
+
+
+def test_open_tier_joins_the_bridge(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, network="open")
+    assert spec.host_config["network_mode"] == "bridge"
+    assert spec.create_kwargs()["network_disabled"] is False
+    assert "HTTPS_PROXY" not in spec.environment
+
+
+def test_allowlist_tier_uses_the_internal_network_and_proxy(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.crt"
+    ca.write_text("certs")
+    attachment = NetworkAttachment("oi-allow-abc", "http://oi-proxy:3128", ca)
+    spec = make_spec(tmp_path, attachment, network="allowlist")
+    assert spec.host_config["network_mode"] == "oi-allow-abc"
+    env = spec.environment
+    assert env["HTTPS_PROXY"] == env["http_proxy"] == "http://oi-proxy:3128"
+    assert env["PIP_CERT"] == CA_IN_SANDBOX and env["NODE_EXTRA_CA_CERTS"] == CA_IN_SANDBOX
+    assert spec.host_config["binds"][str(ca)] == {"bind": CA_IN_SANDBOX, "mode": "ro"}
+
+
+def test_network_tier_without_attachment_fails_closed(tmp_path: Path) -> None:
+    settings = Settings(workdir=tmp_path, network="allowlist")
+    with pytest.raises(ConfigError):
+        build_spec(Language.SHELL, "img", settings, IDENTITY, "s", {})
+
+
+def test_none_tier_ignores_an_attachment(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, NetworkAttachment("bridge", "http://p:1"), network="none")
+    assert spec.host_config["network_mode"] == "none"
+    assert "HTTP_PROXY" not in spec.environment
+
+
+@pytest.mark.parametrize(
+    ("text", "container", "read_only"),
+    [
+        ("{d}", "/mnt/data", True),
+        ("{d}:/mnt/in", "/mnt/in", True),
+        ("{d}:/mnt/out:rw", "/mnt/out", False),
+        ("{d}:rw", "/mnt/data", False),
+        ("{d}/file.csv", "/mnt/file.csv", True),
+    ],
+)
+def test_parse_mount(tmp_path: Path, text: str, container: str, read_only: bool) -> None:
+    from orchestrator.sandbox.spec import parse_mount
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "file.csv").write_text("x")
+    mount = parse_mount(text.format(d=data), home=tmp_path / "home")
+    assert mount.container == container and mount.read_only is read_only
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "/",
+        "{home}",
+        "{home}/.ssh",
+        "/var/run/docker.sock",
+        "{d}:/workspace",
+        "{d}:/tmp/x",
+        "{d}:rel",
+        "{d}:/etc",
+        "{d}/missing",
+        "{d}:/a:/b",
+    ],
+)
+def test_parse_mount_refuses(tmp_path: Path, text: str) -> None:
+    from orchestrator.sandbox.spec import parse_mount
+
+    data = tmp_path / "data"
+    data.mkdir()
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    with pytest.raises(ConfigError):
+        parse_mount(text.format(d=data, home=home), home=home)
+
+
+def test_extra_mounts_are_read_only_by_default(tmp_path: Path) -> None:
+    from orchestrator.sandbox.spec import ExtraMount
+
+    settings = Settings(workdir=tmp_path)
+    spec = build_spec(
+        Language.SHELL,
+        "img",
+        settings,
+        IDENTITY,
+        "s",
+        {},
+        extra_mounts=(ExtraMount(Path("/srv/data"), "/mnt/data", True),),
+    )
+    assert spec.host_config["binds"]["/srv/data"] == {"bind": "/mnt/data", "mode": "ro"}
