@@ -84,12 +84,7 @@ def run_oi(
 ) -> subprocess.CompletedProcess[str]:
     """Run the real ``oi`` console script."""
     full_env = {**os.environ, **(env or {})}
+    kwargs.setdefault("timeout", 120)
     return subprocess.run(
-        [OI, *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=120,
-        check=False,
-        **kwargs,
+        [OI, *args], capture_output=True, text=True, env=full_env, check=False, **kwargs
     )
