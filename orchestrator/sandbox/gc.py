@@ -54,6 +54,8 @@ def sweep(client: docker.DockerClient, probe: ProcessProbe = probe_process) -> S
     kept = 0
     for container in containers:
         labels = container.get("Labels") or {}
+        if labels.get("oi.role") == "proxy":
+            continue  # shared by many processes: network.EgressManager.sweep_idle decides
         if not is_orphan(labels, probe):
             kept += 1
             continue
