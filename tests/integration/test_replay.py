@@ -1,0 +1,152 @@
+"""End to end: record a session with `oi run` (fake vLLM), then `oi replay` it without the
+model on the real Docker engine: matches, mismatches with a diff, the shipped demo."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.fake_vllm import FakeVllm, Reply
+from tests.sandbox_fixtures import REPO, run_oi
+
+DOUBLE = (
+    "n = int(open('input.txt').read())\nopen('double.txt', 'w').write(str(2 * n))\nprint(2 * n)"
+)
+SHOW = 'echo "double is $(cat double.txt)"'
+
+
+def fence(language: str, code: str) -> str:
+    return f"Here is the code.\n\n```{language}\n{code}\n```\n"
+
+
+@pytest.fixture
+def env(tmp_path: Path, fake_vllm: FakeVllm) -> dict[str, str]:
+    return {
+        "OI_API_BASE": fake_vllm.base_url,
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+        "OI_CONFIG_FILE": str(tmp_path / "no-config.toml"),
+    }
+
+
+@pytest.fixture
+def recorded(tmp_path: Path, fake_vllm: FakeVllm, env: dict[str, str]) -> tuple[str, Path]:
+    """A session recorded by `oi run`: two blocks on a workdir holding input.txt = 21.
+    Returns the session id and a pristine copy of the starting workdir."""
+    start = tmp_path / "start"
+    start.mkdir()
+    (start / "input.txt").write_text("21")
+    workdir = tmp_path / "work"
+    shutil.copytree(start, workdir)
+    fake_vllm.script(
+        Reply(text=fence("python", DOUBLE)), Reply(text=fence("sh", SHOW)), Reply(text="Done.")
+    )
+    proc = run_oi("run", "double it", "-y", "--workdir", str(workdir), env=env)
+    assert proc.returncode == 0, proc.stderr
+    (path,) = (Path(env["XDG_DATA_HOME"]) / "oi" / "sessions").glob("*.jsonl")
+    return path.stem, start
+
+
+def test_replay_matches_the_record_without_the_model(
+    recorded: tuple[str, Path], env: dict[str, str], fake_vllm: FakeVllm, tmp_path: Path
+) -> None:
+    session_id, start = recorded
+    asked = len(fake_vllm.chat_requests)
+    out = tmp_path / "replayed"
+    proc = run_oi(
+        "replay", session_id[:12], "--workdir-from", str(start), "--out", str(out), env=env
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "block 1 (#1, python): match · exit 0" in proc.stdout
+    assert "block 2 (#2, shell): match · exit 0" in proc.stdout
+    assert "2 of 2 block(s) match, 0 mismatch(es)" in proc.stdout
+    assert (out / "double.txt").read_text() == "42"
+    assert (start / "input.txt").read_text() == "21" and not (start / "double.txt").exists()
+    assert len(fake_vllm.chat_requests) == asked  # no model involved
+
+
+def test_a_mismatch_is_reported_with_a_diff_and_fails(
+    recorded: tuple[str, Path], env: dict[str, str], tmp_path: Path
+) -> None:
+    session_id, _ = recorded
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "input.txt").write_text("5")
+    proc = run_oi("replay", session_id, "--workdir-from", str(other), env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "block 1 (#1, python): MISMATCH: stdout differs" in proc.stdout
+    assert "--- recorded stdout" in proc.stdout and "-42" in proc.stdout and "+10" in proc.stdout
+    assert "0 of 2 block(s) match, 2 mismatch(es)" in proc.stdout
+    assert "a temporary folder (removed after" in proc.stderr
+
+    # Without its input the first block fails: exit code and stderr differ too (JSON report).
+    proc = run_oi("replay", session_id, "--json", env=env)
+    assert proc.returncode == 1
+    report = json.loads(proc.stdout)
+    first = report["blocks"][0]
+    assert (
+        first["status"] == "mismatch" and "recorded exit 0, replayed exit 1" in first["differences"]
+    )
+    assert "FileNotFoundError" in first["replayed"]["stderr"]
+    assert report["ok"] is False and report["mismatched"] == 2
+
+
+def test_exit_codes_only_with_ignore_output(
+    recorded: tuple[str, Path], env: dict[str, str], tmp_path: Path
+) -> None:
+    session_id, _ = recorded
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "input.txt").write_text("5")
+    proc = run_oi("replay", session_id, "--workdir-from", str(other), "--ignore-output", env=env)
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_the_shipped_demo_replays_and_makes_the_chart(tmp_path: Path, env: dict[str, str]) -> None:
+    out = tmp_path / "demo-out"
+    record = REPO / "examples" / "csv-demo" / "session.jsonl"
+    proc = run_oi("replay", str(record), "--out", str(out), env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "5 of 5 block(s) match" in proc.stdout
+    assert "not a recording of a language model" in proc.stderr
+    assert (out / "monthly_revenue.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    months = (out / "monthly_revenue.csv").read_text().splitlines()
+    assert months[0] == "month,revenue" and len(months) == 13
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (
+            lambda p: p.write_text(
+                '{"type": "event", "event": "decision", "decision": "run", "index": 1, "sha256": "ab"}\n'
+            ),
+            "holds no such code",
+        ),
+        (
+            lambda p: p.symlink_to(REPO / "examples" / "csv-demo" / "session.jsonl"),
+            "symlink or special file is not read",
+        ),
+        (lambda p: None, "no session record at"),
+    ],
+)
+def test_a_bad_record_is_one_line(
+    tmp_path: Path, env: dict[str, str], make: object, expected: str
+) -> None:
+    path = tmp_path / "bad.jsonl"
+    make(path)  # type: ignore[operator]
+    proc = run_oi("replay", str(path), env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert expected in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_out_must_be_new_or_empty(tmp_path: Path, env: dict[str, str]) -> None:
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "mine.txt").write_text("x")
+    record = REPO / "examples" / "csv-demo" / "session.jsonl"
+    proc = run_oi("replay", str(record), "--out", str(out), env=env)
+    assert proc.returncode == 2 and "is not empty" in proc.stderr
+    assert (out / "mine.txt").read_text() == "x"
