@@ -9,6 +9,7 @@ PYTEST_ARGS ?=
 .PHONY: setup venv engine images test lint typecheck unit integration security bench up down demo clean help
 
 help:
+	@echo "make demo    - replay a scripted CSV session in the sandbox into ./demo-out (no GPU)"
 	@echo "make setup   - venv with oi installed, a running Docker engine, the sandbox images"
 	@echo "make test    - lint, type check and the whole test suite (runs setup first)"
 	@echo "make bench   - per-block latency: bare subprocess vs docker run vs oi"
