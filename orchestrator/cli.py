@@ -80,7 +80,14 @@ def _docker_client() -> Any:
     client = connect()
     with contextlib.suppress(OiError):
         sweep(client)
+        _egress_manager(client).sweep_idle()
     return client
+
+
+def _egress_manager(client: Any) -> Any:
+    from orchestrator.sandbox.network import EgressManager  # noqa: PLC0415
+
+    return EgressManager(client, ImageCatalog(client, load_settings()))
 
 
 # --- shared option types ----------------------------------------------------------------------
@@ -606,10 +613,12 @@ def _print_images(catalog: ImageCatalog) -> None:
 def gc_command() -> None:
     """Remove sandbox containers left behind by oi processes that are gone."""
     with _errors():
-        result = sweep(connect())
+        client = connect()
+        result = sweep(client)
+        proxies = _egress_manager(client).sweep_idle()
         typer.echo(
-            f"removed {len(result.removed)} orphaned container(s); "
-            f"{result.kept} belong to running oi processes"
+            f"removed {len(result.removed)} orphaned container(s) and {len(proxies)} idle "
+            f"egress proxy(ies); {result.kept} container(s) belong to running oi processes"
         )
 
 
