@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import hashlib
 import ipaddress
 import os
@@ -37,6 +36,7 @@ from docker.types import LogConfig
 from orchestrator.errors import ConfigError, SandboxError
 from orchestrator.sandbox.docker import engine_errors
 from orchestrator.sandbox.images import PROXY_IMAGE, ImageCatalog
+from orchestrator.sandbox.quota import host_lock, run_dir
 from orchestrator.sandbox.spec import CA_IN_SANDBOX, LABEL_MANAGED, process_start_time
 
 PROXY_ALIAS = "oi-proxy"
@@ -228,24 +228,12 @@ class EgressRoute:
 class _Leases:
     """Cross-process leases on an egress key: one file per oi process using it."""
 
-    root: Path = field(default_factory=lambda: Path(os.environ.get("OI_RUN_DIR", "/tmp/oi-run")))
-
-    def __post_init__(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(PermissionError):
-            self.root.chmod(0o1777)
+    root: Path = field(default_factory=run_dir)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        path = self.root / "egress.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-        try:
-            with contextlib.suppress(PermissionError):
-                os.fchmod(fd, 0o666)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with host_lock("egress.lock", self.root):
             yield
-        finally:
-            os.close(fd)
 
     def _dir(self, key: str) -> Path:
         path = self.root / f"egress-{key}"

@@ -45,6 +45,7 @@ def over_quota(mine: int, everyone: int, caps: QuotaCaps) -> str | None:
 
 
 def run_dir() -> Path:
+    """Host-wide state shared by all oi users (locks, leases): sticky and world-writable."""
     path = Path(os.environ.get("OI_RUN_DIR", "/tmp/oi-run"))
     path.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(PermissionError):
@@ -53,9 +54,13 @@ def run_dir() -> Path:
 
 
 @contextlib.contextmanager
-def host_lock(name: str) -> Iterator[None]:
-    """An exclusive lock shared by every oi process on this host."""
-    fd = os.open(run_dir() / name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+def host_lock(name: str, directory: Path | None = None) -> Iterator[None]:
+    """An exclusive lock shared by every oi process on this host (``OI_RUN_DIR``)."""
+    fd = os.open(
+        (directory or run_dir()) / name,
+        os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o666,
+    )
     try:
         with contextlib.suppress(PermissionError):
             os.fchmod(fd, 0o666)
