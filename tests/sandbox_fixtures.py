@@ -15,6 +15,7 @@ from typing import Any
 import docker
 import pytest
 
+from orchestrator.languages import parse_language
 from orchestrator.sandbox.docker import connect
 from orchestrator.sandbox.images import ImageCatalog
 from orchestrator.sandbox.runner import Sandbox
@@ -58,16 +59,50 @@ def workdir(tmp_path: Path) -> Path:
 SandboxFactory = Callable[..., Sandbox]
 
 
+class PooledSandbox(Sandbox):
+    """A Sandbox that runs every block in a container its pool pre-started, and checks it did.
+
+    Used to run the security checklist both ways: the pooled path must isolate exactly as the
+    direct one does.
+    """
+
+    def run(self, language: Any, code: str | bytes, on_output: Any = None) -> Any:
+        lang = parse_language(language) if isinstance(language, str) else language
+        assert self.pool is not None, "PooledSandbox needs settings.pool"
+        spec = self.spec_for(lang)
+        self.warm(lang)
+        assert self.pool.wait_ready(spec, 60), "the pool did not start a container"
+        pre_started = self.pool.ready_ids(spec)
+        result = super().run(lang, code, on_output)
+        assert result.container_id in pre_started, "the block did not run in a pooled container"
+        return result
+
+
+def _pool_mode(request: pytest.FixtureRequest) -> bool:
+    """A test module opts in to running both ways with a parametrized ``sandbox_pool`` fixture."""
+    if "sandbox_pool" in request.fixturenames:
+        return bool(request.getfixturevalue("sandbox_pool"))
+    return False
+
+
 @pytest.fixture
 def make_sandbox(
-    docker_client: docker.DockerClient, session_id: str, workdir: Path
-) -> SandboxFactory:
-    """Build a Sandbox for this test's session with settings overrides."""
+    request: pytest.FixtureRequest,
+    docker_client: docker.DockerClient,
+    session_id: str,
+    workdir: Path,
+) -> Iterator[SandboxFactory]:
+    """Build a Sandbox for this test's session with settings overrides; closed after the test
+    (used containers are removed in the background, and close() waits for that)."""
+    pooled = _pool_mode(request)
+    made: list[Sandbox] = []
 
     def factory(host_env: dict[str, str] | None = None, **overrides: Any) -> Sandbox:
         overrides.setdefault("workdir", workdir)
+        if pooled:
+            overrides["pool"] = True
         settings = Settings(**overrides)
-        return Sandbox(
+        sandbox = (PooledSandbox if pooled else Sandbox)(
             docker_client,
             settings,
             ImageCatalog(docker_client, settings),
@@ -75,8 +110,12 @@ def make_sandbox(
             session_id=session_id,
             host_env=host_env,
         )
+        made.append(sandbox)
+        return sandbox
 
-    return factory
+    yield factory
+    for sandbox in made:
+        sandbox.close()
 
 
 def run_oi(

@@ -1,15 +1,18 @@
 """Run one block in one fresh container: launch, send the program, stream, collect, remove.
 
 ``Sandbox.run`` is the public seam. Container creation sits behind ``Launcher`` so that a pool
-of pre-started containers can hand out ready ones: every container waits for its program on
-stdin, runs exactly one block and is removed afterwards, always (errors and Ctrl-C included).
+of pre-started containers (``pool.py``) can hand out ready ones: every container waits for its
+program on stdin, runs exactly one block and is removed afterwards, always (errors and Ctrl-C
+included). The container's bootstrap and the protocol spoken with it are in ``bootstrap.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
+import secrets
 import select
 import signal
 import socket
@@ -23,11 +26,18 @@ from typing import Any, Protocol
 
 import docker
 
-from orchestrator.errors import SandboxError
+from orchestrator.errors import OiError, SandboxError
 from orchestrator.languages import Language, parse_language
+from orchestrator.sandbox.bootstrap import (
+    OutputScanner,
+    bootstrap_command,
+    frame_program,
+    speaks_protocol,
+)
 from orchestrator.sandbox.docker import connect, engine_errors
 from orchestrator.sandbox.images import ImageCatalog
 from orchestrator.sandbox.output import STDERR, STDOUT, CappedBuffer, FrameDecoder
+from orchestrator.sandbox.pool import ContainerPool, Reaper
 from orchestrator.sandbox.spec import (
     ContainerSpec,
     Identity,
@@ -94,6 +104,10 @@ class LiveContainer:
     id: str
     sock: socket.socket
     response: Any  # keeps the hijacked HTTP response (and so the socket) alive
+    framed: bool = False  # runs bootstrap.py's wrapper (else: plain program-on-stdin protocol)
+    greeted: bool = False  # the wrapper's greeting was already read (by the pool)
+    preread: bytes = b""  # attach-stream bytes read before the block was sent
+    ended: bool = False  # the block ended by itself and none of its processes is left
 
 
 class Launcher(Protocol):
@@ -124,7 +138,9 @@ class DirectLauncher:
         except BaseException:
             remove_container(self._api, container_id)
             raise
-        return LiveContainer(container_id, sock, raw)
+        return LiveContainer(
+            container_id, sock, raw, framed=speaks_protocol(spec.command, spec.language)
+        )
 
 
 def remove_container(api: docker.APIClient, container_id: str) -> None:
@@ -152,8 +168,13 @@ def _sigint_deferred() -> Iterator[None]:
 class Sandbox:
     """Runs blocks of code, each in a fresh hardened container.
 
-    Construct with ``Sandbox.from_settings(settings)``; tests and the pool inject their own
-    docker client, image catalog or launcher.
+    Construct with ``Sandbox.from_settings(settings)``; tests inject their own docker client,
+    image catalog or launcher. With ``settings.pool`` (the default), ``warm(language)`` keeps
+    containers of that language pre-started and ``run`` takes one when there is one. A used
+    container whose block ended by itself is removed in the background (one that timed out, was
+    cancelled or interrupted, before ``run`` returns); ``close()`` (or leaving a ``with`` block,
+    or interpreter exit) waits for that and removes the pre-started ones. Thread-safe: blocks
+    may run concurrently.
     """
 
     def __init__(
@@ -174,8 +195,16 @@ class Sandbox:
         self._api: docker.APIClient = client.api
         self._images = images
         self._host_env = dict(os.environ if host_env is None else host_env)
-        self.launcher: Launcher = launcher or DirectLauncher(self._api)
+        direct = launcher or DirectLauncher(self._api)
+        self._reaper = Reaper(self._remove)
+        self.pool: ContainerPool[LiveContainer] | None = None
+        if settings.pool:
+            self.pool = ContainerPool(
+                direct, self._reaper, size=settings.pool_size, idle=settings.pool_idle
+            )
+        self.launcher: Launcher = self.pool or direct
         self._running: set[str] = set()
+        self._cancelled: set[str] = set()  # killed by cancel(): removed before run() returns
         self._running_lock = threading.Lock()
 
     @classmethod
@@ -196,19 +225,38 @@ class Sandbox:
             session_id=session_id,
         )
 
-    def warm(self, language: Language) -> None:
-        """Hint that a block in ``language`` is likely soon (a pool pre-starts one)."""
+    def warm(self, language: Language | str) -> None:
+        """Hint that a block in ``language`` is likely soon: pre-start its containers.
+
+        Returns at once (at most one image lookup). A no-op without the pool; errors (say, the
+        image is not built) are left for ``run`` to report.
+        """
+        if self.pool is None:
+            return
+        try:
+            lang = language if isinstance(language, Language) else parse_language(language)
+            spec = self.spec_for(lang)
+        except OiError:
+            return
+        self.pool.warm(spec)
 
     def cancel(self) -> None:
         """Kill the blocks running now (Ctrl-C from another thread); their ``run`` returns."""
         with self._running_lock:
             running = list(self._running)
+            self._cancelled.update(running)
         for container_id in running:
             with contextlib.suppress(Exception):
                 self._api.kill(container_id)
 
     def close(self) -> None:
-        """Release pre-started containers. Idempotent; the Sandbox can be used again after."""
+        """Remove the pre-started containers and wait for used ones to be removed.
+
+        Idempotent; the Sandbox can be used (and warmed) again afterwards.
+        """
+        if self.pool is not None:
+            self.pool.close()
+        self._reaper.drain()
 
     def __enter__(self) -> Sandbox:
         return self
@@ -219,9 +267,12 @@ class Sandbox:
     def spec_for(self, language: Language) -> ContainerSpec:
         """The container spec a block in ``language`` gets (shown on the approval screen)."""
         image = self._images.resolve(language)
-        return build_spec(
+        spec = build_spec(
             language, image.tag, self.settings, self.identity, self.session_id, self._host_env
         )
+        # The bootstrap wrapper (pre-loaded interpreter, end markers) until spec.py builds it.
+        gvisor = self.settings.isolation == "gvisor"
+        return dataclasses.replace(spec, command=bootstrap_command(language, gvisor=gvisor))
 
     def run(
         self,
@@ -243,13 +294,38 @@ class Sandbox:
         with self._running_lock:
             self._running.add(live.id)
         try:
-            return self._execute(live, lang, program, image.tag, image.image_id, on_output)
+            result = self._execute(live, lang, program, image.tag, image.image_id, on_output)
         finally:
             with self._running_lock:
                 self._running.discard(live.id)
+                cancelled = live.id in self._cancelled
+                self._cancelled.discard(live.id)
             with contextlib.suppress(OSError):
                 live.sock.close()
-            remove_container(self._api, live.id)
+            if live.ended and not cancelled:
+                # Nothing of the block runs any more: remove off the hot path, but always
+                # (close() and interpreter exit wait for it).
+                self._reaper.remove(live.id)
+            else:  # timed out, cancelled or interrupted: gone before run() returns
+                remove_container(self._api, live.id)
+        if self.pool is not None:
+            # Top the shape up only now: a container starting during the block would slow it.
+            self.pool.refill(spec)
+        return result
+
+    def _remove(self, container_id: str) -> None:
+        """The reaper's removal. The container may be exiting on its own at this very moment,
+        which the engine can refuse for a short while: try again before giving up (to the
+        sweep)."""
+        for pause in (0.1, 0.5, 2.0):
+            try:
+                self._api.remove_container(container_id, force=True, v=True)
+                return
+            except docker.errors.NotFound:
+                return
+            except Exception:  # whatever it was: retry, then leave it to the sweep
+                time.sleep(pause)
+        remove_container(self._api, container_id)
 
     def _execute(
         self,
@@ -266,25 +342,45 @@ class Sandbox:
             STDERR: CappedBuffer(settings.max_output),
         }
         names = {STDOUT: "stdout", STDERR: "stderr"}
+
+        def deliver(stream: int, payload: bytes) -> None:
+            if payload:
+                buffers[stream].write(payload)
+                if on_output is not None:
+                    on_output(names[stream], payload)
+
         decoder = FrameDecoder()
+        scanner: OutputScanner | None = None
+        message = program
+        if live.framed:
+            nonce = secrets.token_hex(16).encode()
+            scanner = OutputScanner(nonce, expect_greeting=not live.greeted)
+            message = frame_program(nonce, program)
         # The clock starts when the program is sent, not when the container was made.
         started = time.monotonic()
         deadline = started + settings.timeout
         try:
-            live.sock.sendall(program)
+            live.sock.sendall(message)
             live.sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
             raise SandboxError(
                 f"sending the program to sandbox {live.id[:12]} failed: {exc}"
             ) from exc
         timed_out = False
+        data = live.preread
         while True:
+            for stream, payload in decoder.feed(data):
+                if stream in buffers:
+                    deliver(stream, scanner.feed(stream, payload) if scanner else payload)
+            if scanner is not None and scanner.finished:
+                break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 timed_out = True
                 break
             ready, _, _ = select.select([live.sock], [], [], min(remaining, 1.0))
             if not ready:
+                data = b""
                 continue
             try:
                 data = live.sock.recv(65536)
@@ -292,13 +388,19 @@ class Sandbox:
                 break
             if not data:
                 break
-            for stream, payload in decoder.feed(data):
-                if stream not in buffers:
-                    continue
-                buffers[stream].write(payload)
-                if on_output is not None:
-                    on_output(names[stream], payload)
-        exit_code, oom_killed = self._finish(live.id, timed_out)
+        if scanner is not None:
+            for stream in (STDOUT, STDERR):
+                deliver(stream, scanner.flush(stream))
+        if scanner is not None and scanner.finished and scanner.exit_code is not None:
+            # The wrapper reported the end: no need to wait for Docker to tear the container
+            # down, except to ask whether a SIGKILL came from the OOM killer.
+            live.ended = True
+            exit_code, oom_killed = scanner.exit_code, False
+            if exit_code == OOM_EXIT:
+                _, oom_killed = self._finish(live.id, timed_out=False)
+        else:
+            exit_code, oom_killed = self._finish(live.id, timed_out)
+            live.ended = not timed_out  # Docker saw it exit: nothing of it runs any more
         duration = time.monotonic() - started
         out, err = buffers[STDOUT], buffers[STDERR]
         return ExecResult(

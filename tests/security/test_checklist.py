@@ -1,6 +1,7 @@
 """SECURITY.md's adversarial checklist against the real engine (items covered by the sandbox
 engine; network allowlist, policy and shared-host items come with their features). Each test
-runs under runc and, where the item applies, under gVisor; the ``session_id`` fixture asserts
+runs under runc and, where the item applies, under gVisor, and both in a freshly launched
+container and in one the pool pre-started (``sandbox_pool``); the ``session_id`` fixture asserts
 that no container of the test's session remains."""
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ def isolation(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(autouse=True, params=["direct", "pool"])
+def sandbox_pool(request: pytest.FixtureRequest) -> bool:
+    """``make_sandbox`` runs each block in a pre-started pool container when true."""
+    return request.param == "pool"
+
+
 def run(make_sandbox: SandboxFactory, isolation: str, language: str, code: str, **settings):
     return make_sandbox(isolation=isolation, **settings).run(language, code)
 
@@ -33,15 +40,16 @@ def run(make_sandbox: SandboxFactory, isolation: str, language: str, code: str, 
 def test_01_host_config_by_inspect(
     make_sandbox: SandboxFactory, docker_client: docker.DockerClient, session_id: str
 ) -> None:
-    inspected: list[dict] = []
+    inspected: dict[str, dict] = {}
 
     def on_output(_stream: str, _data: bytes) -> None:
         if not inspected:
-            (container,) = session_containers(docker_client, session_id)
-            inspected.append(docker_client.api.inspect_container(container["Id"]))
+            for container in session_containers(docker_client, session_id):
+                inspected[container["Id"]] = docker_client.api.inspect_container(container["Id"])
 
-    make_sandbox().run("sh", "echo ready; sleep 0.5", on_output=on_output)
-    hc = inspected[0]["HostConfig"]
+    result = make_sandbox().run("sh", "echo ready; sleep 0.5", on_output=on_output)
+    info = inspected[result.container_id]
+    hc = info["HostConfig"]
     assert hc["Privileged"] is False
     assert hc["CapDrop"] == ["ALL"] and not hc["CapAdd"]
     assert "no-new-privileges" in hc["SecurityOpt"]
@@ -59,7 +67,7 @@ def test_01_host_config_by_inspect(
     binds = hc["Binds"]
     assert len(binds) == 1 and binds[0].endswith(":/workspace:rw")
     assert not any("docker.sock" in b for b in binds)
-    config = inspected[0]["Config"]
+    config = info["Config"]
     assert config["Labels"]["oi.managed"] == "1"
     assert config["User"] and config["WorkingDir"] == "/workspace"
 

@@ -1,0 +1,305 @@
+"""The program a sandbox container starts with, and the wire protocol oi speaks with it. Pure.
+
+A container is created (and, with the pool, started) before its block is known. Its command is a
+small *wrapper* that:
+
+1. writes the greeting ``READY`` on stdout (the pool reads it: the container is up and, for
+   Python, the interpreter is already loaded);
+2. reads a fixed-size header ``<nonce: 32 hex> <size: 12 digits>\\n`` and exactly ``size`` program
+   bytes from stdin, and writes them to ``/tmp/main.<ext>`` (what runs is byte for byte what was
+   sent);
+3. runs the program with stdin at /dev/null: ``bash /tmp/main.sh`` and ``node /tmp/main.js`` as
+   child processes; Python in a forked child of the already started interpreter, as ``__main__``
+   with the file's name, so that the ~15 ms of interpreter start-up is paid before the block
+   arrives. SIGTERM (a timeout) is forwarded to the program;
+4. when the program exits, SIGKILLs every other process of the sandbox user (as the container's
+   end would) and writes an end marker carrying the nonce on stdout and, with the exit status, on
+   stderr.
+
+The markers let oi report a block as soon as it ends, instead of waiting ~25-40 ms for Docker to
+tear the container down; the container is removed afterwards, off the hot path. Each marker is
+the last thing on its stream (everything else was killed first), and the nonce, drawn per block,
+keeps output that merely looks like a marker from ending a block. The Python wrapper is not
+dumpable (``PR_SET_DUMPABLE`` 0) and the forked program wipes its copy of the nonce, so a Python
+block cannot forge its end; the bash wrapper's memory is readable by its block, which then could
+end its own block early, exactly as exiting would, and is killed by the container's removal that
+starts right away.
+
+If the wrapper dies before its markers (the block killed it, OOM, timeout), the stream simply
+ends and oi falls back to Docker's exit status. ``OutputScanner`` strips greeting and markers
+from the streams. Under gVisor the plain command is used for now (see ``bootstrap_command``).
+
+The wrappers end with ``kill(-1, SIGKILL)``: they are only ever a container's command, never
+something to try on a host.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from orchestrator.languages import LANGUAGES, Language
+from orchestrator.sandbox.output import STDERR, STDOUT
+
+READY = b"\0oi-ready\n"
+"""Greeting the wrapper writes on stdout before it reads its program."""
+END = b"\0oi-end:"
+"""Start of an end marker: ``END + nonce + b"\\n"`` on stdout, ``END + nonce + b":<code>\\n"``
+on stderr."""
+NONCE_HEX = 32
+SIZE_DIGITS = 12
+HEADER_LEN = NONCE_HEX + 1 + SIZE_DIGITS + 1
+WRAPPER_NAME = "oi-bootstrap"  # $0 of the bash wrapper, so `ps` says what it is
+
+# Runs as `python3 -u -c <this> /tmp/main.py`. The parent supervises; only the forked child
+# returns from _oi_wrapper() and runs the program at top level, so that a traceback loses exactly
+# one frame (this one) and looks like `python3 -u /tmp/main.py`'s.
+_PYTHON_WRAPPER = """\
+import os, sys
+
+
+def _oi_wrapper():
+    import builtins, ctypes, signal
+    from importlib.machinery import SourceFileLoader
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: the block (same uid) cannot read the nonce here
+    path = sys.argv[1]
+    os.write(1, @READY@)
+    header = bytearray(@HEADER_LEN@)  # read in place: no other copy of the nonce exists
+    view, got = memoryview(header), 0
+    while got < len(header):
+        n = os.readv(0, [view[got:]])
+        if not n:
+            os._exit(125)
+        got += n
+    left, chunks = int(header[@SIZE_FROM@:@SIZE_TO@]), []
+    while left:
+        chunk = os.read(0, min(left, 1 << 20))
+        if not chunk:
+            os._exit(125)
+        chunks.append(chunk)
+        left -= len(chunk)
+    program = b"".join(chunks)
+    with open(path, "wb") as fh:
+        fh.write(program)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    child = os.fork()
+    if child == 0:
+        header[:] = bytes(len(header))
+        prctl(4, 1, 0, 0, 0)
+        main = type(sys)("__main__")
+        main.__dict__.update(
+            __annotations__={}, __builtins__=builtins, __cached__=None, __file__=path,
+            __loader__=SourceFileLoader("__main__", path),
+        )
+        sys.modules["__main__"] = main
+        sys.argv[:] = [path]
+        sys.path[0] = os.path.dirname(path)
+        return path, program, main.__dict__
+
+    def forward(signum, frame):
+        try:
+            os.kill(child, signum)
+        except OSError:
+            pass
+
+    signal.signal(signal.SIGTERM, forward)
+    status = os.waitpid(child, 0)[1]
+    code = os.waitstatus_to_exitcode(status)
+    code = 128 - code if code < 0 else code
+    try:
+        os.kill(-1, signal.SIGKILL)  # all but this process and init: nothing outlives the block
+    except OSError:
+        pass
+    nonce = bytes(header[:@NONCE_LEN@])
+    try:
+        os.write(1, @END@ + nonce + b"\\n")
+        os.write(2, @END@ + nonce + b":%d\\n" % code)
+    except OSError:
+        pass
+    os._exit(code)
+
+
+_oi_path, _oi_program, _oi_globals = _oi_wrapper()
+del _oi_wrapper
+try:
+    exec(compile(_oi_program, _oi_path, "exec"), _oi_globals)
+except SystemExit:
+    raise
+except BaseException as _oi_exc:
+    _oi_exc = _oi_exc.with_traceback(_oi_exc.__traceback__.tb_next)  # hide this file's frame
+    sys.excepthook(type(_oi_exc), _oi_exc, _oi_exc.__traceback__)
+    sys.exit(130 if isinstance(_oi_exc, KeyboardInterrupt) else 1)
+"""
+for _name, _value in {
+    "READY": repr(READY),
+    "END": repr(END),
+    "HEADER_LEN": str(HEADER_LEN),
+    "NONCE_LEN": str(NONCE_HEX),
+    "SIZE_FROM": str(NONCE_HEX + 1),
+    "SIZE_TO": str(NONCE_HEX + 1 + SIZE_DIGITS),
+}.items():
+    _PYTHON_WRAPPER = _PYTHON_WRAPPER.replace(f"@{_name}@", _value)
+
+# Runs as `bash -c <this> oi-bootstrap /tmp/main.<ext> <interpreter...>`. The program runs in the
+# background only so that `wait` can be interrupted to forward SIGTERM (a timeout) to it.
+_BASH_WRAPPER = r"""path=$1; shift
+printf '\0oi-ready\n'
+IFS=' ' read -r nonce size || exit 125
+head -c "$size" > "$path" || exit 125
+"$@" "$path" </dev/null &
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null' TERM
+while :; do
+  wait "$child"; code=$?
+  if [ "$code" -le 128 ] || ! kill -0 "$child" 2>/dev/null; then break; fi
+done
+kill -9 -1 2>/dev/null
+printf '\0oi-end:%s\n' "$nonce"
+printf '\0oi-end:%s:%d\n' "$nonce" "$code" >&2
+exit "$code"
+"""
+
+
+def bootstrap_command(language: Language, *, gvisor: bool = False) -> list[str]:
+    """The container's command: the wrapper described in this module's docstring.
+
+    Under gVisor, the plain command for now: its ptrace platform backs every process of the
+    sandbox with host tasks counted by ``pids_limit`` (an idle sandbox already holds ~55 of
+    them), so the wrapper's one extra process breaks blocks at small limits such as 64. Once
+    ``pids_limit`` gets an allowance for gVisor's own tasks, the wrapper can be used there too.
+    """
+    info = LANGUAGES[language]
+    path = f"/tmp/{info.filename}"
+    if gvisor:
+        return plain_command(language)
+    if language is Language.PYTHON:
+        return [*info.interpreter, "-c", _PYTHON_WRAPPER, path]
+    return ["/bin/bash", "-c", _BASH_WRAPPER, WRAPPER_NAME, path, *info.interpreter]
+
+
+def plain_command(language: Language) -> list[str]:
+    """Read the program from stdin until its end into /tmp, then run it (no greeting, no
+    markers: the exit status comes from Docker once the container has stopped)."""
+    info = LANGUAGES[language]
+    path = f"/tmp/{info.filename}"
+    interpreter = " ".join(info.interpreter)
+    return ["/bin/sh", "-c", f"cat > {path} && exec {interpreter} {path} </dev/null"]
+
+
+def speaks_protocol(command: list[str], language: Language) -> bool:
+    """Does a container started with ``command`` run this module's wrapper?
+
+    Any other command (``plain_command``) gets the plain protocol: the program on stdin, then
+    end of input, and the exit status from Docker.
+    """
+    return command == bootstrap_command(language)
+
+
+def frame_program(nonce: bytes, program: bytes) -> bytes:
+    """What oi writes to a wrapper's stdin: the fixed-size header, then the program."""
+    if len(nonce) != NONCE_HEX or not re.fullmatch(rb"[0-9a-f]+", nonce):
+        raise ValueError(f"nonce must be {NONCE_HEX} lowercase hex digits")
+    if len(program) >= 10**SIZE_DIGITS:
+        raise ValueError("program too large")
+    return nonce + b" " + str(len(program)).zfill(SIZE_DIGITS).encode() + b"\n" + program
+
+
+_EXIT_TAIL = re.compile(rb":(\d{1,3})\n")
+_EXIT_TAIL_PREFIX = re.compile(rb"(:\d{0,3})?")
+
+
+@dataclass
+class _Stream:
+    held: bytes = b""  # bytes that may be the start of a greeting or marker: not delivered yet
+    greeting: bool = False  # still expecting the greeting at the start of this stream
+    done: bool = False
+
+
+class OutputScanner:
+    """Separates a wrapper's greeting and end markers from the block's own output.
+
+    Feed it the demultiplexed frames in order; it returns the bytes that belong to the block
+    (holding back, at most, a tail that could still turn out to be a marker). ``finished`` turns
+    true once both end markers arrived; ``exit_code`` is then the wrapper's report.
+    """
+
+    def __init__(self, nonce: bytes, *, expect_greeting: bool) -> None:
+        self._marker = END + nonce
+        self._streams = {
+            STDOUT: _Stream(greeting=expect_greeting),
+            STDERR: _Stream(),
+        }
+        self.exit_code: int | None = None
+
+    @property
+    def finished(self) -> bool:
+        return all(stream.done for stream in self._streams.values())
+
+    def feed(self, stream_id: int, data: bytes) -> bytes:
+        """The part of ``data`` (plus what was held) that is the block's output on this stream."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.done:
+            return b""  # after its marker a stream is over: later bytes are not the block's
+        buf = stream.held + data if stream.held else data
+        stream.held = b""
+        if stream.greeting:
+            if len(buf) < len(READY) and READY.startswith(buf):
+                stream.held = buf
+                return b""
+            stream.greeting = False
+            if buf.startswith(READY):
+                buf = buf[len(READY) :]
+        return self._scan(stream_id, stream, buf)
+
+    def flush(self, stream_id: int) -> bytes:
+        """At end of stream: what was held back was output after all."""
+        stream = self._streams[stream_id]
+        held, stream.held = stream.held, b""
+        return b"" if stream.done else held
+
+    def _scan(self, stream_id: int, stream: _Stream, buf: bytes) -> bytes:
+        marker = self._marker
+        out: list[bytes] = []
+        while True:
+            at = buf.find(marker)
+            if at < 0:
+                keep = _partial_suffix(buf, marker)
+                out.append(buf[: len(buf) - keep])
+                stream.held = buf[len(buf) - keep :]
+                return b"".join(out)
+            out.append(buf[:at])
+            tail = buf[at + len(marker) :]
+            if stream_id == STDOUT:
+                if not tail:
+                    stream.held = buf[at:]
+                    return b"".join(out)
+                if tail.startswith(b"\n"):
+                    stream.done = True
+                    return b"".join(out)
+            else:
+                match = _EXIT_TAIL.match(tail)
+                if match:
+                    self.exit_code = int(match.group(1))
+                    stream.done = True
+                    return b"".join(out)
+                if len(tail) <= 4 and _EXIT_TAIL_PREFIX.fullmatch(tail):
+                    stream.held = buf[at:]
+                    return b"".join(out)
+            # The nonce but not a marker's shape: output after all; keep scanning after it.
+            out.append(marker)
+            buf = tail
+
+
+def _partial_suffix(buf: bytes, marker: bytes) -> int:
+    """Length of the longest suffix of ``buf`` that is a proper prefix of ``marker``."""
+    start = max(0, len(buf) - len(marker) + 1)
+    at = buf.find(marker[:1], start)
+    while at >= 0:
+        if marker.startswith(buf[at:]):
+            return len(buf) - at
+        at = buf.find(marker[:1], at + 1)
+    return 0
