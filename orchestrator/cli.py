@@ -183,9 +183,11 @@ def exec_command(
             mount=mount,
         )
         code = _read_code(file)
-        sandbox = Sandbox.from_settings(settings, client=_docker_client())
-        on_output = None if as_json else _passthrough()
-        result = sandbox.run(lang, code, on_output=on_output)
+        with Sandbox.from_settings(settings, client=_docker_client()) as sandbox:
+            on_output = None if as_json else _passthrough()
+            result = sandbox.run(
+                lang, code, on_output=on_output, on_status=lambda m: err_console.print(f"oi: {m}")
+            )
         if as_json:
             typer.echo(json.dumps(result.to_dict(), indent=2))
         else:

@@ -139,6 +139,7 @@ class Session:
         self.totals = _Totals()
         self._max_model_len: int | None = None
         self._block_index = 0
+        self._likely_language = Language.PYTHON
         if history:
             self.messages = list(history)
             self.use_tools = settings.tool_mode != "markdown" and any(
@@ -223,6 +224,8 @@ class Session:
     def send(self, text: str) -> Generator[Event, None, EndStatus]:
         """Give the model a task (or the next chat message) and work until it answers."""
         self._repair_history()
+        # Pre-start a container of the language the model will likely use while it thinks.
+        self.sandbox.warm(self._likely_language)
         self._add({"role": "user", "content": text})
         guard = LoopGuard()
         turns = 0
@@ -481,6 +484,7 @@ class Session:
         except UnknownLanguageError:
             return _Outcome(format_language_error(block.language))
         self.sandbox.warm(language)
+        self._likely_language = language
         self._block_index += 1
         index = self._block_index
         summary = self._summary(language)
@@ -568,7 +572,10 @@ class Session:
         def work() -> None:
             try:
                 box["result"] = self.sandbox.run(
-                    language, code, on_output=lambda stream, data: items.put(("out", stream, data))
+                    language,
+                    code,
+                    on_output=lambda stream, data: items.put(("out", stream, data)),
+                    on_status=lambda message: items.put(("status", message, b"")),
                 )
             except BaseException as exc:  # handed to the main thread below
                 box["error"] = exc
@@ -583,6 +590,9 @@ class Session:
                 kind, stream, data = items.get()
                 if kind == "done":
                     break
+                if kind == "status":
+                    yield self._record(Notice(stream))
+                    continue
                 text = decoders[stream].decode(data)
                 if text:
                     yield BlockOutput(index, stream, text)  # type: ignore[arg-type]

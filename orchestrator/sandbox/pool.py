@@ -456,12 +456,14 @@ class ContainerPool(Generic[L]):
                 for shape in self._shapes.values():
                     if slot in shape.slots:
                         shape.slots.remove(slot)
-            self._starting -= 1
-            self._cond.notify_all()
         slot.started.set()
         if live is not None and not keep:
             self._discard(live)
+        # Only now is this start finished: close() waits for it, then drains the reaper, so
+        # the discard above must already be queued.
         with self._cond:
+            self._starting -= 1
+            self._cond.notify_all()
             self._unregister_when_empty()
 
     def _unregister_when_empty(self) -> None:

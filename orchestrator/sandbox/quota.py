@@ -15,13 +15,19 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
 
+from orchestrator.errors import SandboxError
 from orchestrator.sandbox.docker import engine_errors
 from orchestrator.sandbox.spec import LABEL_MANAGED, LABEL_OWNER, ContainerSpec
 
 ROLE_LABEL = "oi.role"
+
+
+class QuotaFullError(SandboxError):
+    """No slot is free now (only raised when the caller asked not to wait)."""
 StatusCallback = Callable[[str], None]
 
 
@@ -99,11 +105,14 @@ class QuotaGate:
         spec: ContainerSpec,
         on_status: StatusCallback | None = None,
         make_room: Callable[[], bool] | None = None,
+        *,
+        wait: bool = True,
     ) -> Iterator[None]:
         """Hold the host lock while a container for ``spec`` is created, once there is room.
 
         ``make_room`` may free slots this process holds itself (idle pre-started
-        containers); it returns True if it freed any.
+        containers); it returns True if it freed any. With ``wait=False`` (pre-starting for a
+        pool) a full quota raises ``QuotaFullError`` instead of waiting in line.
         """
         if self.caps.unlimited:
             yield
@@ -116,9 +125,23 @@ class QuotaGate:
                 if reason is None:
                     yield
                     return
+            if not wait:
+                raise QuotaFullError(f"no sandbox slot free: {reason}")
             if make_room is not None and make_room():
                 continue
             if on_status is not None and not told:
                 on_status(f"waiting for a sandbox slot: {reason}")
                 told = True
             time.sleep(self.poll_s)
+
+
+class QuotaLauncher:
+    """A launcher that creates containers only within the quota, never waiting (for pools)."""
+
+    def __init__(self, inner: Any, gate: QuotaGate) -> None:
+        self._inner = inner
+        self._gate = gate
+
+    def launch(self, spec: ContainerSpec) -> Any:
+        with self._gate.admit(spec, wait=False):
+            return self._inner.launch(spec)

@@ -9,7 +9,6 @@ included). The container's bootstrap and the protocol spoken with it are in ``bo
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import os
 import secrets
@@ -26,24 +25,30 @@ from typing import Any, Protocol
 
 import docker
 
-from orchestrator.errors import OiError, SandboxError
+from orchestrator.errors import ConfigError, OiError, SandboxError
 from orchestrator.languages import Language, parse_language
+from orchestrator.policy import concurrency_caps, load_policy
+from orchestrator.sandbox.audit import AuditLog
 from orchestrator.sandbox.bootstrap import (
     OutputScanner,
-    bootstrap_command,
     frame_program,
     speaks_protocol,
 )
 from orchestrator.sandbox.docker import connect, engine_errors
-from orchestrator.sandbox.images import ImageCatalog
+from orchestrator.sandbox.images import ImageCatalog, ResolvedImage
+from orchestrator.sandbox.network import EgressManager, EgressPolicy, expand_hosts, find_ca_bundle
 from orchestrator.sandbox.output import STDERR, STDOUT, CappedBuffer, FrameDecoder
 from orchestrator.sandbox.pool import ContainerPool, Reaper
+from orchestrator.sandbox.quota import QuotaCaps, QuotaGate, QuotaLauncher
 from orchestrator.sandbox.spec import (
     ContainerSpec,
+    ExtraMount,
     Identity,
+    NetworkAttachment,
     build_spec,
     check_workdir,
     current_identity,
+    parse_mount,
 )
 from orchestrator.settings import Settings
 
@@ -52,6 +57,19 @@ OutputCallback = Callable[[str, bytes], None]
 
 TIMEOUT_EXIT = 124  # as timeout(1)
 OOM_EXIT = 137  # as Docker: 128 + SIGKILL
+
+
+def _home() -> Path:
+    return Path(os.environ.get("HOME") or Path.home())
+
+
+def _outcome(result: ExecResult) -> str:
+    """One word for the audit log."""
+    if result.timed_out:
+        return "timed_out"
+    if result.oom_killed:
+        return "oom_killed"
+    return "ok" if result.exit_code == 0 else "failed"
 
 
 def new_session_id() -> str:
@@ -187,6 +205,9 @@ class Sandbox:
         session_id: str | None = None,
         host_env: Mapping[str, str] | None = None,
         launcher: Launcher | None = None,
+        egress: EgressManager | None = None,
+        audit: AuditLog | None = None,
+        quota: QuotaGate | None = None,
     ) -> None:
         self.settings = settings
         self.session_id = session_id or new_session_id()
@@ -196,11 +217,19 @@ class Sandbox:
         self._images = images
         self._host_env = dict(os.environ if host_env is None else host_env)
         direct = launcher or DirectLauncher(self._api)
+        self._direct: Launcher = direct
         self._reaper = Reaper(self._remove)
+        self._egress = egress
+        self._audit = audit
+        self._quota = quota
+        self._attachment: NetworkAttachment | None = None
+        self._mounts: tuple[ExtraMount, ...] | None = None
         self.pool: ContainerPool[LiveContainer] | None = None
         if settings.pool:
+            # Pre-starting never waits in a quota line: a full quota just means no warm one.
+            prestart: Launcher = direct if quota is None else QuotaLauncher(direct, quota)
             self.pool = ContainerPool(
-                direct, self._reaper, size=settings.pool_size, idle=settings.pool_idle
+                prestart, self._reaper, size=settings.pool_size, idle=settings.pool_idle
             )
         self.launcher: Launcher = self.pool or direct
         self._running: set[str] = set()
@@ -215,14 +244,19 @@ class Sandbox:
         session_id: str | None = None,
         client: docker.DockerClient | None = None,
     ) -> Sandbox:
-        check_workdir(settings.workdir, home=Path(os.environ.get("HOME") or Path.home()))
+        check_workdir(settings.workdir, home=_home())
         client = client or connect()
+        identity = current_identity(settings.workdir)
+        per_user, total = concurrency_caps(load_policy())
+        caps = QuotaCaps(per_user, total)
         return cls(
             client,
             settings,
             ImageCatalog(client, settings),
-            current_identity(settings.workdir),
+            identity,
             session_id=session_id,
+            audit=AuditLog(settings.audit_log) if settings.audit_log else None,
+            quota=None if caps.unlimited else QuotaGate(client, caps, identity.owner_uid),
         )
 
     def warm(self, language: Language | str) -> None:
@@ -257,6 +291,9 @@ class Sandbox:
         if self.pool is not None:
             self.pool.close()
         self._reaper.drain()
+        if self._egress is not None and self._attachment is not None:
+            self._egress.release()
+            self._attachment = None
 
     def __enter__(self) -> Sandbox:
         return self
@@ -267,30 +304,131 @@ class Sandbox:
     def spec_for(self, language: Language) -> ContainerSpec:
         """The container spec a block in ``language`` gets (shown on the approval screen)."""
         image = self._images.resolve(language)
-        spec = build_spec(
-            language, image.tag, self.settings, self.identity, self.session_id, self._host_env
+        return build_spec(
+            language,
+            image.tag,
+            self.settings,
+            self.identity,
+            self.session_id,
+            self._host_env,
+            attachment=self._network_attachment(),
+            extra_mounts=self._extra_mounts(),
         )
-        # The bootstrap wrapper (pre-loaded interpreter, end markers) until spec.py builds it.
-        gvisor = self.settings.isolation == "gvisor"
-        return dataclasses.replace(spec, command=bootstrap_command(language, gvisor=gvisor))
+
+    def _extra_mounts(self) -> tuple[ExtraMount, ...]:
+        if self._mounts is None:
+            self._mounts = tuple(parse_mount(m, _home()) for m in self.settings.mounts)
+        return self._mounts
+
+    def _network_attachment(self) -> NetworkAttachment | None:
+        """The network beyond ``none``: the bridge, or an allowlist's network and proxy (set up
+        on first use, shared with other oi processes, released by ``close``)."""
+        settings = self.settings
+        if settings.network == "none":
+            return None
+        if self._attachment is None:
+            ca_bundle = find_ca_bundle(settings.ca_bundle)
+            if settings.network == "open":
+                self._attachment = NetworkAttachment("bridge", None, ca_bundle)
+            else:
+                hosts = expand_hosts(settings.allow_hosts)
+                if not hosts:
+                    raise ConfigError(
+                        "--network allowlist needs hosts: name them with --allow-host HOST "
+                        "(or a preset: pypi, npm, debian)"
+                    )
+                if self._egress is None:
+                    self._egress = EgressManager(self._client, self._images, ca_bundle=ca_bundle)
+                route = self._egress.ensure(EgressPolicy(hosts, tuple(settings.egress_ranges)))
+                self._attachment = NetworkAttachment(route.network, route.proxy_url, ca_bundle)
+        return self._attachment
 
     def run(
         self,
         language: Language | str,
         code: str | bytes,
         on_output: OutputCallback | None = None,
+        on_status: Callable[[str], None] | None = None,
     ) -> ExecResult:
         """Run ``code`` in a fresh container and return its result once it ends.
 
         Output is passed to ``on_output`` live and kept capped (head + tail) in the result.
         A timeout kills the container (SIGTERM, then SIGKILL after ``kill_grace``) and is
         reported in the result. Infrastructure failures raise ``SandboxError`` subclasses.
+        ``on_status`` hears about waits (a full quota) before the block starts.
         """
         lang = language if isinstance(language, Language) else parse_language(language)
         program = code.encode() if isinstance(code, str) else code
         spec = self.spec_for(lang)
         image = self._images.resolve(lang)
-        live = self.launcher.launch(spec)
+        started = time.monotonic()
+        outcome = "error"
+        result: ExecResult | None = None
+        try:
+            result = self._run_in(spec, lang, program, image, on_output, on_status)
+            outcome = _outcome(result)
+            return result
+        except KeyboardInterrupt:
+            outcome = "interrupted"
+            raise
+        finally:
+            if self._audit is not None:
+                self._audit_block(spec, lang, program, outcome, result, time.monotonic() - started)
+
+    def _audit_block(
+        self,
+        spec: ContainerSpec,
+        language: Language,
+        program: bytes,
+        outcome: str,
+        result: ExecResult | None,
+        seconds: float,
+    ) -> None:
+        assert self._audit is not None
+        s = self.settings
+        self._audit.block(
+            uid=self.identity.owner_uid,
+            session=self.session_id,
+            code_sha256=hashlib.sha256(program).hexdigest(),
+            language=language.value,
+            image=spec.image,
+            memory=s.memory,
+            cpus=s.cpus,
+            pids=s.pids,
+            timeout_s=s.timeout,
+            network=s.network,
+            allow_hosts=list(expand_hosts(s.allow_hosts)) if s.network == "allowlist" else [],
+            runtime=spec.host_config.get("runtime") or "runc",
+            outcome=outcome,
+            exit_code=result.exit_code if result else None,
+            duration_s=round(seconds, 3),
+            container_id=result.container_id if result else None,
+        )
+
+    def _launch(
+        self, spec: ContainerSpec, on_status: Callable[[str], None] | None
+    ) -> LiveContainer:
+        """A started container for ``spec``: a pre-started one, else a new one within quota."""
+        if self.pool is not None:
+            live = self.pool.take(spec)
+            if live is not None:
+                return live
+        if self._quota is None:
+            return self._direct.launch(spec)
+        make_room = self.pool.make_room if self.pool is not None else None
+        with self._quota.admit(spec, on_status, make_room):
+            return self._direct.launch(spec)
+
+    def _run_in(
+        self,
+        spec: ContainerSpec,
+        lang: Language,
+        program: bytes,
+        image: ResolvedImage,
+        on_output: OutputCallback | None,
+        on_status: Callable[[str], None] | None,
+    ) -> ExecResult:
+        live = self._launch(spec, on_status)
         with self._running_lock:
             self._running.add(live.id)
         try:

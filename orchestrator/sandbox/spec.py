@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ConfigError
-from orchestrator.languages import LANGUAGES, Language
+from orchestrator.languages import Language
+from orchestrator.sandbox.bootstrap import bootstrap_command
 from orchestrator.settings import Settings
 
 WORKSPACE = "/workspace"
@@ -136,18 +137,6 @@ class ContainerSpec:
             "use_config_proxy": False,
             "network_disabled": self.host_config.get("network_mode") == "none",
         }
-
-
-def bootstrap_command(language: Language) -> list[str]:
-    """The container's command: read the program from stdin into /tmp, then run it.
-
-    The program is sent after the container has started (so a pool can pre-start it), and what
-    runs is exactly the bytes sent. The program's own stdin is /dev/null.
-    """
-    info = LANGUAGES[language]
-    path = f"/tmp/{info.filename}"
-    interpreter = " ".join(info.interpreter)
-    return ["/bin/sh", "-c", f"cat > {path} && exec {interpreter} {path} </dev/null"]
 
 
 def check_workdir(workdir: Path, home: Path) -> None:
@@ -336,7 +325,7 @@ def build_spec(
     return ContainerSpec(
         language=language,
         image=image,
-        command=bootstrap_command(language),
+        command=bootstrap_command(language, gvisor=settings.isolation == "gvisor"),
         user=f"{identity.uid}:{identity.gid}",
         environment=environment,
         labels=labels,

@@ -10,7 +10,6 @@ from orchestrator.sandbox.spec import (
     CA_IN_SANDBOX,
     Identity,
     NetworkAttachment,
-    bootstrap_command,
     build_spec,
     check_workdir,
     resolve_identity,
@@ -105,19 +104,19 @@ def test_limits_map_to_host_config(
     assert make_spec(tmp_path, **overrides).host_config[key] == value
 
 
-@pytest.mark.parametrize(
-    ("language", "fragment"),
-    [
-        (Language.PYTHON, "exec python3 -u /tmp/main.py </dev/null"),
-        (Language.JAVASCRIPT, "exec node /tmp/main.js </dev/null"),
-        (Language.SHELL, "exec bash /tmp/main.sh </dev/null"),
-    ],
-)
-def test_bootstrap_reads_program_from_stdin(language: Language, fragment: str) -> None:
-    command = bootstrap_command(language)
-    assert command[:2] == ["/bin/sh", "-c"]
-    assert command[2].startswith("cat > /tmp/main.")
-    assert command[2].endswith(fragment)
+@pytest.mark.parametrize("language", list(Language))
+@pytest.mark.parametrize("isolation", ["runc", "gvisor"])
+def test_spec_uses_the_bootstrap_of_its_runtime(
+    tmp_path: Path, language: Language, isolation: str
+) -> None:
+    from orchestrator.sandbox import bootstrap
+
+    settings = Settings(workdir=tmp_path, isolation=isolation)
+    spec = build_spec(language, "img", settings, IDENTITY, "s", {})
+    if isolation == "gvisor":
+        assert spec.command == bootstrap.plain_command(language)
+    else:
+        assert spec.command == bootstrap.bootstrap_command(language)
 
 
 @pytest.mark.parametrize(
