@@ -208,3 +208,38 @@ def test_audit_log_has_one_line_per_block_and_no_secrets(
     assert first["code_sha256"] == hashlib.sha256(b"echo first").hexdigest()
     text = audit.read_text()
     assert "canary-audit-key" not in text and "echo first" not in text
+
+
+def test_quota_is_shared_across_processes_and_a_block_waits_in_line(
+    workdir: Path, tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    import subprocess
+    import time
+
+    from tests.sandbox_fixtures import OI, pid_containers
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text("max_concurrent_per_user = 1\n")
+    env = {**os.environ, "OI_POLICY_FILE": str(policy), "OI_CONFIG_FILE": str(tmp_path / "n.toml")}
+    first = subprocess.Popen(
+        [OI, "exec", "sh", "-", "--workdir", str(workdir)],
+        env=env,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert first.stdin is not None
+    first.stdin.write("sleep 3; echo first done")
+    first.stdin.close()
+    deadline = time.monotonic() + 30
+    while not pid_containers(docker_client, first.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pid_containers(docker_client, first.pid)
+    second = run_oi("exec", "sh", "-", "--workdir", str(workdir), env=env, input="echo second done")
+    first.wait(timeout=60)
+    assert first.stdout is not None
+    first_out = first.stdout.read()
+    assert first.returncode == 0 and "first done" in first_out
+    assert second.returncode == 0 and second.stdout == "second done\n"
+    assert "waiting for a sandbox slot: 1 of your 1 sandboxes are in use" in second.stderr
