@@ -28,6 +28,8 @@ ROLE_LABEL = "oi.role"
 
 class QuotaFullError(SandboxError):
     """No slot is free now (only raised when the caller asked not to wait)."""
+
+
 StatusCallback = Callable[[str], None]
 
 
