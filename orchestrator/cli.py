@@ -13,7 +13,7 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,13 +22,13 @@ from rich.table import Table
 from orchestrator import __version__
 from orchestrator.errors import OiError
 from orchestrator.languages import parse_language, supported_names
-from orchestrator.sandbox.docker import connect, engine_errors, engine_versions
-from orchestrator.sandbox.gc import sweep
-from orchestrator.sandbox.images import ALL_IMAGES, ImageCatalog
-from orchestrator.sandbox.output import TerminalSanitizer
-from orchestrator.sandbox.runner import ExecResult, Sandbox
-from orchestrator.settings import Settings, config_files, load_settings
-from orchestrator.units import format_size
+
+# Commands import what they use when they run: `oi --help` must not pay for docker, pydantic
+# and the openai SDK (start-up time is measured in bench/overhead.py).
+if TYPE_CHECKING:
+    from orchestrator.sandbox.images import ImageCatalog
+    from orchestrator.sandbox.runner import ExecResult
+    from orchestrator.settings import Settings
 
 app = typer.Typer(
     name="oi",
@@ -77,6 +77,9 @@ def _errors() -> Iterator[None]:
 
 def _docker_client() -> Any:
     """Connect to Docker and quietly sweep containers left by dead oi processes."""
+    from orchestrator.sandbox.docker import connect  # noqa: PLC0415
+    from orchestrator.sandbox.gc import sweep  # noqa: PLC0415
+
     client = connect()
     with contextlib.suppress(OiError):
         sweep(client)
@@ -85,7 +88,9 @@ def _docker_client() -> Any:
 
 
 def _egress_manager(client: Any) -> Any:
+    from orchestrator.sandbox.images import ImageCatalog  # noqa: PLC0415
     from orchestrator.sandbox.network import EgressManager  # noqa: PLC0415
+    from orchestrator.settings import load_settings  # noqa: PLC0415
 
     return EgressManager(client, ImageCatalog(client, load_settings()))
 
@@ -137,6 +142,8 @@ MountOpt = Annotated[
 
 
 def _limits(**flags: Any) -> Settings:
+    from orchestrator.settings import load_settings  # noqa: PLC0415
+
     for key in ("env", "allow_host", "mount"):
         values = flags.pop(key, None)
         if values:
@@ -166,6 +173,8 @@ def exec_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Run one block of code in a fresh sandbox; exit with its exit code (124 timeout, 137 OOM)."""
+    from orchestrator.sandbox.runner import Sandbox  # noqa: PLC0415
+
     with _errors():
         lang = parse_language(language)
         settings = _limits(
@@ -215,6 +224,8 @@ def _usage(message: str) -> OiError:
 
 def _passthrough() -> Any:
     """Write block output to our stdout/stderr; neutralise escapes when it is a terminal."""
+    from orchestrator.sandbox.output import TerminalSanitizer  # noqa: PLC0415
+
     sanitizers = {
         "stdout": TerminalSanitizer() if sys.stdout.isatty() else None,
         "stderr": TerminalSanitizer() if sys.stderr.isatty() else None,
@@ -235,6 +246,8 @@ def _passthrough() -> Any:
 
 
 def _report_limits(result: ExecResult, settings: Settings) -> None:
+    from orchestrator.units import format_size  # noqa: PLC0415
+
     if result.timed_out:
         err_console.print(f"oi: timed out after {settings.timeout:g} s (wall-clock limit)")
     elif result.oom_killed:
@@ -536,6 +549,7 @@ def sessions_list() -> None:
     """Recorded sessions, oldest first."""
     import datetime  # noqa: PLC0415
 
+    from orchestrator.settings import load_settings  # noqa: PLC0415
     from orchestrator.transcript import list_sessions  # noqa: PLC0415
 
     with _errors():
@@ -558,6 +572,7 @@ def sessions_show(
 ) -> None:
     """Show one recorded session: messages, code with hashes, decisions, results."""
     from orchestrator.render import render_transcript  # noqa: PLC0415
+    from orchestrator.settings import load_settings  # noqa: PLC0415
     from orchestrator.transcript import find_session, read_records  # noqa: PLC0415
 
     with _errors():
@@ -581,6 +596,10 @@ def images_build(
     prune: Annotated[bool, typer.Option("--prune", help="Remove stale image tags.")] = False,
 ) -> None:
     """Build the sandbox images (offline: bootstraps a Debian base when nothing can be pulled)."""
+    from orchestrator.sandbox.docker import connect  # noqa: PLC0415
+    from orchestrator.sandbox.images import ALL_IMAGES, ImageCatalog  # noqa: PLC0415
+    from orchestrator.settings import load_settings  # noqa: PLC0415
+
     with _errors():
         catalog = ImageCatalog(connect(), load_settings())
         unknown = set(names or []) - set(ALL_IMAGES)
@@ -598,6 +617,10 @@ def images_build(
 @images_app.command("list")
 def images_list() -> None:
     """Show each sandbox image: present, missing or stale."""
+    from orchestrator.sandbox.docker import connect  # noqa: PLC0415
+    from orchestrator.sandbox.images import ImageCatalog  # noqa: PLC0415
+    from orchestrator.settings import load_settings  # noqa: PLC0415
+
     with _errors():
         _print_images(ImageCatalog(connect(), load_settings()))
 
@@ -614,6 +637,9 @@ def _print_images(catalog: ImageCatalog) -> None:
 @app.command("gc")
 def gc_command() -> None:
     """Remove sandbox containers left behind by oi processes that are gone."""
+    from orchestrator.sandbox.docker import connect  # noqa: PLC0415
+    from orchestrator.sandbox.gc import sweep  # noqa: PLC0415
+
     with _errors():
         client = connect()
         result = sweep(client)
@@ -628,6 +654,8 @@ def gc_command() -> None:
 @config_app.command("show")
 def config_show() -> None:
     """Print the effective settings (flags > OI_* env > ./oi.toml > user config)."""
+    from orchestrator.settings import config_files, load_settings  # noqa: PLC0415
+
     with _errors():
         settings = load_settings()
         for key, value in settings.model_dump().items():
@@ -658,6 +686,11 @@ def policy_show() -> None:
 @app.command("doctor")
 def doctor() -> None:
     """Check the Docker engine, runtimes, images and disk; print the fix for each problem."""
+    from orchestrator.sandbox.docker import connect, engine_errors, engine_versions  # noqa: PLC0415
+    from orchestrator.sandbox.images import ImageCatalog  # noqa: PLC0415
+    from orchestrator.settings import load_settings  # noqa: PLC0415
+    from orchestrator.units import format_size  # noqa: PLC0415
+
     problems = 0
 
     def report(ok: bool, what: str, fix: str = "", *, fatal: bool = True) -> None:
