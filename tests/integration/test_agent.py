@@ -420,3 +420,36 @@ def test_doctor_checks_the_model_endpoint(agent_env: dict[str, str]) -> None:
     proc = run_oi("doctor", env={**agent_env, "OI_API_BASE": "http://127.0.0.1:9/v1"})
     assert "cannot reach the model server" in proc.stderr
     assert proc.returncode == 0  # the sandbox itself is fine: model problems are warnings
+
+
+def test_chat_resume_continues_a_recorded_session(
+    workdir: Path, fake_vllm: FakeVllm, agent_env: dict[str, str]
+) -> None:
+    fake_vllm.script(Reply(text=fence("sh", "echo 41 > answer.txt")), Reply(text="Wrote 41."))
+    first = oi_run(workdir, agent_env, "write 41 to answer.txt", "-y")
+    assert first.returncode == 0, first.stderr
+    (path,) = sessions_of(agent_env)
+
+    def continued(request: dict[str, Any]) -> Reply:
+        contents = [str(m.get("content")) for m in request["messages"]]
+        assert contents[1] == "write 41 to answer.txt"  # the old conversation came back
+        assert "Wrote 41." in contents
+        assert contents[-1] == "now say hello"
+        return Reply(text="Hello again.")
+
+    fake_vllm.script(continued)
+    # Without a terminal, chat reads one message per line; EOF leaves.
+    proc = run_oi(
+        "chat",
+        "--resume",
+        path.stem[:15],
+        "--workdir",
+        str(workdir),
+        env=agent_env,
+        input="%tokens\nnow say hello\n",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Hello again." in proc.stdout
+    assert fake_vllm.pending_replies == 0
+    assert sessions_of(agent_env) == [path]  # appended to the same record
+    assert "now say hello" in path.read_text()
