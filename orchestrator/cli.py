@@ -42,7 +42,7 @@ config_app = typer.Typer(help="Show the effective settings.", no_args_is_help=Tr
 app.add_typer(images_app, name="images")
 app.add_typer(config_app, name="config")
 
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 _state = {"debug": False}
 
 
@@ -294,6 +294,11 @@ NoPoolOpt = Annotated[
 EXIT_FOR_STATUS = {"finished": 0, "max_turns": 3, "quit": 3, "loop_guard": 3, "interrupted": 3}
 
 
+def _setting_flags(params: dict[str, Any], *not_settings: str) -> dict[str, Any]:
+    """A command's parameters that are setting flags (all but ``not_settings``)."""
+    return {key: value for key, value in params.items() if key not in not_settings}
+
+
 def _agent_settings(**flags: Any) -> Settings:
     if flags.pop("no_pool", False):
         flags["pool"] = False
@@ -373,29 +378,8 @@ def run_command(
     (max turns, quit, loop guard, Ctrl-C).
     """
     with _errors():
-        settings = _agent_settings(
-            auto_run=auto_run,
-            api_base=api_base,
-            model=model,
-            api_key=api_key,
-            tool_mode=tool_mode,
-            max_turns=max_turns,
-            temperature=temperature,
-            max_model_len=max_model_len,
-            memory=memory,
-            cpus=cpus,
-            pids=pids,
-            timeout=timeout,
-            max_output=max_output,
-            workdir=workdir,
-            env=env,
-            isolation=isolation,
-            no_pool=no_pool,
-            network=network,
-            allow_host=allow_host,
-            ca_bundle=ca_bundle,
-            mount=mount,
-        )
+        # Every other parameter of this command is a setting flag (None: not given).
+        settings = _agent_settings(**_setting_flags(locals(), "task", "as_json"))
         session = _open(settings)
         try:
             status = _drive(session.send(task), _make_renderer(as_json, markdown=False))
@@ -443,29 +427,7 @@ def chat_command(
 ) -> None:
     """Talk with the model in a loop; every block it writes runs sandboxed after you approve."""
     with _errors():
-        settings = _agent_settings(
-            auto_run=auto_run,
-            api_base=api_base,
-            model=model,
-            api_key=api_key,
-            tool_mode=tool_mode,
-            max_turns=max_turns,
-            temperature=temperature,
-            max_model_len=max_model_len,
-            memory=memory,
-            cpus=cpus,
-            pids=pids,
-            timeout=timeout,
-            max_output=max_output,
-            workdir=workdir,
-            env=env,
-            isolation=isolation,
-            no_pool=no_pool,
-            network=network,
-            allow_host=allow_host,
-            ca_bundle=ca_bundle,
-            mount=mount,
-        )
+        settings = _agent_settings(**_setting_flags(locals(), "resume"))
         session = _open(settings, resume=resume)
         renderer = _make_renderer(False, markdown=True)
         err_console.print(

@@ -223,25 +223,8 @@ def _wait_for_container(docker_client, pid: int, timeout: float = 30) -> list:
     raise AssertionError(f"no running container of pid {pid}")
 
 
-def test_ctrl_c_mid_block_removes_the_container(docker_client, workdir: Path) -> None:
-    proc = subprocess.Popen(
-        [OI, "exec", "sh", "-", "--workdir", str(workdir)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdin is not None
-    proc.stdin.write("sleep 600\n")
-    proc.stdin.close()
-    _wait_for_container(docker_client, proc.pid)
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=30)
-    assert proc.returncode != 0
-    assert pid_containers(docker_client, proc.pid) == []
-
-
-def test_sigkill_mid_block_leaves_an_orphan_that_gc_removes(docker_client, workdir: Path) -> None:
+def _oi_exec_sleeping(docker_client, workdir: Path) -> subprocess.Popen[str]:
+    """`oi exec` running `sleep 600`, once its container runs."""
     proc = subprocess.Popen(
         [OI, "exec", "sh", "-", "--workdir", str(workdir)],
         stdin=subprocess.PIPE,
@@ -253,6 +236,19 @@ def test_sigkill_mid_block_leaves_an_orphan_that_gc_removes(docker_client, workd
     proc.stdin.write("sleep 600\n")
     proc.stdin.close()
     _wait_for_container(docker_client, proc.pid)
+    return proc
+
+
+def test_ctrl_c_mid_block_removes_the_container(docker_client, workdir: Path) -> None:
+    proc = _oi_exec_sleeping(docker_client, workdir)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=30)
+    assert proc.returncode != 0
+    assert pid_containers(docker_client, proc.pid) == []
+
+
+def test_sigkill_mid_block_leaves_an_orphan_that_gc_removes(docker_client, workdir: Path) -> None:
+    proc = _oi_exec_sleeping(docker_client, workdir)
     proc.kill()
     proc.wait(timeout=10)
     assert len(pid_containers(docker_client, proc.pid)) == 1  # the orphan is there...
@@ -262,17 +258,7 @@ def test_sigkill_mid_block_leaves_an_orphan_that_gc_removes(docker_client, workd
 
 
 def test_every_oi_start_sweeps_orphans(docker_client, workdir: Path) -> None:
-    proc = subprocess.Popen(
-        [OI, "exec", "sh", "-", "--workdir", str(workdir)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdin is not None
-    proc.stdin.write("sleep 600\n")
-    proc.stdin.close()
-    _wait_for_container(docker_client, proc.pid)
+    proc = _oi_exec_sleeping(docker_client, workdir)
     proc.kill()
     proc.wait(timeout=10)
     again = run_oi("exec", "sh", "-", "--workdir", str(workdir), input="true")
