@@ -141,10 +141,9 @@ class Session:
         self._block_index = 0
         self._likely_language = Language.PYTHON
         if history:
+            # A resumed session starts like a new one: tools if allowed (auto falls back again
+            # if the server refuses them), with a system prompt for today's settings.
             self.messages = list(history)
-            self.use_tools = settings.tool_mode != "markdown" and any(
-                m.get("role") == "tool" for m in history
-            )
             self._set_system_prompt()
         else:
             self._set_system_prompt()
