@@ -32,6 +32,25 @@ from orchestrator.batch import (
     TaskStarted,
     format_clock,
 )
+from orchestrator.cli_options import (
+    AllowHostOpt,
+    ApiBaseOpt,
+    ApiKeyOpt,
+    CpusOpt,
+    EnvOpt,
+    IsolationOpt,
+    MaxModelLenOpt,
+    MaxOutputOpt,
+    MaxTurnsOpt,
+    MemoryOpt,
+    ModelOpt,
+    NetworkOpt,
+    NoPoolOpt,
+    PidsOpt,
+    TemperatureOpt,
+    TimeoutOpt,
+    ToolModeOpt,
+)
 from orchestrator.errors import ConfigError, PolicyError
 from orchestrator.replay import BlockComparison
 from orchestrator.sandbox.output import TerminalSanitizer
@@ -62,39 +81,6 @@ BudgetOpt = Annotated[
     str,
     typer.Option("--budget", help="Wall-clock budget per task, e.g. 600 or 15m."),
 ]
-ApiBaseOpt = Annotated[
-    str | None, typer.Option("--api-base", help="OpenAI-compatible endpoint.", show_default=False)
-]
-ModelOpt = Annotated[str | None, typer.Option("--model", help="Model name.")]
-ApiKeyOpt = Annotated[str | None, typer.Option("--api-key", help="API key.")]
-ToolModeOpt = Annotated[str | None, typer.Option("--tool-mode", help="auto, tools or markdown.")]
-MaxTurnsOpt = Annotated[int | None, typer.Option("--max-turns", help="Model turns per task.")]
-TemperatureOpt = Annotated[float | None, typer.Option("--temperature", help="Sampling temp.")]
-MaxModelLenOpt = Annotated[
-    int | None, typer.Option("--max-model-len", help="Context size if the server does not say.")
-]
-MemoryOpt = Annotated[str | None, typer.Option("--memory", "-m", help="Memory limit per block.")]
-CpusOpt = Annotated[float | None, typer.Option("--cpus", help="CPUs per block.")]
-PidsOpt = Annotated[int | None, typer.Option("--pids", help="Max processes per block.")]
-TimeoutOpt = Annotated[
-    float | None, typer.Option("--timeout", "-t", help="Wall-clock seconds per block.")
-]
-MaxOutputOpt = Annotated[
-    int | None, typer.Option("--max-output", help="Bytes of each stream kept, head + tail.")
-]
-NetworkOpt = Annotated[
-    str | None, typer.Option("--network", help="none, allowlist or open (default none).")
-]
-AllowHostOpt = Annotated[
-    list[str] | None,
-    typer.Option("--allow-host", help="Host reachable under --network allowlist (repeatable)."),
-]
-IsolationOpt = Annotated[str | None, typer.Option("--isolation", help="runc or gvisor.")]
-EnvOpt = Annotated[
-    list[str] | None,
-    typer.Option("--env", "-e", help="Pass this host variable into sandboxes (repeatable)."),
-]
-NoPoolOpt = Annotated[bool, typer.Option("--no-pool", help="Do not pre-start containers.")]
 
 _MARKS = {
     "passed": ("PASS ", "green"),

@@ -125,8 +125,11 @@ class FakeLauncher:
     launched: list[FakeLive] = field(default_factory=list)
     specs: list[ContainerSpec] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    entered: int = 0  # launch() calls begun (a gated one may still be waiting)
 
     def launch(self, spec: ContainerSpec) -> FakeLive:
+        with self.lock:
+            self.entered += 1
         if self.gate is not None:
             assert self.gate.wait(10)
         with self.lock:
@@ -354,6 +357,8 @@ def test_close_removes_ready_and_starting_containers_and_can_be_repeated(
     assert pool.wait_ready(python, 5)
     launcher.gate = threading.Event()
     pool.warm(shell)  # still starting when close() begins
+    # Wait until its launch has begun: a slot discarded before that is never launched at all.
+    wait_until(lambda: launcher.entered == 2)
     threading.Timer(0.2, launcher.gate.set).start()
     pool.close()
     assert sorted(removed.ids) == ["c0", "c1"]  # the starting one too, once it had started
