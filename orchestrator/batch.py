@@ -569,13 +569,8 @@ def _kind(mode: int) -> str:
     return "not a regular file or folder"
 
 
-def copy_tree(src: Path, dst: Path, *, owner: tuple[int, int] | None = None) -> None:
-    """Copy folder ``src`` to a new folder ``dst`` without following any symlink.
-
-    Symlinks are copied as symlinks (their targets are not read); FIFOs, sockets and devices
-    are refused with ``ConfigError`` (never opened). Modes (minus setuid/setgid/sticky) and
-    modification times are kept; with ``owner`` every copy gets that uid:gid.
-    """
+def _template_root(src: Path) -> os.stat_result:
+    """lstat of a workdir template, which must be a real folder (not a link to one)."""
     try:
         root = os.lstat(src)
     except OSError as exc:
@@ -585,6 +580,17 @@ def copy_tree(src: Path, dst: Path, *, owner: tuple[int, int] | None = None) -> 
         raise ConfigError(
             f"workdir template {src} is {what}, not a folder; point 'workdir' at a real folder"
         )
+    return root
+
+
+def copy_tree(src: Path, dst: Path, *, owner: tuple[int, int] | None = None) -> None:
+    """Copy folder ``src`` to a new folder ``dst`` without following any symlink.
+
+    Symlinks are copied as symlinks (their targets are not read); FIFOs, sockets and devices
+    are refused with ``ConfigError`` (never opened). Modes (minus setuid/setgid/sticky) and
+    modification times are kept; with ``owner`` every copy gets that uid:gid.
+    """
+    root = _template_root(src)
     os.mkdir(dst, 0o700)
     _copy_children(src, dst, owner)
     _finish_entry(dst, root, owner)
@@ -593,15 +599,7 @@ def copy_tree(src: Path, dst: Path, *, owner: tuple[int, int] | None = None) -> 
 def check_tree(src: Path) -> None:
     """Refuse a template that holds FIFOs, sockets or devices before anything runs (lstat
     only). Raises ``ConfigError`` naming the first offending path."""
-    try:
-        root = os.lstat(src)
-    except OSError as exc:
-        raise ConfigError(f"workdir template {src}: {exc.strerror}; check the path") from None
-    if not stat.S_ISDIR(root.st_mode):
-        what = "a symlink" if stat.S_ISLNK(root.st_mode) else _kind(root.st_mode)
-        raise ConfigError(
-            f"workdir template {src} is {what}, not a folder; point 'workdir' at a real folder"
-        )
+    _template_root(src)
     pending = [src]
     while pending:
         folder = pending.pop()

@@ -223,6 +223,7 @@ class Sandbox:
         self._audit = audit
         self._quota = quota
         self._attachment: NetworkAttachment | None = None
+        self._allowed_hosts: tuple[str, ...] = ()  # the allowlist, once expanded
         self._mounts: tuple[ExtraMount, ...] | None = None
         self.pool: ContainerPool[LiveContainer] | None = None
         if settings.pool:
@@ -332,6 +333,7 @@ class Sandbox:
                 self._attachment = NetworkAttachment("bridge", None, ca_bundle)
             else:
                 hosts = expand_hosts(settings.allow_hosts)
+                self._allowed_hosts = hosts
                 if not hosts:
                     raise ConfigError(
                         "--network allowlist needs hosts: name them with --allow-host HOST "
@@ -397,7 +399,8 @@ class Sandbox:
             pids=s.pids,
             timeout_s=s.timeout,
             network=s.network,
-            allow_hosts=list(expand_hosts(s.allow_hosts)) if s.network == "allowlist" else [],
+            # As expanded for the proxy: presets may ask npm or pip, not once per block.
+            allow_hosts=list(self._allowed_hosts),
             runtime=spec.host_config.get("runtime") or "runc",
             outcome=outcome,
             exit_code=result.exit_code if result else None,
