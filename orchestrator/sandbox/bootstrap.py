@@ -27,7 +27,7 @@ starts right away.
 
 If the wrapper dies before its markers (the block killed it, OOM, timeout), the stream simply
 ends and oi falls back to Docker's exit status. ``OutputScanner`` strips greeting and markers
-from the streams. Under gVisor the plain command is used for now (see ``bootstrap_command``).
+from the streams.
 
 The wrappers end with ``kill(-1, SIGKILL)``: they are only ever a container's command, never
 something to try on a host.
@@ -164,18 +164,10 @@ exit "$code"
 """
 
 
-def bootstrap_command(language: Language, *, gvisor: bool = False) -> list[str]:
-    """The container's command: the wrapper described in this module's docstring.
-
-    Under gVisor, the plain command for now: its ptrace platform backs every process of the
-    sandbox with host tasks counted by ``pids_limit`` (an idle sandbox already holds ~55 of
-    them), so the wrapper's one extra process breaks blocks at small limits such as 64. Once
-    ``pids_limit`` gets an allowance for gVisor's own tasks, the wrapper can be used there too.
-    """
+def bootstrap_command(language: Language) -> list[str]:
+    """The container's command: the wrapper described in this module's docstring."""
     info = LANGUAGES[language]
     path = f"/tmp/{info.filename}"
-    if gvisor:
-        return plain_command(language)
     if language is Language.PYTHON:
         return [*info.interpreter, "-c", _PYTHON_WRAPPER, path]
     return ["/bin/bash", "-c", _BASH_WRAPPER, WRAPPER_NAME, path, *info.interpreter]

@@ -246,6 +246,32 @@ def sandbox_environment(allowlist: list[str], host_env: Mapping[str, str]) -> di
     return env
 
 
+GVISOR_HOST_TASKS = 1024
+"""Host tasks a gVisor sandbox may hold beyond ``--pids``: its Sentry's own threads (~55 when
+idle) and the ptrace stubs that back the sandbox's processes, which it pools and frees lazily
+(200 short background jobs peak at ~900). When the host cgroup's limit is reached the Sentry
+dies, which contains the block but tells the user nothing, so the limit users meet is enforced
+inside instead (``sandbox_nproc``); this one only bounds a runaway Sentry on the host."""
+
+
+def host_pids_limit(settings: Settings) -> int:
+    """The container's ``pids_limit``: ``--pids`` itself under runc, where the cgroup counts
+    exactly the block's processes and threads; with gVisor's allowance under gVisor."""
+    if settings.isolation == "gvisor":
+        return settings.pids + GVISOR_HOST_TASKS
+    return settings.pids
+
+
+def sandbox_nproc(settings: Settings) -> list[dict[str, Any]]:
+    """Under gVisor, ``--pids`` is enforced as RLIMIT_NPROC by the Sentry, which counts only
+    the tasks of its own sandbox (on the host, this ulimit would count every process of the
+    uid, which is why runc gets none). A thread or fork bomb then gets EAGAIN at ``--pids``,
+    as under runc, and the block goes on."""
+    if settings.isolation != "gvisor":
+        return []
+    return [{"Name": "nproc", "Soft": settings.pids, "Hard": settings.pids}]
+
+
 def build_spec(
     language: Language,
     image: str,
@@ -297,13 +323,14 @@ def build_spec(
         "privileged": False,
         "read_only": True,
         "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={settings.tmp_size}"},
-        "pids_limit": settings.pids,
+        "pids_limit": host_pids_limit(settings),
         "mem_limit": settings.memory,
         "memswap_limit": settings.memory,  # equal: swap must not double the limit
         "nano_cpus": int(settings.cpus * 1_000_000_000),
         "ulimits": [
             {"Name": "nofile", "Soft": settings.nofile, "Hard": settings.nofile},
             {"Name": "fsize", "Soft": settings.max_file_size, "Hard": settings.max_file_size},
+            *sandbox_nproc(settings),
         ],
         "init": True,
         "ipc_mode": "private",
@@ -325,7 +352,7 @@ def build_spec(
     return ContainerSpec(
         language=language,
         image=image,
-        command=bootstrap_command(language, gvisor=settings.isolation == "gvisor"),
+        command=bootstrap_command(language),
         user=f"{identity.uid}:{identity.gid}",
         environment=environment,
         labels=labels,

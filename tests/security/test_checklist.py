@@ -212,12 +212,11 @@ def test_10_thread_bomb(make_sandbox: SandboxFactory, isolation: str) -> None:
     )
     sandbox = make_sandbox(isolation=isolation, pids=64, timeout=20)
     result = sandbox.run("python", code)
+    # runc: the pids cgroup says no; gVisor: its Sentry enforces --pids as RLIMIT_NPROC.
+    # Either way the bomb gets EAGAIN at the limit, at once, and the block goes on.
     assert not result.timed_out
-    if isolation == "runc":
-        assert "stopped at" in result.stdout
-        assert int(result.stdout.split()[2]) < 64
-    else:  # gVisor's threads are not host tasks: its Sentry kills the bomb instead
-        assert result.exit_code != 0
+    assert "stopped at" in result.stdout, result
+    assert int(result.stdout.split()[2]) < 64
     assert sandbox.run("sh", "echo alive").stdout == "alive\n"
 
 

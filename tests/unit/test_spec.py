@@ -8,6 +8,7 @@ from orchestrator.sandbox.gc import is_orphan
 from orchestrator.sandbox.spec import (
     BASE_ENVIRONMENT,
     CA_IN_SANDBOX,
+    GVISOR_HOST_TASKS,
     Identity,
     NetworkAttachment,
     build_spec,
@@ -93,6 +94,7 @@ def test_labels_for_reaping(tmp_path: Path) -> None:
         ({"memory": "512m"}, "memswap_limit", 512 * 1024**2),
         ({"cpus": 0.5}, "nano_cpus", 500_000_000),
         ({"pids": 64}, "pids_limit", 64),
+        ({"pids": 64, "isolation": "gvisor"}, "pids_limit", 64 + GVISOR_HOST_TASKS),
         ({"isolation": "gvisor"}, "runtime", "runsc"),
         ({"isolation": "gvisor", "network": "open"}, "runtime", "runsc-host"),
         ({"tmp_size": "10m"}, "tmpfs", {"/tmp": f"rw,nosuid,nodev,size={10 * 1024**2}"}),
@@ -106,17 +108,26 @@ def test_limits_map_to_host_config(
 
 @pytest.mark.parametrize("language", list(Language))
 @pytest.mark.parametrize("isolation", ["runc", "gvisor"])
-def test_spec_uses_the_bootstrap_of_its_runtime(
+def test_spec_runs_the_bootstrap_under_every_runtime(
     tmp_path: Path, language: Language, isolation: str
 ) -> None:
     from orchestrator.sandbox import bootstrap
 
     settings = Settings(workdir=tmp_path, isolation=isolation)
     spec = build_spec(language, "img", settings, IDENTITY, "s", {})
-    if isolation == "gvisor":
-        assert spec.command == bootstrap.plain_command(language)
-    else:
-        assert spec.command == bootstrap.bootstrap_command(language)
+    assert spec.command == bootstrap.bootstrap_command(language)
+
+
+@pytest.mark.parametrize(
+    ("isolation", "nproc"),
+    [("runc", None), ("gvisor", 64)],  # on the host, nproc would count every process of the uid
+)
+def test_pids_are_enforced_inside_gvisor_as_nproc(
+    tmp_path: Path, isolation: str, nproc: int | None
+) -> None:
+    ulimits = make_spec(tmp_path, pids=64, isolation=isolation).host_config["ulimits"]
+    found = [u for u in ulimits if u["Name"] == "nproc"]
+    assert found == ([] if nproc is None else [{"Name": "nproc", "Soft": nproc, "Hard": nproc}])
 
 
 @pytest.mark.parametrize(
