@@ -53,6 +53,15 @@ PROGRAMS = {
         "throw new Error('boom')",
         "process.stdin.on('data', d => console.log('got', d)); "
         "process.stdin.on('end', () => console.log('stdin ended'))",
+        # a preload that starts Node early must not leak into workers or forked children
+        "const { Worker } = require('worker_threads');\n"
+        "const w = new Worker(\"require('worker_threads').parentPort.postMessage('worker ok')\","
+        " { eval: true });\n"
+        "w.on('message', m => console.log(m)); w.on('error', e => console.log('worker', e));\n"
+        "require('fs').writeFileSync('/tmp/child.js', 'console.log(process.execArgv)');\n"
+        "w.on('exit', () => require('child_process').fork('/tmp/child.js')"
+        ".on('exit', c => console.log('fork exit', c)));",
+        "setTimeout(() => { console.log('timer'); process.exitCode = 6; }, 50)",
     ],
     "shell": [
         "echo out; echo err >&2; exit 5",

@@ -5,6 +5,7 @@ with kill(-1)); tests/integration/test_pool.py runs them there."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 
 import pytest
@@ -14,6 +15,7 @@ from orchestrator.sandbox.bootstrap import (
     END,
     HEADER_LEN,
     READY,
+    WRAPPER_NAME,
     OutputScanner,
     bootstrap_command,
     frame_program,
@@ -142,14 +144,18 @@ def test_python_wrapper_is_valid_python_with_the_protocol_constants() -> None:
 
 
 @pytest.mark.parametrize(
-    ("language", "tail"),
-    [(Language.SHELL, ["/tmp/main.sh", "bash"]), (Language.JAVASCRIPT, ["/tmp/main.js", "node"])],
+    ("language", "path", "started_by"),
+    [
+        (Language.SHELL, "/tmp/main.sh", '"$@" "$path"'),
+        (Language.JAVASCRIPT, "/tmp/main.js", "node -r"),
+    ],
 )
-def test_bash_wrapper_parses_and_gets_path_and_interpreter_as_arguments(
-    language: Language, tail: list[str]
+def test_bash_wrapper_parses_and_gets_its_path_as_argument(
+    language: Language, path: str, started_by: str
 ) -> None:
     command = bootstrap_command(language)
-    assert command[:2] == ["/bin/bash", "-c"] and command[4:] == tail
+    assert command[:2] == ["/bin/bash", "-c"] and command[3:5] == [WRAPPER_NAME, path]
+    assert command[2].count(started_by) == 1
     # -n only parses: the wrapper is never run on the host (it ends with kill -9 -1); and with
     # no input, its first `read` would end it anyway.
     check = subprocess.run(
@@ -160,6 +166,16 @@ def test_bash_wrapper_parses_and_gets_path_and_interpreter_as_arguments(
         check=False,
     )
     assert check.returncode == 0, check.stderr
+
+
+def test_node_preload_waits_on_the_fifo_the_wrapper_releases() -> None:
+    command = bootstrap_command(Language.JAVASCRIPT)
+    wrapper, preload = command[2], command[5]
+    fifo = re.search(r"mkfifo -m 600 (\S+) && exec 3<>(\S+)", wrapper)
+    assert fifo is not None and fifo[1] == fifo[2]
+    assert preload.count(f'"{fifo[1]}"') == 2  # opened, then unlinked
+    assert "printf 1 >&3" in wrapper and wrapper.index("printf 1 >&3") > wrapper.index("head -c")
+    assert "isMainThread" in preload and "execArgv.length = 0" in preload
 
 
 @pytest.mark.parametrize("language", list(Language))
