@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--languages", default="python,javascript,shell")
     parser.add_argument("--isolations", default="runc,gvisor")
-    parser.add_argument("--throughput-blocks", type=int, default=40)
+    parser.add_argument("--throughput-blocks", type=int, default=40, help="0 skips them")
     args = parser.parse_args()
 
     client = connect()
@@ -201,27 +201,30 @@ def main() -> None:
             f"{isolation:<10} {language_name:<11} {label:<18} {median * 1000:>10.1f} {ratio:>8.2f}"
         )
 
-    print()
-    print(f"back-to-back python blocks, {args.throughput_blocks} per row (refill in background)")
-    print(f"{'isolation':<10} {'runner':<22} {'conc':>4} {'blocks/s':>9} {'median ms':>10}")
-    code = PROGRAM[Language.PYTHON][0]
-    for isolation in args.isolations.split(","):
-        for label, overrides in (
-            ("oi (pool, size 1)", {"pool": True}),
-            ("oi (pool, size 2)", {"pool": True, "pool_size": 2}),
-            ("oi (no pool)", {"pool": False}),
-        ):
-            for concurrency in (1, 2):
-                with sandbox(client, workdir, isolation=isolation, **overrides) as box:
-                    block = oi_block(box, Language.PYTHON, code)
-                    if box.pool is not None:
-                        refilled(box, Language.PYTHON)()
-                    block()  # warm the connection and the pool's threads
-                    rate, median = throughput(block, args.throughput_blocks, concurrency)
-                print(
-                    f"{isolation:<10} {label:<22} {concurrency:>4} {rate:>9.1f} "
-                    f"{median * 1000:>10.1f}"
-                )
+    if args.throughput_blocks > 0:  # 0 skips the throughput rows
+        print()
+        print(
+            f"back-to-back python blocks, {args.throughput_blocks} per row (refill in background)"
+        )
+        print(f"{'isolation':<10} {'runner':<22} {'conc':>4} {'blocks/s':>9} {'median ms':>10}")
+        code = PROGRAM[Language.PYTHON][0]
+        for isolation in args.isolations.split(","):
+            for label, overrides in (
+                ("oi (pool, size 1)", {"pool": True}),
+                ("oi (pool, size 2)", {"pool": True, "pool_size": 2}),
+                ("oi (no pool)", {"pool": False}),
+            ):
+                for concurrency in (1, 2):
+                    with sandbox(client, workdir, isolation=isolation, **overrides) as box:
+                        block = oi_block(box, Language.PYTHON, code)
+                        if box.pool is not None:
+                            refilled(box, Language.PYTHON)()
+                        block()  # warm the connection and the pool's threads
+                        rate, median = throughput(block, args.throughput_blocks, concurrency)
+                    print(
+                        f"{isolation:<10} {label:<22} {concurrency:>4} {rate:>9.1f} "
+                        f"{median * 1000:>10.1f}"
+                    )
 
     python_rows = {
         label: (median, ratio)

@@ -4,7 +4,7 @@ A container is created (and, with the pool, started) before its block is known. 
 small *wrapper* that:
 
 1. writes the greeting ``READY`` on stdout (the pool reads it: the container is up and, for
-   Python, the interpreter is already loaded);
+   Python and Node, the interpreter is already loaded);
 2. reads a fixed-size header ``<nonce: 32 hex> <size: 12 digits>\\n`` and exactly ``size`` program
    bytes from stdin, and writes them to ``/tmp/main.<ext>`` (what runs is byte for byte what was
    sent);
@@ -37,6 +37,7 @@ something to try on a host.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -151,8 +152,7 @@ for _name, _value in {
 # @START_EARLY@ and @START@ are filled in below: the interpreter is started either after the
 # program has arrived, or (Node) before, waiting on a FIFO until it has.
 _BASH_TEMPLATE = r"""path=$1; shift
-@START_EARLY@printf '\0oi-ready\n'
-IFS=' ' read -r nonce size || exit 125
+@START_EARLY@IFS=' ' read -r nonce size || exit 125
 head -c "$size" > "$path" || exit 125
 @START@trap 'kill -TERM "$child" 2>/dev/null' TERM
 while :; do
@@ -165,13 +165,14 @@ printf '\0oi-end:%s\n' "$nonce"
 printf '\0oi-end:%s:%d\n' "$nonce" "$code" >&2
 exit "$code"
 """
-_BASH_WRAPPER = _BASH_TEMPLATE.replace("@START_EARLY@", "").replace(
+_BASH_WRAPPER = _BASH_TEMPLATE.replace("@START_EARLY@", "printf '\\0oi-ready\\n'\n").replace(
     "@START@", '"$@" "$path" </dev/null &\nchild=$!\n'
 )
 
 _START_FIFO = "/tmp/.oi-start"
 _NODE_PRELOAD_PATH = "/tmp/.oi-preload.js"
-# Loaded by `node -r` before the main module: it waits until the wrapper has written the program.
+# Loaded by `node -r` before the main module: it greets (Node is loaded: the container is ready)
+# and waits until the wrapper has written the program.
 # Worker threads load preloads again and skip it; a cleared execArgv keeps child_process.fork()
 # from passing `-r` on. Node then runs /tmp/main.js itself, exactly as `node /tmp/main.js` would
 # (same argv, require.main, stack traces).
@@ -180,6 +181,7 @@ if (require("worker_threads").isMainThread) {{
   const fs = require("fs");
   const fd = fs.openSync("{_START_FIFO}", "r");
   fs.unlinkSync("{_START_FIFO}");
+  fs.writeSync(1, {json.dumps(READY.decode())});
   fs.readSync(fd, Buffer.alloc(1));
   fs.closeSync(fd);
   process.execArgv.length = 0;

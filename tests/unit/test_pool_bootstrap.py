@@ -176,6 +176,9 @@ def test_node_preload_waits_on_the_fifo_the_wrapper_releases() -> None:
     assert preload.count(f'"{fifo[1]}"') == 2  # opened, then unlinked
     assert "printf 1 >&3" in wrapper and wrapper.index("printf 1 >&3") > wrapper.index("head -c")
     assert "isMainThread" in preload and "execArgv.length = 0" in preload
+    # the greeting comes from Node once it is loaded, not from the wrapper before it
+    assert "oi-ready" not in wrapper
+    assert preload.index('"\\u0000oi-ready\\n"') < preload.index("fs.readSync")
 
 
 @pytest.mark.parametrize("language", list(Language))
