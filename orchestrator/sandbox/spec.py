@@ -246,6 +246,11 @@ def sandbox_environment(allowlist: list[str], host_env: Mapping[str, str]) -> di
     return env
 
 
+GVISOR_PATH = "/opt/oi/gvisor-bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+"""PATH under gVisor: the images' busybox ``ls`` and ``stat`` first, because Debian bookworm's
+runsc (2022-12) rejects the statx flags (AT_NO_AUTOMOUNT) of coreutils' ``ls -l`` and ``stat``
+with "Invalid argument". An allowlisted ``--env PATH`` wins."""
+
 GVISOR_HOST_TASKS = 1024
 """Host tasks a gVisor sandbox may hold beyond ``--pids``: its Sentry's own threads (~55 when
 idle) and the ptrace stubs that back the sandbox's processes, which it pools and frees lazily
@@ -308,6 +313,7 @@ def build_spec(
         )
     runtime = None
     if settings.isolation == "gvisor":
+        environment.setdefault("PATH", GVISOR_PATH)
         # "runsc" gives the sandbox no network at all; "runsc-host" lets gVisor use the
         # container's own network namespace (the allowlist network or the bridge).
         runtime = (

@@ -44,6 +44,22 @@ def test_each_language_runs_and_writes_with_the_users_ownership(
     assert len(result.code_sha256) == 64 and result.image_id.startswith("sha256:")
 
 
+@pytest.mark.parametrize("isolation", ["runc", "gvisor"])
+def test_ls_l_and_stat_work_under_both_runtimes(
+    make_sandbox: SandboxFactory, workdir: Path, isolation: str
+) -> None:
+    (workdir / "data.csv").write_text("a,b\n1,2\n")
+    result = make_sandbox(isolation=isolation).run(
+        "sh", "ls -l /workspace && stat -c '%s %n' data.csv && ls -la /tmp | head -2"
+    )
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("total ")
+    assert lines[1].startswith("-rw-") and lines[1].endswith(" data.csv")
+    assert lines[2] == "8 data.csv"
+    assert lines[3].startswith("total ")
+
+
 def test_output_streams_live_and_exit_code_is_reported(make_sandbox: SandboxFactory) -> None:
     seen: list[tuple[str, bytes, float]] = []
     code = "import sys, time\nprint('first', flush=True)\ntime.sleep(1.5)\nprint('late', file=sys.stderr)\nsys.exit(7)"

@@ -9,6 +9,7 @@ from orchestrator.sandbox.spec import (
     BASE_ENVIRONMENT,
     CA_IN_SANDBOX,
     GVISOR_HOST_TASKS,
+    GVISOR_PATH,
     Identity,
     NetworkAttachment,
     build_spec,
@@ -66,6 +67,22 @@ def test_no_host_environment_leaks(tmp_path: Path) -> None:
     spec = make_spec(tmp_path)
     assert spec.environment == dict(BASE_ENVIRONMENT)
     assert "OI_API_KEY" not in spec.environment
+
+
+@pytest.mark.parametrize(
+    ("isolation", "host_env", "path"),
+    [
+        ("runc", {}, None),  # the image's own PATH
+        ("gvisor", {}, GVISOR_PATH),  # busybox ls/stat first
+        ("gvisor", {"PATH": "/mine"}, "/mine"),  # an allowlisted PATH wins
+    ],
+)
+def test_path_under_gvisor(
+    tmp_path: Path, isolation: str, host_env: dict[str, str], path: str | None
+) -> None:
+    settings = Settings(workdir=tmp_path, isolation=isolation, env=list(host_env))
+    spec = build_spec(Language.SHELL, "img", settings, IDENTITY, "s", host_env)
+    assert spec.environment.get("PATH") == path
 
 
 def test_env_allowlist_passes_only_named_variables() -> None:
