@@ -11,9 +11,11 @@ small *wrapper* that:
 3. runs the program with stdin at /dev/null, its interpreter's start-up paid before the block
    arrives where that is costly: Python in a forked child of the already started interpreter,
    as ``__main__`` with the file's name (~15 ms saved); Node started with the container, waiting
-   in a ``-r`` preload until the program is written, then running it as its main module (~60 ms
-   saved); ``bash /tmp/main.sh`` as a plain child. SIGTERM (a timeout) is forwarded to the
-   program;
+   in a ``-r`` preload (``sandbox-images/node/oi-preload.js``) until the program is written, then
+   running it as its main module (~60 ms saved; what still tells it apart from
+   ``node /tmp/main.js``: ``process.uptime()`` counts from the container's start, and
+   ``require.cache`` lists the preload); ``bash /tmp/main.sh`` as a plain child. SIGTERM (a
+   timeout) is forwarded to the program;
 4. when the program exits, SIGKILLs every other process of the sandbox user (as the container's
    end would) and writes an end marker carrying the nonce on stdout and, with the exit status, on
    stderr.
@@ -37,7 +39,6 @@ something to try on a host.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 
@@ -148,11 +149,12 @@ for _name, _value in {
     _PYTHON_WRAPPER = _PYTHON_WRAPPER.replace(f"@{_name}@", _value)
 
 # Runs as `bash -c <this> oi-bootstrap /tmp/main.<ext> <interpreter...>`. The program runs in the
-# background only so that `wait` can be interrupted to forward SIGTERM (a timeout) to it.
-# @START_EARLY@ and @START@ are filled in below: the interpreter is started either after the
-# program has arrived, or (Node) before, waiting on a FIFO until it has.
+# background so that `wait` can be interrupted to forward SIGTERM (a timeout) to it. @START_EARLY@
+# and @START@ are filled in below: the interpreter starts after the program has arrived, or (Node)
+# before, waiting until it has.
 _BASH_TEMPLATE = r"""path=$1; shift
-@START_EARLY@IFS=' ' read -r nonce size || exit 125
+@START_EARLY@printf '\0oi-ready\n'
+IFS=' ' read -r nonce size || exit 125
 head -c "$size" > "$path" || exit 125
 @START@trap 'kill -TERM "$child" 2>/dev/null' TERM
 while :; do
@@ -165,37 +167,30 @@ printf '\0oi-end:%s\n' "$nonce"
 printf '\0oi-end:%s:%d\n' "$nonce" "$code" >&2
 exit "$code"
 """
-_BASH_WRAPPER = _BASH_TEMPLATE.replace("@START_EARLY@", "printf '\\0oi-ready\\n'\n").replace(
+_BASH_WRAPPER = _BASH_TEMPLATE.replace("@START_EARLY@", "").replace(
     "@START@", '"$@" "$path" </dev/null &\nchild=$!\n'
 )
 
-_START_FIFO = "/tmp/.oi-start"
-_NODE_PRELOAD_PATH = "/tmp/.oi-preload.js"
-# Loaded by `node -r` before the main module: it greets (Node is loaded: the container is ready)
-# and waits until the wrapper has written the program.
-# Worker threads load preloads again and skip it; a cleared execArgv keeps child_process.fork()
-# from passing `-r` on. Node then runs /tmp/main.js itself, exactly as `node /tmp/main.js` would
-# (same argv, require.main, stack traces).
-_NODE_PRELOAD = f"""\
-if (require("worker_threads").isMainThread) {{
-  const fs = require("fs");
-  const fd = fs.openSync("{_START_FIFO}", "r");
-  fs.unlinkSync("{_START_FIFO}");
-  fs.writeSync(1, {json.dumps(READY.decode())});
-  fs.readSync(fd, Buffer.alloc(1));
-  fs.closeSync(fd);
-  process.execArgv.length = 0;
-}}
-"""
-# Runs as `bash -c <this> oi-bootstrap /tmp/main.js <preload source>`. The FIFO is opened
-# read-write first, so neither side's open blocks, and stays open until the program has ended:
-# closed early, the byte that starts Node would be lost if Node had not opened it yet.
+NODE_PRELOAD = "/opt/oi/node-preload.js"
+"""Where the node image keeps ``sandbox-images/node/oi-preload.js`` (read-only, like the image)."""
+# Runs as `bash -c <this> oi-bootstrap /tmp/main.js`. Two FIFOs next to the program:
+# - .oi-loaded, Node's fd 4: Node writes a byte once loaded, and only then does the wrapper greet.
+#   If Node dies first, the read sees end of file and the wrapper ends: no container is handed
+#   out whose interpreter is gone.
+# - .oi-start, opened read-write by the wrapper first, so that no open blocks: the wrapper writes
+#   a byte once the program is in place. It keeps it open until the program ends, since closing it
+#   early could lose a byte Node has not read yet; if the wrapper dies, Node reads end of file
+#   and exits 125 without running anything.
 _NODE_WRAPPER = _BASH_TEMPLATE.replace(
     "@START_EARLY@",
-    f"""printf %s "$1" > {_NODE_PRELOAD_PATH} || exit 125
-mkfifo -m 600 {_START_FIFO} && exec 3<>{_START_FIFO} || exit 125
-node -r {_NODE_PRELOAD_PATH} "$path" </dev/null 3>&- &
+    f"""dir=${{path%/*}}
+mkfifo -m 600 "$dir/.oi-start" "$dir/.oi-loaded" && exec 3<>"$dir/.oi-start" || exit 125
+node -r {NODE_PRELOAD} "$path" </dev/null 3>&- 4>"$dir/.oi-loaded" &
 child=$!
+exec 4<"$dir/.oi-loaded"
+IFS= read -r -n 1 -u 4 _ || exit 125
+exec 4<&-
+rm -f "$dir/.oi-start" "$dir/.oi-loaded"
 """,
 ).replace("@START@", "printf 1 >&3\n")
 
@@ -207,7 +202,7 @@ def bootstrap_command(language: Language) -> list[str]:
     if language is Language.PYTHON:
         return [*info.interpreter, "-c", _PYTHON_WRAPPER, path]
     if language is Language.JAVASCRIPT:
-        return ["/bin/bash", "-c", _NODE_WRAPPER, WRAPPER_NAME, path, _NODE_PRELOAD]
+        return ["/bin/bash", "-c", _NODE_WRAPPER, WRAPPER_NAME, path]
     return ["/bin/bash", "-c", _BASH_WRAPPER, WRAPPER_NAME, path, *info.interpreter]
 
 

@@ -251,19 +251,21 @@ GVISOR_PATH = "/opt/oi/gvisor-bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/
 runsc (2022-12) rejects the statx flags (AT_NO_AUTOMOUNT) of coreutils' ``ls -l`` and ``stat``
 with "Invalid argument". An allowlisted ``--env PATH`` wins."""
 
-GVISOR_HOST_TASKS = 1024
-"""Host tasks a gVisor sandbox may hold beyond ``--pids``: its Sentry's own threads (~55 when
-idle) and the ptrace stubs that back the sandbox's processes, which it pools and frees lazily
-(200 short background jobs peak at ~900). When the host cgroup's limit is reached the Sentry
-dies, which contains the block but tells the user nothing, so the limit users meet is enforced
-inside instead (``sandbox_nproc``); this one only bounds a runaway Sentry on the host."""
+GVISOR_TASKS_PER_PROCESS = 12
+GVISOR_BASE_TASKS = 128
+"""Host tasks a gVisor sandbox may hold: its Sentry's own threads (~55 when idle) and, on the
+ptrace platform, a stub process with its threads per sandbox process (~10 each, measured: 250
+concurrent `sleep`s hold ~2,450 host tasks; threads cost almost nothing). When the host cgroup's
+limit is reached the Sentry dies, which contains the block but tells the user nothing, so the
+limit users meet is enforced inside instead (``sandbox_nproc``); this one bounds a runaway
+Sentry on the host (a fork bomb's stubs outgrow any limit: it ends there)."""
 
 
 def host_pids_limit(settings: Settings) -> int:
     """The container's ``pids_limit``: ``--pids`` itself under runc, where the cgroup counts
-    exactly the block's processes and threads; with gVisor's allowance under gVisor."""
+    exactly the block's processes and threads; under gVisor, room for ``--pids`` processes."""
     if settings.isolation == "gvisor":
-        return settings.pids + GVISOR_HOST_TASKS
+        return settings.pids * GVISOR_TASKS_PER_PROCESS + GVISOR_BASE_TASKS
     return settings.pids
 
 

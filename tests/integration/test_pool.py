@@ -178,6 +178,20 @@ def test_a_pooled_container_killed_while_waiting_is_not_used(
     assert result.exit_code == 0 and result.stdout == "ran\n"
 
 
+def test_a_node_that_cannot_start_fails_its_block_at_once(make_sandbox: SandboxFactory) -> None:
+    """Node starts before its block; if it dies first, the wrapper must not greet (or the pool
+    would wait for a greeting until its start timeout, 60 s): the block fails with Node's words."""
+    sandbox = make_sandbox(
+        pool=True, env=["NODE_OPTIONS"], host_env={"NODE_OPTIONS": "--no-such-flag"}
+    )
+    sandbox.warm(Language.JAVASCRIPT)
+    started = time.monotonic()
+    result = sandbox.run("javascript", "console.log('ran')")
+    assert time.monotonic() - started < 30
+    assert result.exit_code == 125 and "ran" not in result.stdout
+    assert "--no-such-flag is not allowed in NODE_OPTIONS" in result.stderr
+
+
 def test_oom_in_a_pooled_container_is_reported(make_sandbox: SandboxFactory) -> None:
     sandbox = make_sandbox(pool=True, memory="128m")
     warm_and_wait(sandbox, "python")

@@ -60,6 +60,18 @@ def test_ls_l_and_stat_work_under_both_runtimes(
     assert lines[3].startswith("total ")
 
 
+@pytest.mark.parametrize("isolation", ["runc", "gvisor"])
+def test_a_block_may_use_nearly_all_its_pids_as_processes(
+    make_sandbox: SandboxFactory, isolation: str
+) -> None:
+    """Under gVisor every process also costs host tasks (ptrace stubs): the host limit must leave
+    room for them, or gVisor's kernel dies mid-block."""
+    result = make_sandbox(isolation=isolation, pids=256, timeout=60).run(
+        "bash", "for i in $(seq 200); do sleep 2 & done; wait; echo all done"
+    )
+    assert (result.exit_code, result.stdout) == (0, "all done\n"), result.stderr
+
+
 def test_output_streams_live_and_exit_code_is_reported(make_sandbox: SandboxFactory) -> None:
     seen: list[tuple[str, bytes, float]] = []
     code = "import sys, time\nprint('first', flush=True)\ntime.sleep(1.5)\nprint('late', file=sys.stderr)\nsys.exit(7)"

@@ -5,8 +5,8 @@ with kill(-1)); tests/integration/test_pool.py runs them there."""
 from __future__ import annotations
 
 import ast
-import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +14,7 @@ from orchestrator.languages import Language
 from orchestrator.sandbox.bootstrap import (
     END,
     HEADER_LEN,
+    NODE_PRELOAD,
     READY,
     WRAPPER_NAME,
     OutputScanner,
@@ -24,6 +25,7 @@ from orchestrator.sandbox.bootstrap import (
 )
 from orchestrator.sandbox.output import STDERR, STDOUT
 
+REPO = Path(__file__).resolve().parents[2]
 NONCE = b"0123456789abcdef0123456789abcdef"
 OUT_END = END + NONCE + b"\n"
 
@@ -168,17 +170,14 @@ def test_bash_wrapper_parses_and_gets_its_path_as_argument(
     assert check.returncode == 0, check.stderr
 
 
-def test_node_preload_waits_on_the_fifo_the_wrapper_releases() -> None:
-    command = bootstrap_command(Language.JAVASCRIPT)
-    wrapper, preload = command[2], command[5]
-    fifo = re.search(r"mkfifo -m 600 (\S+) && exec 3<>(\S+)", wrapper)
-    assert fifo is not None and fifo[1] == fifo[2]
-    assert preload.count(f'"{fifo[1]}"') == 2  # opened, then unlinked
-    assert "printf 1 >&3" in wrapper and wrapper.index("printf 1 >&3") > wrapper.index("head -c")
-    assert "isMainThread" in preload and "execArgv.length = 0" in preload
-    # the greeting comes from Node once it is loaded, not from the wrapper before it
-    assert "oi-ready" not in wrapper
-    assert preload.index('"\\u0000oi-ready\\n"') < preload.index("fs.readSync")
+def test_node_wrapper_starts_node_with_the_preload_the_image_ships() -> None:
+    wrapper = bootstrap_command(Language.JAVASCRIPT)[2]
+    assert f"node -r {NODE_PRELOAD} " in wrapper
+    dockerfile = (REPO / "sandbox-images" / "node" / "Dockerfile").read_text()
+    assert f"COPY oi-preload.js {NODE_PRELOAD}" in dockerfile
+    # greet only once Node said it is loaded; release it only once the program is written
+    assert wrapper.index("read -r -n 1 -u 4") < wrapper.index("oi-ready")
+    assert wrapper.index("head -c") < wrapper.index("printf 1 >&3")
 
 
 @pytest.mark.parametrize("language", list(Language))

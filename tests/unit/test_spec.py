@@ -8,7 +8,6 @@ from orchestrator.sandbox.gc import is_orphan
 from orchestrator.sandbox.spec import (
     BASE_ENVIRONMENT,
     CA_IN_SANDBOX,
-    GVISOR_HOST_TASKS,
     GVISOR_PATH,
     Identity,
     NetworkAttachment,
@@ -111,7 +110,7 @@ def test_labels_for_reaping(tmp_path: Path) -> None:
         ({"memory": "512m"}, "memswap_limit", 512 * 1024**2),
         ({"cpus": 0.5}, "nano_cpus", 500_000_000),
         ({"pids": 64}, "pids_limit", 64),
-        ({"pids": 64, "isolation": "gvisor"}, "pids_limit", 64 + GVISOR_HOST_TASKS),
+        ({"pids": 64, "isolation": "gvisor"}, "pids_limit", 64 * 12 + 128),
         ({"isolation": "gvisor"}, "runtime", "runsc"),
         ({"isolation": "gvisor", "network": "open"}, "runtime", "runsc-host"),
         ({"tmp_size": "10m"}, "tmpfs", {"/tmp": f"rw,nosuid,nodev,size={10 * 1024**2}"}),
