@@ -48,7 +48,7 @@ unit: venv
 
 demo: setup
 	@rm -rf demo-out
-	$(BIN)/oi replay examples/csv-demo/session.jsonl --out demo-out
+	$(BIN)/oi replay examples/csv-demo/session.jsonl --yes --out demo-out
 	@echo "demo-out/ holds what the sandboxes made: sales.csv, sales_clean.csv, monthly_revenue.csv, monthly_revenue.png"
 	@echo "(a scripted session, not a model's: see examples/csv-demo/README.md)"
 

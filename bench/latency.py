@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.languages import Language
+from orchestrator.loading import sandbox_config
+from orchestrator.policy import Policy
 from orchestrator.sandbox.docker import connect
 from orchestrator.sandbox.images import ImageCatalog
 from orchestrator.sandbox.runner import Sandbox
@@ -100,11 +102,11 @@ def throughput(fn: Callable[[], None], blocks: int, concurrency: int) -> tuple[f
 
 @contextmanager
 def sandbox(client: Any, workdir: Path, **overrides: Any) -> Iterator[Sandbox]:
-    settings = Settings(workdir=workdir, **overrides)
+    config = sandbox_config(Settings(workdir=workdir, **overrides), Policy())
     box = Sandbox(
         client,
-        settings,
-        ImageCatalog(client, settings),
+        config,
+        ImageCatalog(client),
         current_identity(workdir),
         session_id="bench",
     )
@@ -145,7 +147,7 @@ def main() -> None:
 
     client = connect()
     workdir = Path(tempfile.mkdtemp(prefix="oi-bench-"))
-    catalog = ImageCatalog(client, Settings(workdir=workdir))
+    catalog = ImageCatalog(client)
     languages = [Language(name) for name in args.languages.split(",")]
 
     rows: list[tuple[str, str, str, float, float]] = []

@@ -18,10 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orchestrator.approval import AutoApprover
 from orchestrator.events import BlockResult, ModelReply
-from orchestrator.session import open_session
+from orchestrator.loading import Loaded
+from orchestrator.policy import Policy
 from orchestrator.settings import Settings
+from orchestrator.wiring import open_session
 from tests.fake_vllm import FakeVllm, Reply
 
 OI = str(Path(sys.executable).parent / "oi")
@@ -33,7 +34,8 @@ def turn_overheads(turns: int) -> tuple[list[float], list[float], list[float]]:
         settings = Settings(
             workdir=Path(tmp), api_base=fake.base_url, data_dir=Path(tmp) / "data", auto_run=True
         )
-        session = open_session(settings, AutoApprover())
+        opened = open_session(Loaded(settings, Policy()))
+        session, sandbox = opened.session, opened.sandbox
         try:
             for i in range(turns + 2):
                 fake.script(Reply(text=f"```python\nprint({i})\n```"), Reply(text="Done."))
@@ -49,11 +51,11 @@ def turn_overheads(turns: int) -> tuple[list[float], list[float], list[float]]:
                     overheads.append(total - model_s - block_s)
                     models.append(model_s)
                     blocks.append(block_s)
-                session.sandbox.pool and session.sandbox.pool.wait_ready(
-                    session.sandbox.spec_for(session._likely_language), 10
+                sandbox.pool and sandbox.pool.wait_ready(
+                    sandbox.spec_for(session._likely_language), 10
                 )
         finally:
-            session.sandbox.close()
+            opened.close()
     return overheads, models, blocks
 
 

@@ -16,8 +16,13 @@ ApprovalKind = Literal["run", "decline", "always", "quit", "edit"]
 
 @dataclass(frozen=True)
 class Approval:
+    """An answer to ``CodeProposed``. ``sha256``, when given (a client that approves from afar),
+    must be the hash of the code it showed: a mismatch is refused, never run."""
+
     kind: ApprovalKind
     code: str | None = None  # for "edit": the edited code, which must be shown and approved again
+    reason: str = ""
+    sha256: str | None = None
 
 
 class Approver(Protocol):

@@ -1,66 +1,45 @@
 """`oi batch` and `oi replay` commands (registered on the main Typer app by cli.py).
 
-Thin adapters: parse flags -> build the runner (``batch.py``) or the replay (``replay.py``) ->
-render their events -> write reports -> exit code. Helpers of ``orchestrator.cli`` are
-imported inside functions, since cli.py imports this module while it is being loaded.
+Thin adapters: parse flags -> plan (``batch.plan``) or load the record (``replay.py``) -> run
+-> render their events -> write reports -> exit code.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sys
-import tempfile
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from orchestrator.batch import (
-    BatchEvent,
-    BatchNotice,
-    BatchReport,
-    ProgressState,
-    TaskFinished,
-    TaskStarted,
-    format_clock,
-)
+from orchestrator.cli_common import docker_client, err_console, errors, load_flags
 from orchestrator.cli_options import (
-    AllowHostOpt,
-    ApiBaseOpt,
-    ApiKeyOpt,
-    CpusOpt,
-    EnvOpt,
-    IsolationOpt,
-    MaxModelLenOpt,
-    MaxOutputOpt,
-    MaxTurnsOpt,
-    MemoryOpt,
-    ModelOpt,
-    NetworkOpt,
-    NoPoolOpt,
-    PidsOpt,
-    TemperatureOpt,
-    TimeoutOpt,
-    ToolModeOpt,
+    LIMIT_FLAGS,
+    MODEL_FLAGS,
+    SettingFlags,
+    with_setting_flags,
 )
-from orchestrator.errors import ConfigError, PolicyError
-from orchestrator.replay import BlockComparison
+from orchestrator.errors import ConfigError
 from orchestrator.sandbox.output import TerminalSanitizer
+
+if TYPE_CHECKING:
+    from orchestrator.batch import BatchEvent, BatchReport
+    from orchestrator.batch.plan import BatchPlan
+    from orchestrator.replay import BlockComparison
 
 # Exit codes of `oi batch` and `oi replay` (bad usage or an unreachable engine: see cli.py).
 EXIT_OK = 0
 EXIT_FAILED = 1  # a task failed or errored / a replayed block did not match
 EXIT_INTERRUPTED = 3  # Ctrl-C: the partial report was written
 
-# Options, defined here (not imported) so these commands do not depend on cli.py's names.
 ConcurrencyOpt = Annotated[
     int, typer.Option("--concurrency", "-j", help="Tasks at once (sandboxes and model requests).")
 ]
@@ -88,6 +67,11 @@ _MARKS = {
     "error": ("ERROR", "red"),
     "skipped": ("SKIP ", "yellow"),
 }
+BATCH_FLAGS = (
+    *MODEL_FLAGS, "max_model_len", *LIMIT_FLAGS, "network", "allow_host", "isolation", "env",
+    "no_pool",
+)  # fmt: skip
+REPLAY_FLAGS = ("memory", "timeout", "network", "allow_host", "isolation", "env", "no_pool")
 
 
 def register(app: typer.Typer) -> None:
@@ -99,6 +83,7 @@ def register(app: typer.Typer) -> None:
 # --- oi batch -------------------------------------------------------------------------------------
 
 
+@with_setting_flags(*BATCH_FLAGS)
 def batch_command(
     tasks_file: Annotated[Path, typer.Argument(help="Tasks file: YAML, or JSONL (.jsonl).")],
     concurrency: ConcurrencyOpt = 1,
@@ -108,143 +93,97 @@ def batch_command(
     shard: ShardOpt = None,
     resume: ResumeOpt = False,
     budget: BudgetOpt = "15m",
-    api_base: ApiBaseOpt = None,
-    model: ModelOpt = None,
-    api_key: ApiKeyOpt = None,
-    tool_mode: ToolModeOpt = None,
-    max_turns: MaxTurnsOpt = None,
-    temperature: TemperatureOpt = None,
-    max_model_len: MaxModelLenOpt = None,
-    memory: MemoryOpt = None,
-    cpus: CpusOpt = None,
-    pids: PidsOpt = None,
-    timeout: TimeoutOpt = None,
-    max_output: MaxOutputOpt = None,
-    network: NetworkOpt = None,
-    allow_host: AllowHostOpt = None,
-    isolation: IsolationOpt = None,
-    env: EnvOpt = None,
-    no_pool: NoPoolOpt = False,
+    *,
+    flags: SettingFlags,
 ) -> None:
     """Run a file of tasks unattended (auto-run: every block is sandboxed); JUnit/JSON reports.
 
     A task passes when the model finished and its check (a shell command run in a sandbox on
-    the task's workdir) exits 0. Exit codes: 0 every task passed, 1 a task failed or errored
-    (or the engine is unreachable), 2 bad tasks file or usage, 3 interrupted (Ctrl-C; the
-    partial report is written).
+    the task's workdir) exits 0. A task's settings may only narrow the command line's (trust
+    the file with 'oi trust FILE' to lift that). Exit codes: 0 every task passed, 1 a task
+    failed or errored (or the engine is unreachable), 2 bad tasks file or usage, 3 interrupted
+    (Ctrl-C; the partial report is written).
     """
-    from orchestrator import batch  # noqa: PLC0415
-    from orchestrator.cli import _docker_client, _errors, err_console  # noqa: PLC0415
-    from orchestrator.sandbox.docker import connect  # noqa: PLC0415
+    from orchestrator.batch.plan import plan_batch  # noqa: PLC0415
 
-    with _errors():
+    with errors():
         if concurrency < 1:
             raise ConfigError(f"--concurrency {concurrency}: run at least 1 task at a time")
-        try:
-            budget_s = batch.parse_duration(budget)
-        except ValueError as exc:
-            raise ConfigError(f"--budget: {exc}") from None
-        shard_pair = batch.parse_shard(shard) if shard else None
-        specs = batch.load_tasks_file(tasks_file)
-        in_file = len(specs)
-        if shard_pair:
-            specs = batch.select_shard(specs, *shard_pair)
-        flags: dict[str, Any] = {
-            "api_base": api_base,
-            "model": model,
-            "api_key": api_key,
-            "tool_mode": tool_mode,
-            "max_turns": max_turns,
-            "temperature": temperature,
-            "max_model_len": max_model_len,
-            "memory": memory,
-            "cpus": cpus,
-            "pids": pids,
-            "timeout": timeout,
-            "max_output": max_output,
-            "network": network,
-            "allow_hosts": list(allow_host) if allow_host else None,
-            "isolation": isolation,
-            "env": list(env) if env else None,
-            "pool": False if no_pool else None,
-        }
-        out_dir = out.expanduser().absolute()
-        planned = batch.plan_tasks(
-            specs,
-            flags=flags,
-            out_dir=out_dir,
-            default_budget_s=budget_s,
-            resume=resume,
-            source=str(tasks_file),
-            owner_reference=tasks_file,
+        plan = plan_batch(
+            tasks_file, flags.values, out=out, shard=shard, resume=resume, budget=budget
         )
-        batch.prepare_out_dir(out_dir, resume=resume)
-        shard_text = f"{shard_pair[0]}/{shard_pair[1]}" if shard_pair else None
-        if planned:
-            _docker_client().close()  # fails fast when no engine answers; sweeps orphans
-        _announce(err_console, planned, in_file, shard_text, concurrency, out_dir, budget_s)
-        runner = batch.BatchRunner(
-            planned,
-            out_dir=out_dir,
-            concurrency=concurrency,
-            docker_factory=connect,
-            tasks_file=str(tasks_file),
-        )
-        display = BatchDisplay(err_console, len(planned), concurrency)
-        display.start()
-        try:
-            report = _drive_batch(runner.run(), display)
-        finally:
-            display.stop()
+        if plan.planned:
+            docker_client().close()  # fails fast when no engine answers; sweeps orphans
+        _announce(err_console, plan, concurrency)
+        report = _run_batch(plan, concurrency, str(tasks_file))
         _write_reports(
             report,
-            out_dir=out_dir,
+            plan,
             junit=junit,
             json_file=json_file,
             tasks_file=tasks_file,
-            shard=shard_text,
             concurrency=concurrency,
         )
-        _print_batch_summary(report, out_dir=out_dir, junit=junit, json_file=json_file)
+        _print_batch_summary(report, out_dir=plan.out_dir, junit=junit, json_file=json_file)
     if report.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
     passed = all(result.outcome == "passed" for result in report.results)
     raise typer.Exit(EXIT_OK if passed else EXIT_FAILED)
 
 
-def _announce(
-    console: Console,
-    planned: list[Any],
-    in_file: int,
-    shard: str | None,
-    concurrency: int,
-    out_dir: Path,
-    budget_s: float,
-) -> None:
+def _run_batch(plan: BatchPlan, concurrency: int, tasks_file: str) -> BatchReport:
+    from orchestrator.batch import BatchRunner  # noqa: PLC0415
+    from orchestrator.sandbox.docker import connect  # noqa: PLC0415
+
+    runner = BatchRunner(
+        plan.planned,
+        out_dir=plan.out_dir,
+        concurrency=concurrency,
+        docker_factory=connect,
+        tasks_file=tasks_file,
+    )
+    display = BatchDisplay(err_console, len(plan.planned), concurrency)
+    display.start()
+    try:
+        return _drive_batch(runner.run(), display)
+    finally:
+        display.stop()
+
+
+def _announce(console: Console, plan: BatchPlan, concurrency: int) -> None:
+    from orchestrator.batch import format_clock  # noqa: PLC0415
     from orchestrator.units import format_size  # noqa: PLC0415
 
-    where = f" (shard {shard} of the {in_file} in the file)" if shard else ""
+    planned = plan.planned
+    where = f" (shard {plan.shard} of the {plan.in_file} in the file)" if plan.shard else ""
     kept = sum(1 for p in planned if p.kept is not None)
     resumed = f", {kept} kept from an earlier run (--resume)" if kept else ""
-    console.print(
+    say = _say(console)
+    say(
         f"oi batch: {len(planned)} task(s){where}{resumed}, {concurrency} at a time, "
-        f"results in {out_dir}",
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
+        f"results in {plan.out_dir}"
     )
     if not planned:
         return
     first = planned[0].settings
-    console.print(
+    trust = (
+        "trusted: its tasks may set anything you may"
+        if plan.trusted
+        else ("its tasks may only narrow these")
+    )
+    say(
         "oi batch: auto-run is on: every block runs without asking, each in a throwaway "
         f"sandbox (network {first.network}, memory {format_size(first.memory)}, "
-        f"{first.timeout:g} s per block; tasks may set their own limits, capped by policy); "
-        f"budget {format_clock(budget_s)} per task unless a task sets one",
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
+        f"{first.timeout:g} s per block; the tasks file is {trust}, capped by policy); "
+        f"budget {format_clock(plan.budget_s)} per task unless a task sets one"
     )
+
+
+def _say(console: Console) -> Callable[[str], None]:
+    def say(text: str) -> None:
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    return say
 
 
 def _drive_batch(events: Generator[BatchEvent, None, BatchReport], display: Any) -> BatchReport:
@@ -272,6 +211,8 @@ class BatchDisplay:
     """Progress on stderr: a live status line on a terminal, plain lines otherwise."""
 
     def __init__(self, console: Console, total: int, concurrency: int) -> None:
+        from orchestrator.batch import ProgressState  # noqa: PLC0415
+
         self.console = console
         self.state = ProgressState(total, concurrency, time.monotonic())
         self.tty = console.is_terminal
@@ -289,6 +230,8 @@ class BatchDisplay:
             self._live = None
 
     def __rich__(self) -> Group:
+        from orchestrator.batch import format_clock  # noqa: PLC0415
+
         now = time.monotonic()
         lines = [Text("oi batch: " + self.state.line(now), style="bold")]
         for task_id, started in list(self.state.running.items())[:8]:
@@ -296,6 +239,8 @@ class BatchDisplay:
         return Group(*lines)
 
     def handle(self, event: BatchEvent) -> None:
+        from orchestrator.batch import BatchNotice, TaskFinished, TaskStarted  # noqa: PLC0415
+
         now = time.monotonic()
         if isinstance(event, TaskStarted):
             self.state.start(event.task_id, now)
@@ -326,36 +271,37 @@ class BatchDisplay:
 
 def _write_reports(
     report: BatchReport,
+    plan: BatchPlan,
     *,
-    out_dir: Path,
     junit: Path | None,
     json_file: Path | None,
     tasks_file: Path,
-    shard: str | None,
     concurrency: int,
 ) -> None:
+    """summary.json in --out, and the --json/--junit copies: 0600 (they hold block output)."""
     from orchestrator import batch  # noqa: PLC0415
+    from orchestrator.fsafe import write_atomic  # noqa: PLC0415
 
     started = datetime.fromtimestamp(report.started_at, UTC).isoformat(timespec="seconds")
     data = batch.summary(
         report.results,
         tasks_file=str(tasks_file),
-        shard=shard,
+        shard=plan.shard,
         concurrency=concurrency,
         started_at=started,
         duration_s=report.duration_s,
         interrupted=report.interrupted,
-        out_dir=str(out_dir),
+        out_dir=str(plan.out_dir),
     )
     blob = json.dumps(data, indent=2).encode() + b"\n"
-    batch.write_file_atomic(out_dir / "summary.json", blob)
+    write_atomic(plan.out_dir / "summary.json", blob, 0o600)
     if json_file is not None:
-        batch.write_file_atomic(json_file, blob)
+        write_atomic(json_file, blob, 0o600)
     if junit is not None:
-        suite = tasks_file.stem + (f" shard {shard}" if shard else "")
+        suite = tasks_file.stem + (f" shard {plan.shard}" if plan.shard else "")
         properties = {"tasks_file": str(tasks_file), "host": socket.gethostname()}
-        if shard:
-            properties["shard"] = shard
+        if plan.shard:
+            properties["shard"] = plan.shard
         xml = batch.junit_xml(
             report.results,
             suite=suite,
@@ -363,13 +309,13 @@ def _write_reports(
             duration_s=report.duration_s,
             properties=properties,
         )
-        batch.write_file_atomic(junit, xml)
+        write_atomic(junit, xml, 0o600)
 
 
 def _print_batch_summary(
     report: BatchReport, *, out_dir: Path, junit: Path | None, json_file: Path | None
 ) -> None:
-    from orchestrator.batch import count_outcomes  # noqa: PLC0415
+    from orchestrator.batch import count_outcomes, format_clock  # noqa: PLC0415
 
     counts = count_outcomes(report.results)
     sanitizer = TerminalSanitizer(keep_color=False)
@@ -393,6 +339,7 @@ def _print_batch_summary(
 # --- oi replay ------------------------------------------------------------------------------------
 
 
+@with_setting_flags(*REPLAY_FLAGS)
 def replay_command(
     source: Annotated[str, typer.Argument(help="A session id (or prefix), or a .jsonl record.")],
     workdir_from: Annotated[
@@ -406,170 +353,52 @@ def replay_command(
     ignore_output: Annotated[
         bool, typer.Option("--ignore-output", help="Compare exit codes only, not the output.")
     ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Run every block without showing and asking.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    memory: MemoryOpt = None,
-    timeout: TimeoutOpt = None,
-    network: NetworkOpt = None,
-    allow_host: AllowHostOpt = None,
-    isolation: IsolationOpt = None,
-    env: EnvOpt = None,
-    no_pool: NoPoolOpt = False,
+    *,
+    flags: SettingFlags,
 ) -> None:
     """Re-run a recorded session's approved blocks, in order, in fresh sandboxes, without the
     model; report per block whether exit code and output match the record (with a diff).
 
-    Limits come from the record (flags override them); network, isolation and passed-in
+    Each block is shown and asked about first (--yes: run them all). The record's limits
+    apply when they are within yours (flags override them); network, isolation and passed-in
     variables are yours to choose, never the record's. Exit codes: 0 every block matched,
-    1 a mismatch (or the engine is unreachable), 2 bad record or usage, 3 interrupted.
+    1 a mismatch or a block not run (or the engine is unreachable), 2 bad record or usage,
+    3 interrupted.
     """
     from orchestrator import replay  # noqa: PLC0415
-    from orchestrator.batch import adopted_owner, copy_tree, remove_tree  # noqa: PLC0415
-    from orchestrator.cli import _docker_client, _errors, err_console  # noqa: PLC0415
-    from orchestrator.sandbox.runner import Sandbox, new_session_id  # noqa: PLC0415
-    from orchestrator.settings import load_settings  # noqa: PLC0415
+    from orchestrator.cli_replay import Replayer  # noqa: PLC0415
 
-    temp_root: Path | None = None
-    with _errors():
-        path, records = replay.load_records(source, load_settings().sessions_dir)
-        blocks = replay.recorded_blocks(records, str(path))
-        info = replay.session_info(records)
-        if out is not None:
-            workdir = out.expanduser().absolute()
-            _claim_empty_folder(workdir)
-        else:
-            temp_root = Path(tempfile.mkdtemp(prefix="oi-replay-"))
-            workdir = temp_root / "workdir"
-        try:
-            if workdir_from is not None:
-                copy_tree(workdir_from, workdir, owner=adopted_owner(workdir_from))
-            else:
-                workdir.mkdir(mode=0o755)
-                owner = adopted_owner(workdir.parent) if out is not None else None
-                if owner is not None:
-                    os.chown(workdir, *owner)
-            flags: dict[str, Any] = {
-                **replay.recorded_limits(records),
-                "memory": memory,
-                "timeout": timeout,
-                "network": network or ("allowlist" if allow_host else None),
-                "allow_hosts": list(allow_host) if allow_host else None,
-                "isolation": isolation,
-                "env": list(env) if env else None,
-                "pool": False if no_pool else None,
-                "workdir": workdir,
-            }
-            try:
-                settings = load_settings(**flags)
-            except PolicyError as exc:
-                raise PolicyError(
-                    f"{exc} (limits not given as flags come from the session record; "
-                    "pass lower ones, e.g. --memory, --timeout)"
-                ) from None
-            sandbox = Sandbox.from_settings(
-                settings, session_id=new_session_id() + "-replay", client=_docker_client()
+    with errors():
+        path, records = replay.load_records(source, load_flags().settings.sessions_dir)
+        with Replayer(path, records, flags, out=out, workdir_from=workdir_from) as run:
+            run.announce(err_console)  # stderr: --json keeps stdout for the report
+            comparisons, interrupted = run.blocks(
+                compare_output=not ignore_output, ask=None if yes else run.asker(), show=not as_json
             )
-            if not as_json:
-                _announce_replay(err_console, path, info, blocks, workdir, settings, out)
-                if sandbox.identity.warning:
-                    err_console.print(
-                        f"oi: {sandbox.identity.warning}", style="yellow", soft_wrap=True
-                    )
-            comparisons: list[BlockComparison] = []
-            interrupted = False
-            try:
-                for comparison in replay.replay_blocks(
-                    blocks, sandbox, compare_output=not ignore_output
-                ):
-                    comparisons.append(comparison)
-                    if not as_json:
-                        _show_comparison(comparison)
-            except KeyboardInterrupt:
-                interrupted = True
-                err_console.print("oi: interrupted", style="yellow")
-            finally:
-                sandbox.close()
-        finally:
-            if temp_root is not None:
-                remove_tree(temp_root)
         totals = replay.summarize(comparisons)
         if as_json:
-            typer.echo(
-                json.dumps(
-                    {
-                        "source": str(path),
-                        "session_id": info.get("session_id"),
-                        "workdir": str(workdir) if out is not None else None,
-                        "blocks": [c.to_dict() for c in comparisons],
-                        "matched": totals.matched,
-                        "mismatched": totals.mismatched,
-                        "not_compared": totals.not_compared,
-                        "interrupted": interrupted,
-                        "ok": totals.ok and not interrupted,
-                    },
-                    indent=2,
-                )
-            )
+            typer.echo(json.dumps(run.report(comparisons, totals, interrupted), indent=2))
         else:
-            _print_replay_summary(totals, len(blocks), interrupted, workdir if out else None)
+            _print_replay_summary(totals, len(run.recorded), interrupted, run.kept)
     if interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
     raise typer.Exit(EXIT_OK if totals.ok else EXIT_FAILED)
 
 
-def _claim_empty_folder(path: Path) -> None:
-    """``--out`` must be new or empty: replay never mixes its files with others'."""
-    if path.is_symlink() or (path.exists() and not path.is_dir()):
-        raise ConfigError(f"--out {path} exists and is not a folder; choose a new folder")
-    if path.is_dir():
-        if any(path.iterdir()):
-            raise ConfigError(f"--out {path} is not empty; remove it or choose a new folder")
-        path.rmdir()
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-
-def _announce_replay(
-    console: Console,
-    path: Path,
-    info: Any,
-    blocks: list[Any],
-    workdir: Path,
-    settings: Any,
-    out: Path | None,
-) -> None:
-    sanitizer = TerminalSanitizer(keep_color=False)
-    where = str(workdir) if out else "a temporary folder (removed after; --out keeps it)"
-    console.print(
-        sanitizer.clean(  # the record may come from anyone: no terminal escapes from it
-            f"oi replay: {len(blocks)} block(s) of session {info.get('session_id', path.stem)} "
-            f"(model {info.get('model', '?')}) from {path}, without the model, in {where}"
-        ),
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
-    )
-    note = info.get("note")
-    if isinstance(note, str) and note:
-        console.print(
-            f"oi replay: note: {sanitizer.clean(note)}", markup=False, style="cyan", soft_wrap=True
-        )
-    recorded_network = (info.get("settings") or {}).get("network")
-    if recorded_network and recorded_network != settings.network:
-        console.print(
-            f"oi replay: the session ran with network {recorded_network}; replaying with "
-            f"{settings.network} (pass --network {recorded_network} to match)",
-            markup=False,
-            style="yellow",
-            soft_wrap=True,
-        )
-
-
-def _show_comparison(comparison: BlockComparison) -> None:
+def show_comparison(comparison: BlockComparison) -> None:
     block = comparison.block
     tty = sys.stdout.isatty()
     sanitizer = TerminalSanitizer(keep_color=False)
     head = f"block {block.number} (#{block.index}, {block.language})"
     if comparison.status == "not_compared":
         typer.echo(f"{head}: not compared: {block.note}")
+        return
+    if comparison.status == "not_run":
+        typer.echo(f"{head}: not run (declined)")
         return
     replayed = comparison.replayed or {}
     took = f"{float(replayed.get('duration_s', 0.0)):.2f} s"
@@ -584,9 +413,10 @@ def _show_comparison(comparison: BlockComparison) -> None:
 
 def _print_replay_summary(totals: Any, total: int, interrupted: bool, kept: Path | None) -> None:
     state = " (interrupted)" if interrupted else ""
+    not_run = f", {totals.not_run} not run" if totals.not_run else ""
     typer.echo(
         f"oi replay: {totals.matched} of {total} block(s) match, {totals.mismatched} "
-        f"mismatch(es), {totals.not_compared} not compared{state}"
+        f"mismatch(es), {totals.not_compared} not compared{not_run}{state}"
     )
     if kept is not None:
         typer.echo(f"oi replay: the files are in {kept}")

@@ -1,13 +1,20 @@
 """Command-line options shared by the commands of ``cli.py`` and ``cli_batch.py``.
 
 Each is a typer ``Annotated`` type; ``None`` means "not given", so lower settings layers
-(environment, config files, admin policy) decide.
+(environment, config files, admin policy) decide. The options that set settings are declared
+once (``SETTING_FLAGS``) and added to a command by ``with_setting_flags(...)``, which hands the
+command one ``SettingFlags`` object instead of a parameter per flag.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -84,3 +91,99 @@ MaxModelLenOpt = Annotated[
 NoPoolOpt = Annotated[
     bool, typer.Option("--no-pool", help="Do not pre-start containers (slower, fewer resources).")
 ]
+
+
+@dataclass(frozen=True)
+class FlagSpec:
+    """A command-line option that sets one settings key."""
+
+    annotation: Any
+    setting: str
+    default: Any = None
+    convert: Callable[[Any], Any] = lambda value: value
+
+
+def _list(value: Any) -> Any:
+    return list(value) if value else None
+
+
+SETTING_FLAGS: Mapping[str, FlagSpec] = {
+    "auto_run": FlagSpec(AutoRunOpt, "auto_run"),
+    "api_base": FlagSpec(ApiBaseOpt, "api_base"),
+    "model": FlagSpec(ModelOpt, "model"),
+    "api_key": FlagSpec(ApiKeyOpt, "api_key"),
+    "tool_mode": FlagSpec(ToolModeOpt, "tool_mode"),
+    "max_turns": FlagSpec(MaxTurnsOpt, "max_turns"),
+    "temperature": FlagSpec(TemperatureOpt, "temperature"),
+    "max_model_len": FlagSpec(MaxModelLenOpt, "max_model_len"),
+    "memory": FlagSpec(MemoryOpt, "memory"),
+    "cpus": FlagSpec(CpusOpt, "cpus"),
+    "pids": FlagSpec(PidsOpt, "pids"),
+    "timeout": FlagSpec(TimeoutOpt, "timeout"),
+    "max_output": FlagSpec(MaxOutputOpt, "max_output"),
+    "workdir": FlagSpec(WorkdirOpt, "workdir"),
+    "env": FlagSpec(EnvOpt, "env", convert=_list),
+    "isolation": FlagSpec(IsolationOpt, "isolation"),
+    "network": FlagSpec(NetworkOpt, "network"),
+    "allow_host": FlagSpec(AllowHostOpt, "allow_hosts", convert=_list),
+    "ca_bundle": FlagSpec(CaBundleOpt, "ca_bundle"),
+    "mount": FlagSpec(MountOpt, "mounts", convert=_list),
+    "no_pool": FlagSpec(NoPoolOpt, "pool", False, lambda value: False if value else None),
+}
+MODEL_FLAGS = ("api_base", "model", "api_key", "tool_mode", "max_turns", "temperature")
+LIMIT_FLAGS = ("memory", "cpus", "pids", "timeout", "max_output")
+SANDBOX_FLAGS = ("workdir", "env", "isolation", "network", "allow_host", "ca_bundle", "mount")
+
+
+@dataclass(frozen=True)
+class SettingFlags:
+    """The setting flags a person gave (settings key -> value; flags not given are absent)."""
+
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+    def get(self, key: str) -> Any:
+        return self.values.get(key)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def with_setting_flags(*names: str) -> Callable[[F], F]:
+    """Add the named setting flags to a command; it receives them as ``flags: SettingFlags``."""
+    specs = {name: SETTING_FLAGS[name] for name in names}
+
+    def decorate(command: F) -> F:
+        signature = inspect.signature(command)
+        # Resolved (not string) annotations, so typer sees the Annotated options of both.
+        hints = typing.get_type_hints(command, include_extras=True)
+        kept = [
+            p.replace(annotation=hints.get(p.name, p.annotation))
+            for p in signature.parameters.values()
+            if p.name != "flags"
+        ]
+        added = [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=spec.default,
+                annotation=spec.annotation,
+            )
+            for name, spec in specs.items()
+        ]
+
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            values: dict[str, Any] = {}
+            for name, spec in specs.items():
+                value = spec.convert(kwargs.pop(name, spec.default))
+                if value is not None:
+                    values[spec.setting] = value
+            return command(*args, flags=SettingFlags(values), **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=[*kept, *added])  # type: ignore[attr-defined]
+        annotations = {k: v for k, v in hints.items() if k != "flags"}
+        annotations.update({name: spec.annotation for name, spec in specs.items()})
+        wrapper.__annotations__ = annotations
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
-EndStatus = Literal["finished", "max_turns", "quit", "loop_guard", "interrupted", "length"]
+from orchestrator.sandbox.config import SandboxDescription
+
+EndStatus = Literal["finished", "max_turns", "quit", "loop_guard", "interrupted", "length", "error"]
 
 
 @dataclass(frozen=True)
@@ -64,23 +66,16 @@ class TokenUsage(Event):
     total_completion_tokens: int
 
 
-@dataclass(frozen=True)
-class SandboxSummary:
-    """Where a block will run, shown on the approval screen. Chosen by settings, never the model."""
-
-    image: str
-    memory: str
-    cpus: float
-    pids: int
-    timeout_s: float
-    network: str
-    isolation: str
-    workdir: str
+SandboxSummary = SandboxDescription
+"""Where a block will run, shown on the approval screen. Chosen by settings, never the model."""
 
 
 @dataclass(frozen=True)
 class CodeProposed(Event):
-    """A block the model wants to run, with the sandbox it would run in."""
+    """A block the model wants to run, with the sandbox it would run in.
+
+    With ``awaits_approval`` the session waits for the answer to be sent back (``Approval``).
+    """
 
     kind: ClassVar[str] = "code_proposed"
     index: int
@@ -89,6 +84,7 @@ class CodeProposed(Event):
     sha256: str
     sandbox: SandboxSummary
     source: str
+    awaits_approval: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,58 +1,144 @@
-"""Admin policy for shared servers: caps on what any user may ask of a sandbox.
+"""Admin policy for shared servers: caps and fixed values for what any user may ask of a sandbox.
 
-The policy file is TOML (``/etc/oi/policy.toml``; ``$OI_POLICY_FILE`` names another). When the
-system file exists it always applies, and a file named by ``$OI_POLICY_FILE`` can only add
-restrictions: a user cannot escape the admin's policy through their environment.
+The policy file is TOML (``/etc/oi/policy.toml``); its keys are declared by ``PolicyFile``.
+When the system file exists it always applies. A file named by ``$OI_POLICY_FILE`` can only add
+restrictions (lower caps, smaller sets, permissions turned off): keys that *grant* something
+(egress ranges, preset tables, runtime names, the image prefix) are read from the system file
+alone, so a user cannot widen the admin's policy through their environment.
 
-Flags, environment and user config can lower what the policy allows, never raise it: a value
-a person did not ask for is lowered to the cap silently; a value they asked for above the cap
-is refused with a ``PolicyError`` that names the policy file and line.
+Flags, environment and config files can lower what the policy allows, never raise it: a value
+nobody asked for is lowered to the cap silently; a value someone asked for above the cap is
+refused with a ``PolicyError`` that names the policy file and line. Every ``Settings`` key has
+a policy decision (its ``oi_policy`` metadata), checked by a test.
 """
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
 import os
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from orchestrator.errors import PolicyError
+from orchestrator.presets import expand_hosts
 from orchestrator.units import format_size, parse_size
 
-if TYPE_CHECKING:
-    from orchestrator.settings import Settings
+SettingsT = TypeVar("SettingsT", bound=BaseModel)
+"""``orchestrator.settings.Settings`` (this module sits below it and knows only its keys)."""
 
 SYSTEM_POLICY = Path("/etc/oi/policy.toml")
 
-KNOWN_KEYS = {
-    "max_memory": "largest --memory",
-    "max_cpus": "largest --cpus",
-    "max_pids": "largest --pids",
-    "max_timeout": "largest --timeout (seconds)",
-    "max_output": "largest --max-output (bytes)",
-    "allowed_networks": "network tiers users may choose (none, allowlist, open)",
-    "allowed_hosts": "hosts or presets users may allow in the allowlist tier",
-    "egress_ranges": "private ranges the allowlist proxy may reach",
-    "required_isolation": "runc or gvisor: the runtime every sandbox must use",
-    "max_concurrent_per_user": "sandboxes one user may run at once (across processes)",
-    "max_concurrent_total": "sandboxes all users together may run at once",
-    "allow_extra_mounts": "whether users may mount more than their workdir (--mount)",
-    "allow_env": "whether users may pass host variables into sandboxes (--env)",
-    "audit_log": "file receiving one JSON audit line per block",
+
+def _size(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"expected a size such as 512m or 1g, got {value!r}")
+    return parse_size(value)
+
+
+class PolicyFile(BaseModel):
+    """The keys of a policy file, with what each means (``oi policy show`` prints these)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_memory: int | None = Field(None, description="largest --memory")
+    max_cpus: float | None = Field(None, gt=0, description="largest --cpus")
+    max_pids: int | None = Field(None, gt=0, description="largest --pids")
+    max_timeout: float | None = Field(
+        None, gt=0, description="longest a block may run, seconds (timeout + kill_grace)"
+    )
+    max_output: int | None = Field(None, gt=0, description="largest --max-output (bytes)")
+    max_tmp_size: int | None = Field(None, description="largest /tmp of a sandbox")
+    max_file_size: int | None = Field(None, description="largest file a block may write")
+    max_nofile: int | None = Field(None, gt=0, description="most open files per process")
+    max_pool_size: int | None = Field(
+        None, ge=1, description="most pre-started containers per shape"
+    )
+    allowed_networks: list[Literal["none", "allowlist", "open"]] | None = Field(
+        None, description="network tiers users may choose (none, allowlist, open)"
+    )
+    allowed_hosts: list[str] | None = Field(
+        None, description="hosts or presets users may allow in the allowlist tier"
+    )
+    presets: dict[str, list[str]] | None = Field(
+        None, description='host presets (e.g. pypi = ["pypi.internal"]); system file only'
+    )
+    egress_ranges: list[str] | None = Field(
+        None, description="private ranges the allowlist proxy may reach; system file only"
+    )
+    required_isolation: Literal["runc", "gvisor"] | None = Field(
+        None, description="runc or gvisor: the runtime every sandbox must use"
+    )
+    gvisor_runtime: str | None = Field(
+        None, description="Docker runtime name of gVisor (no network); system file only"
+    )
+    gvisor_network_runtime: str | None = Field(
+        None, description="Docker runtime name of networked gVisor; system file only"
+    )
+    max_concurrent_per_user: int | None = Field(
+        None, ge=1, description="sandboxes one user may run at once (across processes)"
+    )
+    max_concurrent_total: int | None = Field(
+        None, ge=1, description="sandboxes all users together may run at once"
+    )
+    allow_extra_mounts: bool | None = Field(
+        None, description="whether users may mount more than their workdir (--mount)"
+    )
+    allow_env: bool | None = Field(
+        None, description="whether users may pass host variables into sandboxes (--env)"
+    )
+    allowed_ca_bundles: list[str] | None = Field(
+        None, description="CA bundles --ca-bundle may name (default: the system's bundles)"
+    )
+    audit_log: str | None = Field(None, description="file receiving one JSON audit line per block")
+    image_prefix: str | None = Field(None, description="sandbox image names; system file only")
+
+    @field_validator("max_memory", "max_tmp_size", "max_file_size", mode="before")
+    @classmethod
+    def _parse_size(cls, value: Any) -> Any:
+        return None if value is None else _size(value)
+
+    @field_validator("egress_ranges")
+    @classmethod
+    def _cidrs(cls, value: list[str] | None) -> list[str] | None:
+        for cidr in value or []:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an address range (CIDR)") from None
+        return value
+
+
+KNOWN_KEYS: dict[str, str] = {
+    name: str(info.description) for name, info in PolicyFile.model_fields.items()
 }
+SYSTEM_ONLY = (
+    "presets",
+    "egress_ranges",
+    "gvisor_runtime",
+    "gvisor_network_runtime",
+    "image_prefix",
+)
+"""Keys that grant or redirect: honoured only in the system policy file. (An ``audit_log`` in
+``$OI_POLICY_FILE`` only adds a trail: allowed, and the system file's wins.)"""
 
 
 @dataclass(frozen=True)
 class PolicyRule:
     key: str
-    value: Any
+    value: Any  # parsed (sizes in bytes)
     path: Path
     line: int
+    raw: Any = None  # as written, for messages
 
     def where(self) -> str:
-        return f"{self.path} line {self.line}: {self.key} = {_toml_value(self.value)}"
+        shown = self.value if self.raw is None else self.raw
+        return f"{self.path} line {self.line}: {self.key} = {_toml_value(shown)}"
 
 
 @dataclass(frozen=True)
@@ -68,9 +154,9 @@ class Policy:
     def empty(self) -> bool:
         return not self.rules
 
-    def number_cap(self, key: str, parse: Any = float) -> tuple[Any, PolicyRule] | None:
+    def number_cap(self, key: str) -> tuple[Any, PolicyRule] | None:
         """The smallest cap for ``key`` and the rule that sets it."""
-        caps = [(parse(rule.value), rule) for rule in self.get(key)]
+        caps = [(rule.value, rule) for rule in self.get(key)]
         return min(caps, key=lambda item: item[0]) if caps else None
 
     def allowed_set(self, key: str) -> tuple[set[str], PolicyRule] | None:
@@ -89,6 +175,21 @@ class Policy:
         denying = [rule for rule in rules if not rule.value]
         return (False, denying[0]) if denying else (True, rules[-1])
 
+    def fixed(self, key: str) -> Any:
+        """A value the admin fixes (system file only), or None."""
+        rules = self.get(key)
+        return rules[0].value if rules else None
+
+    def presets(self) -> dict[str, tuple[str, ...]]:
+        table = self.fixed("presets") or {}
+        return {str(name).lower(): tuple(hosts) for name, hosts in table.items()}
+
+    def concurrency_caps(self) -> tuple[int | None, int | None]:
+        """(per user, total) concurrent sandboxes, or None where the policy sets no cap."""
+        per_user = self.number_cap("max_concurrent_per_user")
+        total = self.number_cap("max_concurrent_total")
+        return (per_user[0] if per_user else None, total[0] if total else None)
+
 
 def _toml_value(value: Any) -> str:
     if isinstance(value, str):
@@ -97,10 +198,12 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     return str(value)
 
 
-def parse_policy(text: str, path: Path) -> dict[str, PolicyRule]:
+def parse_policy(text: str, path: Path, *, system: bool = True) -> dict[str, PolicyRule]:
     """Rules of one policy file, each with its line number (pure)."""
     try:
         data = tomllib.loads(text)
@@ -108,37 +211,54 @@ def parse_policy(text: str, path: Path) -> dict[str, PolicyRule]:
         raise PolicyError(
             f"policy {path} is not valid TOML: {exc}; fix it (ask your admin)"
         ) from None
-    rules: dict[str, PolicyRule] = {}
-    for key, value in data.items():
+    for key in data:
         if key not in KNOWN_KEYS:
+            close = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
             raise PolicyError(
-                f"policy {path}: unknown key {key!r}; known keys: {', '.join(sorted(KNOWN_KEYS))}"
+                f"policy {path}: unknown key {key!r}; {hint}known keys: "
+                f"{', '.join(sorted(KNOWN_KEYS))}"
             )
-        match = re.search(rf"(?m)^\s*{re.escape(key)}\s*=", text)
+        if not system and key in SYSTEM_ONLY:
+            raise PolicyError(
+                f"policy {path} (OI_POLICY_FILE) sets {key}, which only {SYSTEM_POLICY} may "
+                "set: a policy named by the environment can only add restrictions"
+            )
+    try:
+        parsed = PolicyFile.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        message = str(err["msg"]).removeprefix("Value error, ")
+        raise PolicyError(f"policy {path}: {key}: {message}; fix it (ask your admin)") from None
+    rules: dict[str, PolicyRule] = {}
+    for key in data:
+        match = re.search(rf"(?m)^\s*(\[\s*)?{re.escape(key)}\s*(=|\])", text)
         line = text.count("\n", 0, match.start()) + 1 if match else 0
-        rules[key] = PolicyRule(key, value, path, line)
+        rules[key] = PolicyRule(key, getattr(parsed, key), path, line, data[key])
     return rules
 
 
 def load_policy() -> Policy:
     """The system policy plus ``$OI_POLICY_FILE`` (when set); an absent file is no policy."""
-    paths = []
+    paths: list[tuple[Path, bool]] = []
     if SYSTEM_POLICY.is_file():
-        paths.append(SYSTEM_POLICY)
+        paths.append((SYSTEM_POLICY, True))
     explicit = os.environ.get("OI_POLICY_FILE")
     if explicit:
         path = Path(explicit)
         if not path.is_file():
             raise PolicyError(f"OI_POLICY_FILE={explicit}: no such file")
         if path.resolve() != SYSTEM_POLICY.resolve():
-            paths.append(path)
+            paths.append((path, False))
     merged: dict[str, list[PolicyRule]] = {}
-    for path in paths:
+    for path, system in paths:
         try:
             text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise PolicyError(f"cannot read policy {path}: {exc.strerror}") from None
-        for key, rule in parse_policy(text, path).items():
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise PolicyError(f"cannot read policy {path}: {reason}") from None
+        for key, rule in parse_policy(text, path, system=system).items():
             merged.setdefault(key, []).append(rule)
     return Policy(merged)
 
@@ -151,85 +271,132 @@ def _not_allowed(what: str, rule: PolicyRule) -> PolicyError:
     return PolicyError(f"{what} is not allowed by the admin policy ({rule.where()})")
 
 
-def apply_policy(settings: Settings, policy: Policy) -> Settings:
-    """Settings capped by the policy (pure): lower silent defaults, refuse explicit excess."""
+NUMBER_CAPS: tuple[tuple[str, str, Any], ...] = (
+    ("max_memory", "memory", format_size),
+    ("max_cpus", "cpus", lambda v: f"{v:g} CPUs"),
+    ("max_pids", "pids", lambda v: f"{v} pids"),
+    ("max_timeout", "timeout", lambda v: f"{v:g} s"),
+    ("max_output", "max_output", lambda v: f"{v} bytes"),
+    ("max_tmp_size", "tmp_size", format_size),
+    ("max_file_size", "max_file_size", format_size),
+    ("max_nofile", "nofile", lambda v: f"{v} open files"),
+    ("max_pool_size", "pool_size", lambda v: f"{v} containers"),
+)
+"""(policy key, setting, how to show a value): settings capped by a number."""
+
+
+def apply_policy(
+    settings: SettingsT, policy: Policy, explicit: set[str] | None = None
+) -> SettingsT:
+    """Settings capped and fixed by the policy (pure): lower silent defaults, refuse what was
+    asked above a cap. ``explicit`` names the settings someone asked for (default: the ones set
+    when ``settings`` was built)."""
     if policy.empty:
         return settings
-    explicit = set(settings.model_fields_set)
+    asked = set(settings.model_fields_set) if explicit is None else explicit
     updates: dict[str, Any] = {}
 
-    for key, setting, parse, show in (
-        ("max_memory", "memory", parse_size, format_size),
-        ("max_cpus", "cpus", float, lambda v: f"{v:g} CPUs"),
-        ("max_pids", "pids", int, lambda v: f"{v} pids"),
-        ("max_timeout", "timeout", float, lambda v: f"{v:g} s"),
-        ("max_output", "max_output", int, lambda v: f"{v} bytes"),
-    ):
-        cap = policy.number_cap(key, parse)
+    def value(key: str) -> Any:
+        return updates.get(key, getattr(settings, key))
+
+    for key, setting, show in NUMBER_CAPS:
+        cap = policy.number_cap(key)
         if cap is None:
             continue
         limit, rule = cap
-        value = getattr(settings, setting)
-        if value > limit:
-            if setting in explicit:
-                raise _more_than(f"--{setting.replace('_', '-')} {show(value)}", rule)
+        if value(setting) > limit:
+            if setting in asked:
+                raise _more_than(f"--{setting.replace('_', '-')} {show(value(setting))}", rule)
             updates[setting] = limit
 
-    networks = policy.allowed_set("allowed_networks")
-    if networks is not None:
-        allowed, rule = networks
-        if settings.network not in allowed:
-            if "network" in explicit or not allowed:
-                raise _not_allowed(f"--network {settings.network}", rule)
-            updates["network"] = next(t for t in ("none", "allowlist", "open") if t in allowed)
-
-    hosts = policy.allowed_set("allowed_hosts")
-    if hosts is not None and settings.allow_hosts:
-        allowed, rule = hosts
-        from orchestrator.sandbox.network import expand_hosts  # noqa: PLC0415
-
-        permitted = set(expand_hosts(sorted(allowed))) if allowed else set()
-        for host in expand_hosts(settings.allow_hosts):
-            if host not in permitted:
-                raise _not_allowed(f"--allow-host {host}", rule)
-
-    ranges = policy.allowed_set("egress_ranges")
-    if ranges is not None:
-        allowed, rule = ranges
-        for cidr in settings.egress_ranges:
-            if cidr not in allowed:
-                raise _not_allowed(f"egress range {cidr}", rule)
-
-    required = policy.get("required_isolation")
-    if required:
-        rule = required[-1]
-        if str(rule.value) not in ("runc", "gvisor"):
-            raise PolicyError(f'{rule.where()}: use "runc" or "gvisor"')
-        wanted = "gvisor" if any(r.value == "gvisor" for r in required) else str(rule.value)
-        if settings.isolation != wanted:
-            if "isolation" in explicit:
-                raise _not_allowed(f"--isolation {settings.isolation}", rule)
-            updates["isolation"] = wanted
+    _cap_kill_grace(policy, asked, value, updates)
+    _apply_sets(policy, asked, value, updates)
 
     for key, setting, flag in (
         ("allow_extra_mounts", "mounts", "--mount"),
         ("allow_env", "env", "--env"),
     ):
         permission = policy.flag(key)
-        if permission is not None and not permission[0] and getattr(settings, setting):
+        if permission is not None and not permission[0] and value(setting):
             raise _not_allowed(flag, permission[1])
 
-    audit = policy.get("audit_log")
-    if audit:
-        updates["audit_log"] = Path(str(audit[0].value))
+    for key in ("egress_ranges", "gvisor_runtime", "gvisor_network_runtime", "image_prefix"):
+        fixed = policy.fixed(key)
+        if fixed is not None:
+            updates[key] = list(fixed) if isinstance(fixed, list) else fixed
+    audit = policy.fixed("audit_log")
+    if audit is not None:
+        updates["audit_log"] = Path(str(audit))
     return settings.model_copy(update=updates) if updates else settings
 
 
-def concurrency_caps(policy: Policy) -> tuple[int | None, int | None]:
-    """(per user, total) concurrent sandboxes, or None where the policy sets no cap."""
-    per_user = policy.number_cap("max_concurrent_per_user", int)
-    total = policy.number_cap("max_concurrent_total", int)
-    return (per_user[0] if per_user else None, total[0] if total else None)
+def _cap_kill_grace(policy: Policy, asked: set[str], value: Any, updates: dict[str, Any]) -> None:
+    """``max_timeout`` bounds the whole time a block may run: its timeout plus the grace
+    between SIGTERM and SIGKILL (a block that traps SIGTERM runs until the SIGKILL)."""
+    cap = policy.number_cap("max_timeout")
+    if cap is None:
+        return
+    limit, rule = cap
+    if value("timeout") + value("kill_grace") <= limit:
+        return
+    if "kill_grace" in asked:
+        raise _more_than(
+            f"kill_grace {value('kill_grace'):g} s after a {value('timeout'):g} s timeout", rule
+        )
+    updates["kill_grace"] = max(0.0, limit - value("timeout"))
+
+
+def _apply_sets(policy: Policy, asked: set[str], value: Any, updates: dict[str, Any]) -> None:
+    networks = policy.allowed_set("allowed_networks")
+    if networks is not None:
+        allowed, rule = networks
+        if value("network") not in allowed:
+            if "network" in asked or not allowed:
+                raise _not_allowed(f"--network {value('network')}", rule)
+            updates["network"] = next(t for t in ("none", "allowlist", "open") if t in allowed)
+
+    hosts = policy.allowed_set("allowed_hosts")
+    if hosts is not None and value("allow_hosts"):
+        allowed, rule = hosts
+        table = policy.presets()
+        permitted = set(expand_hosts(sorted(allowed), table)) if allowed else set()
+        for host in expand_hosts(list(value("allow_hosts")), table):
+            if host not in permitted:
+                raise _not_allowed(f"--allow-host {host}", rule)
+
+    required = policy.get("required_isolation")
+    if required:
+        rule = required[-1]
+        wanted = "gvisor" if any(r.value == "gvisor" for r in required) else str(rule.value)
+        if value("isolation") != wanted:
+            if "isolation" in asked:
+                raise _not_allowed(f"--isolation {value('isolation')}", rule)
+            updates["isolation"] = wanted
+
+    bundle = value("ca_bundle")
+    if bundle is not None:
+        _check_ca_bundle(Path(bundle), policy)
+
+
+SYSTEM_CA_BUNDLES = (
+    "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu
+    "/etc/pki/tls/certs/ca-bundle.crt",  # Fedora, RHEL
+    "/etc/ssl/cert.pem",  # Alpine, macOS
+)
+
+
+def _check_ca_bundle(bundle: Path, policy: Policy) -> None:
+    """A CA bundle is a mount: when the admin restricts mounts, only the system's bundles
+    (or the ones the policy lists) may be named."""
+    listed = policy.allowed_set("allowed_ca_bundles")
+    mounts = policy.flag("allow_extra_mounts")
+    if listed is None and (mounts is None or mounts[0]):
+        return
+    allowed = listed[0] if listed is not None else set(SYSTEM_CA_BUNDLES)
+    rule = listed[1] if listed is not None else mounts[1]  # type: ignore[index]
+    resolved = {str(Path(p).resolve()) for p in allowed}
+    if str(bundle.expanduser().resolve()) not in resolved:
+        raise _not_allowed(f"--ca-bundle {bundle}", rule)
 
 
 def describe(policy: Policy) -> list[str]:

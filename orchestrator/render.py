@@ -12,6 +12,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -261,3 +262,25 @@ def render_transcript(records: list[dict[str, Any]], console: Console) -> None:
             )
         elif kind == "event" and record.get("event") == "end":
             console.print(f"[bold]{record['status']}[/]: {record['reason']}")
+
+
+def passthrough() -> Callable[[str, bytes], None]:
+    """Write block output to our stdout/stderr as it arrives (``oi exec``); terminal escapes
+    are neutralised when the stream is a terminal."""
+    sanitizers = {
+        "stdout": TerminalSanitizer() if sys.stdout.isatty() else None,
+        "stderr": TerminalSanitizer() if sys.stderr.isatty() else None,
+    }
+    streams = {"stdout": sys.stdout, "stderr": sys.stderr}
+
+    def write(stream: str, data: bytes) -> None:
+        target = streams[stream]
+        target.flush()
+        sanitizer = sanitizers[stream]
+        if sanitizer is None:
+            target.buffer.write(data)
+        else:
+            target.buffer.write(sanitizer.clean(data.decode("utf-8", "replace")).encode())
+        target.buffer.flush()
+
+    return write

@@ -1,5 +1,9 @@
 """Replay: re-run a recorded session's approved blocks, without the model, and compare.
 
+A record is untrusted input (it may come from anyone): its limits may only narrow the
+replaying person's (``record_layer``), and what it will run is shown and asked about unless
+the person says ``--yes``.
+
 Pure parts (tested by table): ``recorded_blocks`` finds, in order, every block the record says
 ran (decision "run") with exactly the code that ran (looked up by its sha256 among the code
 the record showed, so an edited block replays as edited), and its recorded result;
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -21,9 +25,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from orchestrator.errors import ConfigError
 
 if TYPE_CHECKING:
+    from orchestrator.loading import Layer
     from orchestrator.sandbox.runner import Sandbox
 
-LIMIT_KEYS = (
+ReplayAnswer = Literal["run", "skip", "quit"]
+
+LIMIT_KEYS: tuple[str, ...] = (
     "memory",
     "cpus",
     "pids",
@@ -33,7 +40,8 @@ LIMIT_KEYS = (
     "max_file_size",
     "nofile",
 )
-"""Recorded settings that replay reuses (they shape results and the captured output). The
+"""Recorded settings that replay reuses (they shape results and the captured output), as an
+untrusted layer: a recorded limit above the replaying person's own is not applied. The
 network, isolation and passed-in variables are the replaying person's choice, never the
 record's."""
 
@@ -131,7 +139,14 @@ def recorded_limits(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {key: settings[key] for key in LIMIT_KEYS if settings.get(key) is not None}
 
 
-MatchStatus = Literal["match", "mismatch", "not_compared"]
+def record_layer(records: Sequence[Mapping[str, Any]], source: str) -> Layer:
+    """The record's limits as an untrusted settings layer (they may only narrow yours)."""
+    from orchestrator.loading import Layer, Source  # noqa: PLC0415
+
+    return Layer(Source("project", f"record {source}"), recorded_limits(records), trusted=False)
+
+
+MatchStatus = Literal["match", "mismatch", "not_compared", "not_run"]
 
 
 @dataclass(frozen=True)
@@ -211,10 +226,11 @@ class ReplaySummary:
     matched: int
     mismatched: int
     not_compared: int
+    not_run: int = 0
 
     @property
     def ok(self) -> bool:
-        return self.mismatched == 0
+        return self.mismatched == 0 and self.not_run == 0
 
 
 def summarize(comparisons: Sequence[BlockComparison]) -> ReplaySummary:
@@ -222,6 +238,7 @@ def summarize(comparisons: Sequence[BlockComparison]) -> ReplaySummary:
         sum(c.status == "match" for c in comparisons),
         sum(c.status == "mismatch" for c in comparisons),
         sum(c.status == "not_compared" for c in comparisons),
+        sum(c.status == "not_run" for c in comparisons),
     )
 
 
@@ -254,17 +271,28 @@ def load_records(source: str, sessions_dir: Path) -> tuple[Path, list[dict[str, 
 
 
 def replay_blocks(
-    blocks: Sequence[RecordedBlock], sandbox: Sandbox, *, compare_output: bool = True
+    blocks: Sequence[RecordedBlock],
+    sandbox: Sandbox,
+    *,
+    compare_output: bool = True,
+    ask: Callable[[RecordedBlock], ReplayAnswer] | None = None,
 ) -> Generator[BlockComparison, None, None]:
     """Run each block in a fresh container, in order, and compare it with its record.
 
     Blocks without a recorded result are not run (what they did is unknown), and say why.
+    ``ask`` (when given) decides for each block before it runs: run it, skip it, or stop.
     """
     from orchestrator.languages import parse_language  # noqa: PLC0415
 
     for block in blocks:
         if block.recorded is None:
             yield BlockComparison(block, "not_compared")
+            continue
+        answer = ask(block) if ask is not None else "run"
+        if answer == "quit":
+            return
+        if answer == "skip":
+            yield BlockComparison(block, "not_run", ["declined: not run"])
             continue
         result = sandbox.run(parse_language(block.language), block.code)
         if result.code_sha256 != block.sha256:  # the product rule, also for replays

@@ -1,24 +1,35 @@
 """The agent loop: ask the model -> extract blocks -> approve -> run in the sandbox -> feed back.
 
-``Session.send(task)`` is a generator of typed events (``events.py``); it never prints. Its
-seams are injected: a ``ModelClient`` (openai SDK), a ``Sandbox`` (Docker), an ``Approver``
-(the person, auto-run, or deny) and a ``Transcript`` (JSONL record). ``oi run`` sends one task,
-``oi chat`` many; batch and a server are further adapters over the same loop.
+``Session.send(task)`` is a generator of typed events (``events.py``); it never prints and never
+waits for a person. When a block needs approval it yields ``CodeProposed`` with
+``awaits_approval`` set and expects the answer (an ``approval.Approval``) to be *sent* back into
+the generator; a terminal, a batch runner or an HTTP server answers it in its own way (see
+``drive.py``). A ``KeyboardInterrupt`` thrown in stops the block running (its container is
+killed) or the wait for an answer. Its seams are Protocols (``protocols.py``): the model and
+the block runner; the record is a ``Transcript``.
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import hashlib
 import json
 import queue
 import threading
 import time
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.approval import Approver
-from orchestrator.errors import ConfigError, ContextOverflowError, ModelError, UnknownLanguageError
+from orchestrator.approval import Approval
+from orchestrator.errors import (
+    ConfigError,
+    ContextOverflowError,
+    ModelError,
+    OiError,
+    UnknownLanguageError,
+)
 from orchestrator.events import (
     BlockOutput,
     BlockResult,
@@ -30,19 +41,11 @@ from orchestrator.events import (
     ModelText,
     ModelWaiting,
     Notice,
-    SandboxSummary,
     SessionEnded,
     TokenUsage,
 )
 from orchestrator.languages import Language, parse_language
-from orchestrator.llm.client import (
-    Finished,
-    ModelClient,
-    TextDelta,
-    ToolCallComplete,
-    ToolsUnsupportedError,
-    Usage,
-)
+from orchestrator.llm.client import Finished, TextDelta, ToolsUnsupportedError, Usage
 from orchestrator.llm.extract import ProposedBlock, extract_blocks, parse_tool_arguments
 from orchestrator.llm.prompts import (
     EXECUTE_TOOL,
@@ -51,10 +54,10 @@ from orchestrator.llm.prompts import (
     format_language_error,
     format_result_for_model,
 )
-from orchestrator.sandbox.runner import ExecResult, Sandbox
+from orchestrator.protocols import BlockRunner, ChatModel
+from orchestrator.sandbox.runner import ExecResult
 from orchestrator.settings import Settings
 from orchestrator.transcript import Transcript
-from orchestrator.units import format_size
 
 LANGUAGE_NOTES: tuple[tuple[str, str], ...] = (
     ("python", "python3 with numpy, pandas, matplotlib"),
@@ -65,6 +68,9 @@ RESULT_PREFIX = "[oi] "
 TRIMMED_OUTPUT = "[oi] output of this block removed to fit the context window"
 LOOP_GUARD_REPEATS = 3
 CHARS_PER_TOKEN = 3.0  # conservative for code; vLLM counts real tokens, we only need a bound
+NOT_RUN_STOPPED = "not run: the user stopped the session"
+
+SessionEvents = Generator[Event, "Approval | None", EndStatus]
 
 
 @dataclass
@@ -98,7 +104,7 @@ class LoopGuard:
 
 
 @dataclass
-class _Totals:
+class Totals:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     blocks: int = 0
@@ -116,27 +122,26 @@ def estimate_tokens(messages: list[dict[str, Any]], tools: list[dict[str, Any]] 
 
 
 class Session:
-    """One conversation with the model, whose code runs in ``sandbox``."""
+    """One conversation with the model, whose code runs through ``runner``."""
 
     def __init__(
         self,
         *,
-        model: ModelClient,
-        sandbox: Sandbox,
-        approver: Approver,
+        model: ChatModel,
+        runner: BlockRunner,
         settings: Settings,
         transcript: Transcript | None = None,
         history: list[dict[str, Any]] | None = None,
     ) -> None:
         self.model = model
-        self.sandbox = sandbox
-        self.approver = approver
+        self.runner = runner
         self.settings = settings
         self.transcript = transcript
         self.auto_run = settings.auto_run
         self.use_tools = settings.tool_mode in ("auto", "tools")
         self.messages: list[dict[str, Any]] = []
-        self.totals = _Totals()
+        self.totals = Totals()
+        self.interrupt_reason = "interrupted by the user (Ctrl-C)"  # an adapter may say why
         self._max_model_len: int | None = None
         self._block_index = 0
         self._likely_language = Language.PYTHON
@@ -152,14 +157,15 @@ class Session:
     # --- history --------------------------------------------------------------------------
 
     def _system_prompt(self) -> str:
-        settings = self.settings
+        box = self.runner.describe(self._likely_language)
         context = PromptContext(
-            workdir_host=str(settings.workdir),
+            workdir_host=box.workdir,
             languages=LANGUAGE_NOTES,
-            network=settings.network,
-            memory=format_size(settings.memory),
-            cpus=settings.cpus,
-            timeout_s=settings.timeout,
+            network=self.settings.network,
+            allowed_hosts=box.allow_hosts,
+            memory=box.memory,
+            cpus=box.cpus,
+            timeout_s=box.timeout_s,
             tool_mode_is_tools=self.use_tools,
         )
         return build_system_prompt(context)
@@ -179,10 +185,19 @@ class Session:
         if self.transcript:
             self.transcript.append("message", message=message)
 
-    def _record(self, event: Event) -> Event:
+    def _emit(self, event: Event) -> Generator[Event, Approval | None, Approval | None]:
+        """Record ``event`` (live text and output are not recorded), then yield it. If the
+        record cannot be written, the event is still shown before the error ends the run."""
+        failure: OiError | None = None
         if self.transcript and not isinstance(event, ModelText | BlockOutput):
-            self.transcript.event(event)
-        return event
+            try:
+                self.transcript.event(event)
+            except OiError as exc:
+                failure = exc
+        answer = yield event
+        if failure is not None:
+            raise failure
+        return answer
 
     def truncate(self, length: int) -> None:
         """Cut the history to ``length`` messages (``%undo``, ``%reset``); recorded."""
@@ -220,87 +235,108 @@ class Session:
 
     # --- the loop ---------------------------------------------------------------------------
 
-    def send(self, text: str) -> Generator[Event, None, EndStatus]:
-        """Give the model a task (or the next chat message) and work until it answers."""
+    def send(self, text: str) -> SessionEvents:
+        """Give the model a task (or the next chat message) and work until it answers.
+
+        Every way this ends is recorded as an end event: finished, stopped, or an error (the
+        error is then raised) or an interrupt while waiting for the model.
+        """
         self._repair_history()
         # Pre-start a container of the language the model will likely use while it thinks.
-        self.sandbox.warm(self._likely_language)
+        self.runner.warm(self._likely_language)
         self._add({"role": "user", "content": text})
+        turns = 0
+        try:
+            status, reason, turns = yield from self._turns()
+        except (OiError, KeyboardInterrupt) as exc:
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "error"
+            reason = self.interrupt_reason if status == "interrupted" else str(exc)
+            self._record_end(status, reason, turns)
+            raise
+        return (yield from self._end(status, reason, turns))
+
+    def _turns(self) -> Generator[Event, Approval | None, tuple[EndStatus, str, int]]:
         guard = LoopGuard()
         turns = 0
         while True:
             if turns >= self.settings.max_turns:
-                return (
-                    yield from self._end(
-                        "max_turns",
-                        f"stopped after {turns} model turns (--max-turns "
-                        f"{self.settings.max_turns}) before the model finished",
-                        turns,
-                    )
+                why = (
+                    f"stopped after {turns} model turns (--max-turns {self.settings.max_turns}) "
+                    "before the model finished"
                 )
+                return "max_turns", why, turns
             turns += 1
             reply = yield from self._ask_model(turns)
             self._add(reply.assistant_message())
             proposals = self._proposals(reply)
             if not proposals:
                 if reply.finish_reason == "length":
-                    yield self._record(
+                    yield from self._emit(
                         Notice("the model's reply was cut off by its token limit (max_tokens)")
                     )
-                return (yield from self._end("finished", "the model answered without code", turns))
-            tool_answers: list[dict[str, Any]] = []
-            text_answers: list[str] = []
-            quit_now = False
-            stop_guard = False
-            interrupted = False
-            for block, error in proposals:
-                if quit_now or interrupted:
-                    outcome = _Outcome("not run: the user stopped the session")
-                elif error is not None:
-                    outcome = _Outcome(error)
-                else:
-                    outcome = yield from self._handle_block(block, reply.finish_reason)
-                    quit_now = outcome.quit
-                    interrupted = outcome.interrupted
-                    stop_guard = guard.observe(outcome.failure_key) or stop_guard
-                if block.tool_call_id:
-                    tool_answers.append(
-                        {
-                            "role": "tool",
-                            "tool_call_id": block.tool_call_id,
-                            "content": outcome.for_model,
-                        }
-                    )
-                else:
-                    number = len(text_answers) + 1
-                    text_answers.append(f"Block {number} ({block.language}): {outcome.for_model}")
-            for answer in tool_answers:
-                self._add(answer)
-            if text_answers:
-                self._add({"role": "user", "content": RESULT_PREFIX + "\n\n".join(text_answers)})
-            if interrupted:
-                return (
-                    yield from self._end("interrupted", "interrupted by the user (Ctrl-C)", turns)
-                )
-            if quit_now:
-                return (yield from self._end("quit", "the user quit", turns))
-            if stop_guard:
-                return (
-                    yield from self._end(
-                        "loop_guard",
-                        f"the same block failed the same way {LOOP_GUARD_REPEATS} times in a row; "
-                        "stopped so it does not loop forever (rephrase the task or fix the input)",
-                        turns,
-                    )
-                )
+                return "finished", "the model answered without code", turns
+            stop = yield from self._handle_proposals(proposals, reply.finish_reason, guard)
+            if stop is not None:
+                return stop[0], stop[1], turns
 
-    def _end(self, status: EndStatus, reason: str, turns: int) -> Generator[Event, None, EndStatus]:
-        yield self._record(
-            SessionEnded(
-                status, reason, turns, self.totals.prompt_tokens, self.totals.completion_tokens
+    def _handle_proposals(
+        self,
+        proposals: list[tuple[ProposedBlock, str | None]],
+        finish_reason: str,
+        guard: LoopGuard,
+    ) -> Generator[Event, Approval | None, tuple[EndStatus, str] | None]:
+        """Handle each block of one reply; answer the model; say why to stop, if so."""
+        tool_answers: list[dict[str, Any]] = []
+        text_answers: list[str] = []
+        quit_now = interrupted = stop_guard = False
+        for block, error in proposals:
+            if quit_now or interrupted:
+                outcome = _Outcome(NOT_RUN_STOPPED)
+            elif error is not None:
+                outcome = _Outcome(error)
+            else:
+                outcome = yield from self._handle_block(block, finish_reason)
+                quit_now, interrupted = outcome.quit, outcome.interrupted
+                stop_guard = guard.observe(outcome.failure_key) or stop_guard
+            if block.tool_call_id:
+                tool_answers.append(
+                    {
+                        "role": "tool",
+                        "tool_call_id": block.tool_call_id,
+                        "content": outcome.for_model,
+                    }
+                )
+            else:
+                number = len(text_answers) + 1
+                text_answers.append(f"Block {number} ({block.language}): {outcome.for_model}")
+        for answer in tool_answers:
+            self._add(answer)
+        if text_answers:
+            self._add({"role": "user", "content": RESULT_PREFIX + "\n\n".join(text_answers)})
+        if interrupted:
+            return "interrupted", self.interrupt_reason
+        if quit_now:
+            return "quit", "the user quit"
+        if stop_guard:
+            return "loop_guard", (
+                f"the same block failed the same way {LOOP_GUARD_REPEATS} times in a row; "
+                "stopped so it does not loop forever (rephrase the task or fix the input)"
             )
-        )
+        return None
+
+    def _end_event(self, status: EndStatus, reason: str, turns: int) -> SessionEnded:
+        totals = self.totals
+        return SessionEnded(status, reason, turns, totals.prompt_tokens, totals.completion_tokens)
+
+    def _end(self, status: EndStatus, reason: str, turns: int) -> SessionEvents:
+        yield from self._emit(self._end_event(status, reason, turns))
         return status
+
+    def _record_end(self, status: EndStatus, reason: str, turns: int) -> None:
+        """The end event of a run that ends by an exception (nobody is left to show it)."""
+        if self.transcript:  # if the record itself is what failed, the error says which
+            with contextlib.suppress(OiError):
+                self.transcript.event(self._end_event(status, reason, turns))
 
     # --- model ------------------------------------------------------------------------------
 
@@ -361,12 +397,12 @@ class Session:
             )
         return notes
 
-    def _ask_model(self, turn: int) -> Generator[Event, None, Finished]:
+    def _ask_model(self, turn: int) -> Generator[Event, Approval | None, Finished]:
         shrink_retry = True
         budget = self._budget()
         while True:
             for note in self._fit_context(budget):
-                yield self._record(Notice(note))
+                yield from self._emit(Notice(note))
             yield ModelWaiting(turn)
             started = time.monotonic()
             try:
@@ -380,7 +416,7 @@ class Session:
                     ) from None
                 self.use_tools = False
                 self._set_system_prompt()
-                yield self._record(
+                yield from self._emit(
                     Notice(
                         "the server does not accept tool calls (vLLM without "
                         "--enable-auto-tool-choice): using markdown code blocks instead"
@@ -392,43 +428,40 @@ class Session:
                     raise
                 shrink_retry = False
                 budget = int(min(budget, estimate_tokens(self.messages, self._tools())) * 0.6)
-                yield self._record(
+                yield from self._emit(
                     Notice("the server said the conversation is too long: trimming and retrying")
                 )
                 continue
-            yield self._record(
-                ModelReply(
-                    finished.text,
-                    finished.finish_reason,
-                    len(finished.tool_calls),
-                    round(time.monotonic() - started, 3),
-                )
+            seconds = round(time.monotonic() - started, 3)
+            yield from self._emit(
+                ModelReply(finished.text, finished.finish_reason, len(finished.tool_calls), seconds)
             )
             return finished
 
-    def _stream_reply(self) -> Generator[Event, None, Finished]:
+    def _stream_reply(self) -> Generator[Event, Approval | None, Finished]:
         stream = self.model.stream_chat(self.messages, self._tools())
         try:
             for item in stream:
                 if isinstance(item, TextDelta):
                     yield ModelText(item.text)
                 elif isinstance(item, Usage):
-                    self.totals.prompt_tokens += item.prompt_tokens
-                    self.totals.completion_tokens += item.completion_tokens
-                    yield self._record(
+                    totals = self.totals
+                    totals.prompt_tokens += item.prompt_tokens
+                    totals.completion_tokens += item.completion_tokens
+                    yield from self._emit(
                         TokenUsage(
                             item.prompt_tokens,
                             item.completion_tokens,
-                            self.totals.prompt_tokens,
-                            self.totals.completion_tokens,
+                            totals.prompt_tokens,
+                            totals.completion_tokens,
                         )
                     )
                 elif isinstance(item, Finished):
                     return item
-                elif isinstance(item, ToolCallComplete):
-                    continue
         finally:
-            stream.close()
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
         raise ModelError(
             f"the model server at {self.model.api_base} ended a reply without finishing it"
         )
@@ -437,42 +470,26 @@ class Session:
 
     def _proposals(self, reply: Finished) -> list[tuple[ProposedBlock, str | None]]:
         """Blocks of a reply, each with an error for the model when it cannot be run."""
-        if reply.tool_calls:
-            proposals: list[tuple[ProposedBlock, str | None]] = []
-            for call in reply.tool_calls:
-                try:
-                    block = parse_tool_arguments(call.name, call.arguments, tool_call_id=call.id)
-                except ValueError as exc:
-                    stub = ProposedBlock("?", "", "tool_call", call.id)
-                    proposals.append((stub, f"not run: {exc}"))
-                    continue
-                if block is None:
-                    stub = ProposedBlock("?", "", "tool_call", call.id)
-                    proposals.append(
-                        (stub, f"not run: there is no tool {call.name!r}; use execute")
-                    )
-                else:
-                    proposals.append((block, None))
-            return proposals
-        return [(block, None) for block in extract_blocks(reply.text)]
-
-    def _summary(self, language: Language) -> SandboxSummary:
-        spec = self.sandbox.spec_for(language)
-        s = self.settings
-        return SandboxSummary(
-            image=spec.image,
-            memory=format_size(s.memory),
-            cpus=s.cpus,
-            pids=s.pids,
-            timeout_s=s.timeout,
-            network=s.network,
-            isolation=s.isolation,
-            workdir=str(s.workdir),
-        )
+        if not reply.tool_calls:
+            return [(block, None) for block in extract_blocks(reply.text)]
+        proposals: list[tuple[ProposedBlock, str | None]] = []
+        for call in reply.tool_calls:
+            stub = ProposedBlock("?", "", "tool_call", call.id)
+            try:
+                block = parse_tool_arguments(call.name, call.arguments, tool_call_id=call.id)
+            except ValueError as exc:
+                proposals.append((stub, f"not run: {exc}"))
+                continue
+            if block is None:
+                proposals.append((stub, f"not run: there is no tool {call.name!r}; use execute"))
+            else:
+                proposals.append((block, None))
+        return proposals
 
     def _handle_block(
         self, block: ProposedBlock, finish_reason: str
-    ) -> Generator[Event, None, _Outcome]:
+    ) -> Generator[Event, Approval | None, _Outcome]:
+        """Approve, execute, report: one proposed block."""
         if block.unterminated and finish_reason == "length":
             return _Outcome(
                 "not run: your reply was cut off by the token limit, so the block is incomplete. "
@@ -482,41 +499,119 @@ class Session:
             language = parse_language(block.language)
         except UnknownLanguageError:
             return _Outcome(format_language_error(block.language))
-        self.sandbox.warm(language)
+        self.runner.warm(language)
         self._likely_language = language
         self._block_index += 1
         index = self._block_index
-        summary = self._summary(language)
+        approved = yield from self._approve(index, language, block)
+        if isinstance(approved, _Outcome):
+            return approved
+        code, sha = approved
+        result = yield from self._execute(index, language, code)
+        self.totals.blocks += 1
+        return (yield from self._report(index, language, sha, result))
+
+    def _approve(
+        self, index: int, language: Language, block: ProposedBlock
+    ) -> Generator[Event, Approval | None, tuple[str, str] | _Outcome]:
+        """Show the block until it is approved (as is or edited); (code, sha256) to run, or
+        what the model is told when it does not run."""
+        summary = self.runner.describe(language)
         code = block.code
-        by: Any = "auto"
         while True:
             sha = code_sha256(code)
-            proposal = CodeProposed(index, language.value, code, sha, summary, block.source)
-            yield self._record(proposal)
-            if self.auto_run:
-                by = "auto"
-                break
-            by = "user"
-            approval = self.approver.decide(proposal)
-            if approval.kind == "edit" and approval.code is not None:
-                code = approval.code
-                yield self._record(Decision(index, "edited", code_sha256(code), "user"))
+            asks = not self.auto_run
+            proposal = CodeProposed(
+                index, language.value, code, sha, summary, block.source, awaits_approval=asks
+            )
+            if not asks:
+                yield from self._emit(proposal)
+                yield from self._emit(Decision(index, "run", sha, "auto"))
+                return code, sha
+            try:
+                answer = yield from self._emit(proposal)
+            except KeyboardInterrupt:  # Ctrl-C at the question: stop, run nothing
+                yield from self._emit(Decision(index, "quit", sha, "user", "interrupted"))
+                return _Outcome(NOT_RUN_STOPPED, interrupted=True)
+            answer = answer or Approval("decline", reason="no answer")
+            if answer.kind == "edit" and answer.code is not None:
+                code = answer.code
+                yield from self._emit(Decision(index, "edited", code_sha256(code), "user"))
                 continue
-            if approval.kind == "decline":
-                yield self._record(Decision(index, "declined", sha, "user"))
+            if answer.kind == "decline":
+                yield from self._emit(Decision(index, "declined", sha, "user", answer.reason))
                 return _Outcome(format_result_for_model(exit_code=None, declined=True))
-            if approval.kind == "quit":
-                yield self._record(Decision(index, "quit", sha, "user"))
-                return _Outcome("not run: the user stopped the session", quit=True)
-            if approval.kind == "always":
+            if answer.kind == "quit":
+                yield from self._emit(Decision(index, "quit", sha, "user"))
+                return _Outcome(NOT_RUN_STOPPED, quit=True)
+            if answer.sha256 is not None and answer.sha256 != sha:
+                # An asynchronous client approved other code than this: never run that.
+                yield from self._emit(
+                    Decision(index, "declined", sha, "user", "approved a different sha256")
+                )
+                return _Outcome(format_result_for_model(exit_code=None, declined=True))
+            if answer.kind == "always":
                 self.auto_run = True
-            break
-        yield self._record(Decision(index, "run", sha, by))
-        result = yield from self._run(index, language, code)
-        self.totals.blocks += 1
+            yield from self._emit(Decision(index, "run", sha, "user"))
+            return code, sha
+
+    def _execute(
+        self, index: int, language: Language, code: str
+    ) -> Generator[Event, Approval | None, ExecResult | None]:
+        """Run a block on a worker thread, yielding its output live. None if interrupted."""
+        items: queue.Queue[tuple[str, str, bytes]] = queue.Queue()
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["result"] = self.runner.run(
+                    language,
+                    code,
+                    on_output=lambda stream, data: items.put(("out", stream, data)),
+                    on_status=lambda message: items.put(("status", message, b"")),
+                )
+            except BaseException as exc:  # handed to the main thread below
+                box["error"] = exc
+            finally:
+                items.put(("done", "", b""))
+
+        worker = threading.Thread(target=work, name=f"oi-block-{index}", daemon=True)
+        worker.start()
+        decoders = {
+            name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("stdout", "stderr")
+        }
+        try:
+            while True:
+                kind, stream, data = items.get()
+                if kind == "done":
+                    break
+                if kind == "status":
+                    yield from self._emit(Notice(stream))
+                    continue
+                text = decoders[stream].decode(data)
+                if text:
+                    yield BlockOutput(index, stream, text)  # type: ignore[arg-type]
+        except KeyboardInterrupt:
+            self.runner.cancel()
+            worker.join(timeout=30)
+            return None
+        except GeneratorExit:
+            self.runner.cancel()
+            worker.join(timeout=30)
+            raise
+        worker.join()
+        if "error" in box:
+            raise box["error"]
+        result: ExecResult = box["result"]
+        return result
+
+    def _report(
+        self, index: int, language: Language, sha: str, result: ExecResult | None
+    ) -> Generator[Event, Approval | None, _Outcome]:
+        """Tell the person and the model how the block ended."""
         if result is None:
             for_model = "interrupted by the user (Ctrl-C): the block was killed"
-            yield self._record(
+            yield from self._emit(
                 BlockResult(index, language.value, sha, None, False, False, 0.0, True, for_model)
             )
             return _Outcome(for_model, interrupted=True)
@@ -524,6 +619,7 @@ class Session:
             raise ConfigError(
                 f"internal error: block {index} ran code that differs from the approved hash"
             )
+        box = self.runner.describe(language)
         for_model = format_result_for_model(
             exit_code=result.exit_code,
             stdout=result.stdout,
@@ -531,12 +627,12 @@ class Session:
             stdout_cut_bytes=result.stdout_cut,
             stderr_cut_bytes=result.stderr_cut,
             timed_out=result.timed_out,
-            timeout_s=self.settings.timeout,
+            timeout_s=box.timeout_s,
             oom_killed=result.oom_killed,
-            memory_str=format_size(self.settings.memory),
+            memory_str=box.memory,
             max_chars=self.settings.max_output,
         )
-        yield self._record(
+        yield from self._emit(
             BlockResult(
                 index,
                 language.value,
@@ -560,125 +656,3 @@ class Session:
             result.stderr,
         )
         return _Outcome(for_model, failure_key=key if failed else None)
-
-    def _run(
-        self, index: int, language: Language, code: str
-    ) -> Generator[Event, None, ExecResult | None]:
-        """Run a block in a worker thread, yielding its output live. None if interrupted."""
-        items: queue.Queue[tuple[str, str, bytes]] = queue.Queue()
-        box: dict[str, Any] = {}
-
-        def work() -> None:
-            try:
-                box["result"] = self.sandbox.run(
-                    language,
-                    code,
-                    on_output=lambda stream, data: items.put(("out", stream, data)),
-                    on_status=lambda message: items.put(("status", message, b"")),
-                )
-            except BaseException as exc:  # handed to the main thread below
-                box["error"] = exc
-            finally:
-                items.put(("done", "", b""))
-
-        worker = threading.Thread(target=work, name=f"oi-block-{index}", daemon=True)
-        worker.start()
-        decoders = {"stdout": _Utf8Stream(), "stderr": _Utf8Stream()}
-        try:
-            while True:
-                kind, stream, data = items.get()
-                if kind == "done":
-                    break
-                if kind == "status":
-                    yield self._record(Notice(stream))
-                    continue
-                text = decoders[stream].decode(data)
-                if text:
-                    yield BlockOutput(index, stream, text)  # type: ignore[arg-type]
-        except KeyboardInterrupt:
-            self.sandbox.cancel()
-            worker.join(timeout=30)
-            return None
-        except GeneratorExit:
-            self.sandbox.cancel()
-            worker.join(timeout=30)
-            raise
-        worker.join()
-        if "error" in box:
-            raise box["error"]
-        result: ExecResult = box["result"]
-        return result
-
-
-@dataclass
-class _Utf8Stream:
-    """Decodes a byte stream split at arbitrary points (a UTF-8 character may straddle chunks)."""
-
-    _pending: bytes = field(default=b"")
-
-    def decode(self, data: bytes) -> str:
-        data = self._pending + data
-        cut = len(data)
-        # Keep an incomplete trailing UTF-8 sequence (at most 3 bytes) for the next chunk.
-        for back in range(1, min(4, len(data)) + 1):
-            byte = data[-back]
-            if byte & 0xC0 == 0x80:
-                continue
-            if byte & 0x80:
-                need = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4
-                if back < need:
-                    cut = len(data) - back
-            break
-        self._pending = data[cut:]
-        return data[:cut].decode("utf-8", errors="replace")
-
-
-def open_session(
-    settings: Settings,
-    approver: Approver,
-    *,
-    resume: str | None = None,
-    docker_client: Any = None,
-    model: ModelClient | None = None,
-) -> Session:
-    """The production wiring: model client, sandbox and transcript from settings.
-
-    With ``resume`` (a session id or unique prefix), the history is loaded from its record and
-    new events are appended to the same file.
-    """
-    from orchestrator import __version__  # noqa: PLC0415
-    from orchestrator.transcript import (  # noqa: PLC0415
-        find_session,
-        read_records,
-        rebuild_history,
-    )
-
-    history = None
-    if resume:
-        path = find_session(settings.sessions_dir, resume)
-        history = rebuild_history(list(read_records(path)))
-        session_id = path.stem
-    else:
-        from orchestrator.sandbox.runner import new_session_id  # noqa: PLC0415
-
-        session_id = new_session_id()
-    sandbox = Sandbox.from_settings(settings, session_id=session_id, client=docker_client)
-    model = model or ModelClient.from_settings(settings)
-    transcript = Transcript.create(settings.sessions_dir, session_id)
-    transcript.append(
-        "session",
-        session_id=session_id,
-        resumed=bool(resume),
-        oi_version=__version__,
-        model=settings.model,
-        api_base=settings.api_base,
-        settings=settings.model_dump(mode="json", exclude={"api_key"}),
-    )
-    return Session(
-        model=model,
-        sandbox=sandbox,
-        approver=approver,
-        settings=settings,
-        transcript=transcript,
-        history=history,
-    )

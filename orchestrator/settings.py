@@ -1,29 +1,60 @@
-"""Effective settings: flags > environment (``OI_*``) > ./oi.toml > ~/.config/oi/config.toml.
+"""Settings, where each value comes from, and how far each source is trusted.
 
-``Settings`` is the single source for limits, network, images and the model endpoint. The CLI
-passes only the flags a person actually gave, so lower layers fill in the rest.
+Sources, from the least to the most precedence (flags win)::
+
+    default  <  user config (~/.config/oi/config.toml)  <  project file (./oi.toml)
+             <  OI_* environment  <  flags
+
+and above them all the admin policy (``policy.py``), which caps or fixes what any of them asks.
+
+Trust: the invoking user (flags, ``OI_*`` variables, the user config) may set every key but the
+admin's. A project file (``./oi.toml``; a batch tasks file; a replayed record) is untrusted input:
+a cloned repo wrote it. It may set harmless keys and *narrow* others (lower limits, less
+network, gVisor instead of runc, fewer hosts, auto-run off), never widen access, start code
+without a person, pick host paths, or redirect the API key - unless the user trusted that exact
+file (``oi trust FILE``, recorded by content hash in ``trust.py``). What each key is, is field
+metadata on ``Settings`` (``trust`` and ``policy``): the loader, the tasks file, replay,
+``oi config show`` and the policy-completeness test all read it from there.
+
+``loading.load(...)`` is the one path from every source to a ``Loaded`` (settings, policy, the
+source of each value); ``Loaded.sandbox_config()`` is what the sandbox layer receives.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
 
-from orchestrator.errors import ConfigError
+from orchestrator.sandbox.config import (
+    DEFAULTS,
+    Isolation,
+    NetworkTier,
+)
 from orchestrator.units import parse_size
 
-NetworkTier = Literal["none", "allowlist", "open"]
-Isolation = Literal["runc", "gvisor"]
 ToolMode = Literal["auto", "tools", "markdown"]
+Trust = Literal["any", "narrow", "user", "admin"]
+"""Who may set a key: ``any`` source (harmless); a project file only to ``narrow`` it; only the
+``user`` (or a file they trusted); only the ``admin`` policy."""
+
+SourceKind = Literal["default", "user config", "project", "env", "flag", "policy"]
+
+
+def _setting(default: Any = None, *, trust: Trust, policy: str, description: str, **kw: Any) -> Any:
+    """A ``Field`` carrying oi's metadata: who may set it, and the policy's decision for it
+    (``cap KEY``, ``fixed KEY``, ``set KEY`` or ``harmless: why``)."""
+    extra: dict[str, Any] = {"oi_trust": trust, "oi_policy": policy}
+    if "default_factory" in kw:
+        return Field(description=description, json_schema_extra=extra, **kw)
+    return Field(default=default, description=description, json_schema_extra=extra, **kw)
 
 
 def user_config_path() -> Path:
@@ -40,97 +71,235 @@ def default_data_dir() -> Path:
     return Path(base) / "oi"
 
 
-def config_files() -> list[Path]:
-    """Config files in increasing precedence."""
-    return [user_config_path(), Path.cwd() / "oi.toml"]
+def project_config_path() -> Path:
+    return Path.cwd() / "oi.toml"
+
+
+D = DEFAULTS
 
 
 class Settings(BaseSettings):
     """Everything a person or admin can set. The model can set none of it."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="OI_",
-        extra="forbid",
-        validate_default=True,
-    )
+    model_config = SettingsConfigDict(env_prefix="OI_", extra="forbid", validate_default=True)
 
     # --- sandbox limits -------------------------------------------------------------------
-    memory: int = Field(default=parse_size("1g"), description="memory limit (swap included)")
-    cpus: float = Field(default=1.0, gt=0, description="CPU share, e.g. 0.5 or 2")
-    pids: int = Field(default=256, gt=0, description="max processes+threads in a sandbox")
-    timeout: float = Field(default=60.0, gt=0, description="wall-clock seconds per block")
-    max_output: int = Field(
-        default=8192, gt=0, description="bytes of each stream kept (head + tail)"
+    memory: int = _setting(
+        D.memory,
+        trust="narrow",
+        policy="cap max_memory",
+        description="memory limit (swap included)",
     )
-    tmp_size: int = Field(default=parse_size("256m"), description="size of the /tmp tmpfs")
-    max_file_size: int = Field(
-        default=parse_size("1g"), description="largest file a block may write (fsize)"
+    cpus: float = _setting(
+        D.cpus, trust="narrow", policy="cap max_cpus", description="CPU share, e.g. 0.5 or 2", gt=0
     )
-    nofile: int = Field(default=1024, gt=0, description="max open files per process")
-    kill_grace: float = Field(
-        default=1.0, ge=0, description="seconds between SIGTERM and SIGKILL on timeout"
+    pids: int = _setting(
+        D.pids, trust="narrow", policy="cap max_pids", description="max processes+threads", gt=0
+    )
+    timeout: float = _setting(
+        D.timeout,
+        trust="narrow",
+        policy="cap max_timeout",
+        description="wall-clock seconds per block",
+        gt=0,
+    )
+    max_output: int = _setting(
+        D.max_output,
+        trust="narrow",
+        policy="cap max_output",
+        description="bytes of each stream kept (head + tail)",
+        gt=0,
+    )
+    tmp_size: int = _setting(
+        D.tmp_size, trust="narrow", policy="cap max_tmp_size", description="size of /tmp"
+    )
+    max_file_size: int = _setting(
+        D.max_file_size,
+        trust="narrow",
+        policy="cap max_file_size",
+        description="largest file a block may write (fsize)",
+    )
+    nofile: int = _setting(
+        D.nofile, trust="narrow", policy="cap max_nofile", description="open files", gt=0
+    )
+    kill_grace: float = _setting(
+        D.kill_grace,
+        trust="narrow",
+        policy="cap max_timeout (timeout + kill_grace)",
+        description="seconds between SIGTERM and SIGKILL on timeout",
+        ge=0,
     )
 
     # --- pre-started containers (see sandbox/pool.py) --------------------------------------
-    pool: bool = Field(default=True, description="pre-start throwaway containers for speed")
-    pool_size: int = Field(default=1, ge=1, description="ready containers kept per shape")
-    pool_idle: float = Field(
-        default=60.0, gt=0, description="seconds an unused pool waits before draining"
+    pool: bool = _setting(
+        D.pool,
+        trust="any",
+        policy="harmless: pre-started containers count towards the quotas",
+        description="pre-start throwaway containers for speed",
+    )
+    pool_size: int = _setting(
+        D.pool_size,
+        trust="narrow",
+        policy="cap max_pool_size",
+        description="ready containers kept per shape",
+        ge=1,
+    )
+    pool_idle: float = _setting(
+        D.pool_idle,
+        trust="any",
+        policy="harmless: idle containers count towards the quotas and go when oi ends",
+        description="seconds an unused pool waits before draining",
+        gt=0,
     )
 
     # --- what the sandbox sees ------------------------------------------------------------
-    workdir: Path = Field(default_factory=Path.cwd, description="mounted at /workspace")
-    env: list[str] = Field(
-        default_factory=list, description="names of host variables passed into the sandbox"
+    workdir: Path = _setting(
+        trust="user",
+        policy="harmless: the sandbox refuses /, homes, secrets and system folders itself",
+        description="mounted at /workspace",
+        default_factory=Path.cwd,
     )
-    network: NetworkTier = "none"
-    allow_hosts: list[str] = Field(
-        default_factory=list, description="hosts (or presets pypi, npm, debian) for allowlist"
-    )
-    egress_ranges: list[str] = Field(
+    env: list[str] = _setting(
+        trust="narrow",
+        policy="set allow_env",
+        description="names of host variables passed into the sandbox",
         default_factory=list,
-        description="private address ranges the allowlist proxy may reach (CIDR); none by default",
     )
-    ca_bundle: Path | None = Field(
-        default=None, description="CA bundle mounted for TLS (default: the host's, if found)"
+    network: NetworkTier = _setting(
+        D.network, trust="narrow", policy="set allowed_networks", description="network tier"
     )
-    mounts: list[str] = Field(
-        default_factory=list, description="extra mounts HOST[:CONTAINER][:rw], read-only default"
+    allow_hosts: list[str] = _setting(
+        trust="narrow",
+        policy="set allowed_hosts",
+        description="hosts (or presets pypi, npm, debian) for allowlist",
+        default_factory=list,
     )
-    isolation: Isolation = "runc"
-    gvisor_runtime: str = Field(
-        default="runsc", description="Docker runtime name of gVisor without network"
+    egress_ranges: list[str] = _setting(
+        trust="admin",
+        policy="fixed egress_ranges",
+        description="private ranges the allowlist proxy may reach (admin policy only)",
+        default_factory=list,
     )
-    gvisor_network_runtime: str = Field(
-        default="runsc-host", description="Docker runtime name of gVisor for networked tiers"
+    ca_bundle: Path | None = _setting(
+        None,
+        trust="user",
+        policy="set allowed_ca_bundles",
+        description="CA bundle mounted for TLS (default: the host's, if found)",
     )
-    audit_log: Path | None = Field(default=None, description="JSON audit line per block here")
+    mounts: list[str] = _setting(
+        trust="narrow",
+        policy="set allow_extra_mounts",
+        description="extra mounts HOST[:CONTAINER][:rw], read-only by default",
+        default_factory=list,
+    )
+    isolation: Isolation = _setting(
+        D.isolation, trust="narrow", policy="set required_isolation", description="runc or gvisor"
+    )
+    gvisor_runtime: str = _setting(
+        D.gvisor_runtime,
+        trust="admin",
+        policy="fixed gvisor_runtime",
+        description="Docker runtime name of gVisor without network (admin policy only)",
+    )
+    gvisor_network_runtime: str = _setting(
+        D.gvisor_network_runtime,
+        trust="admin",
+        policy="fixed gvisor_network_runtime",
+        description="Docker runtime name of gVisor for networked tiers (admin policy only)",
+    )
+    audit_log: Path | None = _setting(
+        None, trust="user", policy="fixed audit_log", description="JSON audit line per block"
+    )
 
     # --- images -----------------------------------------------------------------------------
-    image_prefix: str = "oi-sandbox"
-    base_image: str = "debian:bookworm-slim"
+    image_prefix: str = _setting(
+        D.image_prefix, trust="user", policy="fixed image_prefix", description="image names"
+    )
+    base_image: str = _setting(
+        D.base_image,
+        trust="user",
+        policy="harmless: only used when building images (oi images build)",
+        description="base of the sandbox images",
+    )
 
     # --- model ------------------------------------------------------------------------------
-    api_base: str = "http://localhost:8000/v1"
-    model: str = "Qwen/Qwen3-4B-Instruct-2507"
-    api_key: str = Field(default="EMPTY", repr=False)
-    temperature: float = 0.7
-    top_p: float = 0.8
-    top_k: int = 20
-    max_tokens: int | None = None
-    tool_mode: ToolMode = "auto"
-    max_turns: int = Field(default=20, gt=0)
-    max_model_len: int = Field(default=32768, gt=0, description="used when /v1/models lacks it")
-    request_timeout: float = Field(default=600.0, gt=0)
-    auto_run: bool = False
+    api_base: str = _setting(
+        "http://localhost:8000/v1",
+        trust="user",
+        policy="harmless: the model endpoint is not reachable from sandboxes by it",
+        description="OpenAI-compatible endpoint",
+    )
+    model: str = _setting(
+        "Qwen/Qwen3-4B-Instruct-2507",
+        trust="any",
+        policy="harmless: a name on the user's own endpoint",
+        description="model name",
+    )
+    api_key: str = _setting(
+        "EMPTY",
+        trust="user",
+        policy="harmless: a credential for the user's endpoint",
+        description="API key",
+        repr=False,
+    )
+    temperature: float = _setting(
+        0.7,
+        trust="any",
+        policy="harmless: how the model samples",
+        description="sampling temperature",
+    )
+    top_p: float = _setting(
+        0.8, trust="any", policy="harmless: how the model samples", description="top_p"
+    )
+    top_k: int = _setting(
+        20, trust="any", policy="harmless: how the model samples", description="top_k"
+    )
+    max_tokens: int | None = _setting(
+        None, trust="any", policy="harmless: reply length", description="tokens per reply"
+    )
+    tool_mode: ToolMode = _setting(
+        "auto", trust="any", policy="harmless: how code arrives", description="tool mode"
+    )
+    max_turns: int = _setting(
+        20,
+        trust="any",
+        policy="harmless: every block is approved, or bounded by a batch budget",
+        description="model turns per task",
+        gt=0,
+    )
+    max_model_len: int = _setting(
+        32768,
+        trust="any",
+        policy="harmless: only sizes the context budget",
+        description="context size when /v1/models lacks it",
+        gt=0,
+    )
+    request_timeout: float = _setting(
+        600.0,
+        trust="any",
+        policy="harmless: a wait on the model server, not sandbox time",
+        description="seconds for one model reply",
+        gt=0,
+    )
+    auto_run: bool = _setting(
+        False,
+        trust="narrow",
+        policy="harmless: every block is sandboxed within the policy either way",
+        description="run blocks without asking",
+    )
 
     # --- records ----------------------------------------------------------------------------
-    data_dir: Path = Field(default_factory=default_data_dir)
+    data_dir: Path = _setting(
+        trust="user",
+        policy="harmless: the user's own records",
+        description="where session records go",
+        default_factory=default_data_dir,
+    )
 
     @field_validator("memory", "tmp_size", "max_file_size", mode="before")
     @classmethod
     def _parse_size(cls, value: Any) -> int:
-        if isinstance(value, str | int):
+        if isinstance(value, str | int) and not isinstance(value, bool):
             return parse_size(value)
         raise ValueError(f"expected a size such as 512m or 1g, got {value!r}")
 
@@ -138,6 +307,23 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_workdir(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hosts_imply_allowlist(cls, data: Any) -> Any:
+        """Naming hosts means the allowlist tier, unless a tier is named too."""
+        if isinstance(data, dict) and data.get("allow_hosts") and data.get("network") is None:
+            return {**data, "network": "allowlist"}
+        return data
+
+    @model_validator(mode="after")
+    def _hosts_need_a_networked_tier(self) -> Settings:
+        if self.allow_hosts and self.network == "none":
+            raise ValueError(
+                "allow_hosts names hosts but network is none; use network allowlist "
+                "(or leave network unset: naming hosts implies it)"
+            )
+        return self
 
     @property
     def sessions_dir(self) -> Path:
@@ -152,32 +338,20 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Later TOML files override earlier ones, so ./oi.toml beats the user config.
-        toml = TomlConfigSettingsSource(settings_cls, toml_file=config_files())
-        return (init_settings, env_settings, toml)
+        # ``load`` reads every source itself, so it knows where each value came from and how
+        # far to trust it; constructing Settings reads nothing but its arguments.
+        return (init_settings,)
 
 
-def load_settings(**flags: Any) -> Settings:
-    """Build settings from the flags a person gave (``None`` means "not given"), capped by
-    the admin policy (``/etc/oi/policy.toml`` or ``$OI_POLICY_FILE``).
+FIELDS: tuple[str, ...] = tuple(Settings.model_fields)
 
-    Raises ``ConfigError`` naming the offending key and where it may come from, and
-    ``PolicyError`` naming the policy line that forbids what was asked.
-    """
-    from orchestrator.policy import apply_policy, load_policy  # noqa: PLC0415
 
-    given = {key: value for key, value in flags.items() if value is not None}
-    try:
-        settings = Settings(**given)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        sources = ", ".join(str(p) for p in config_files())
-        raise ConfigError(
-            f"invalid settings: {problems} (from flags, OI_* variables or {sources})"
-        ) from None
-    except (OSError, ValueError) as exc:  # e.g. a TOML syntax error
-        raise ConfigError(f"cannot read config: {exc}") from None
-    return apply_policy(settings, load_policy())
+def field_meta(name: str) -> tuple[Trust, str]:
+    """(trust, policy decision) of a settings key."""
+    extra = Settings.model_fields[name].json_schema_extra
+    assert isinstance(extra, dict), name
+    return cast("Trust", extra["oi_trust"]), str(extra["oi_policy"])
+
+
+def keys_with_trust(*levels: Trust) -> tuple[str, ...]:
+    return tuple(name for name in FIELDS if field_meta(name)[0] in levels)

@@ -16,6 +16,9 @@ import docker
 import pytest
 
 from orchestrator.languages import parse_language
+from orchestrator.loading import sandbox_config
+from orchestrator.policy import Policy
+from orchestrator.sandbox.config import SandboxConfig
 from orchestrator.sandbox.docker import connect
 from orchestrator.sandbox.images import ImageCatalog
 from orchestrator.sandbox.runner import Sandbox
@@ -57,6 +60,17 @@ def workdir(tmp_path: Path) -> Path:
 
 
 SandboxFactory = Callable[..., Sandbox]
+
+
+def make_config(**settings: Any) -> SandboxConfig:
+    """A sandbox config from settings-style values (sizes as text, host presets), as the CLI
+    would build it without any policy."""
+    return sandbox_config(Settings(**settings), Policy())
+
+
+def catalog(client: docker.DockerClient, config: SandboxConfig | None = None) -> ImageCatalog:
+    config = config or SandboxConfig()
+    return ImageCatalog(client, prefix=config.image_prefix, base_image=config.base_image)
 
 
 class PooledSandbox(Sandbox):
@@ -101,12 +115,12 @@ def make_sandbox(
         overrides.setdefault("workdir", workdir)
         if pooled:
             overrides["pool"] = True
-        settings = Settings(**overrides)
+        config = make_config(**overrides)
         sandbox = (PooledSandbox if pooled else Sandbox)(
             docker_client,
-            settings,
-            ImageCatalog(docker_client, settings),
-            current_identity(settings.workdir),
+            config,
+            catalog(docker_client, config),
+            current_identity(config.workdir),
             session_id=session_id,
             host_env=host_env,
         )

@@ -12,21 +12,15 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from orchestrator import __version__  # noqa: E402
-from orchestrator.approval import AutoApprover  # noqa: E402
 from orchestrator.events import BlockOutput, BlockResult, SessionEnded  # noqa: E402
-from orchestrator.llm.client import Finished, TextDelta  # noqa: E402
-from orchestrator.sandbox.runner import Sandbox  # noqa: E402
-from orchestrator.session import Session  # noqa: E402
-from orchestrator.settings import load_settings  # noqa: E402
-from orchestrator.transcript import Transcript  # noqa: E402
+from orchestrator.loading import load  # noqa: E402
+from orchestrator.wiring import open_session  # noqa: E402
+from tests.fakes import ScriptedModel  # noqa: E402  (the same scripted model the tests use)
 
 HERE = Path(__file__).resolve().parent
 RECORD = HERE / "session.jsonl"
@@ -151,67 +145,36 @@ REPLIES = [
 ]
 
 
-class ScriptedModel:
-    """Stands in for the model: returns the next hand-written reply, whatever it is asked."""
-
-    api_base = "scripted://examples/csv-demo/record.py"
-
-    def __init__(self, replies: list[str]) -> None:
-        self._replies = list(replies)
-
-    def model_max_len(self) -> int:
-        return 32768
-
-    def stream_chat(self, messages: Any, tools: Any = None) -> Iterator[Any]:
-        text = self._replies.pop(0)
-        yield TextDelta(text)
-        yield Finished("stop", text)
-
-
 def main() -> int:
     shutil.rmtree(WORKDIR, ignore_errors=True)
     WORKDIR.mkdir(mode=0o755)
-    settings = load_settings(
-        workdir=WORKDIR,
-        auto_run=True,
-        tool_mode="markdown",
-        model="scripted replies (examples/csv-demo/record.py), not a model",
-        api_base=ScriptedModel.api_base,
-        pool=False,
-        network="none",
+    loaded = load(
+        {
+            "workdir": WORKDIR,
+            "auto_run": True,
+            "tool_mode": "markdown",
+            "model": "scripted replies (examples/csv-demo/record.py), not a model",
+            "api_base": ScriptedModel.api_base,
+            "pool": False,
+            "network": "none",
+        }
     )
     RECORD.unlink(missing_ok=True)
-    transcript = Transcript.open(RECORD)
-    transcript.append(
-        "session",
-        session_id=SESSION_ID,
-        resumed=False,
-        oi_version=__version__,
-        model=settings.model,
-        api_base=settings.api_base,
-        settings=settings.model_dump(mode="json", exclude={"api_key", "data_dir"}),
-        note=NOTE,
-    )
-    sandbox = Sandbox.from_settings(settings, session_id=SESSION_ID)
-    session = Session(
-        model=ScriptedModel(REPLIES),  # type: ignore[arg-type]
-        sandbox=sandbox,
-        approver=AutoApprover(),
-        settings=settings,
-        transcript=transcript,
-    )
     status = "?"
-    try:
-        for event in session.send(TASK):
+    with open_session(
+        loaded,
+        session_id=SESSION_ID,
+        record_path=RECORD,
+        extra={"note": NOTE},
+        model=ScriptedModel(*REPLIES),
+    ) as opened:
+        for event in opened.session.send(TASK):
             if isinstance(event, BlockOutput):
                 sys.stdout.write(event.text)
             elif isinstance(event, BlockResult):
                 print(f"--- block {event.index}: exit {event.exit_code}")
             elif isinstance(event, SessionEnded):
                 status = event.status
-    finally:
-        sandbox.close()
-        transcript.close()
     print(f"recorded {RECORD.relative_to(REPO)} ({status})")
     return 0 if status == "finished" else 1
 

@@ -26,7 +26,6 @@ import docker.errors
 from orchestrator.errors import ImageBuildError, ImageMissingError
 from orchestrator.languages import LANGUAGES, Language
 from orchestrator.sandbox.docker import engine_errors
-from orchestrator.settings import Settings
 
 Progress = Callable[[str], None]
 BOOTSTRAP_BASE = "oi-base:bookworm"
@@ -78,18 +77,24 @@ class ImageCatalog:
     """Knows the expected tag of each sandbox image, and builds the ones that are missing."""
 
     def __init__(
-        self, client: docker.DockerClient, settings: Settings, root: Path | None = None
+        self,
+        client: docker.DockerClient,
+        *,
+        prefix: str = "oi-sandbox",
+        base_image: str = "debian:bookworm-slim",
+        root: Path | None = None,
     ) -> None:
         self._client = client
-        self._settings = settings
+        self._prefix = prefix
+        self._base_image = base_image
         self._root = root or context_root()
         self._resolved: dict[str, ResolvedImage] = {}
 
     def repository(self, name: str) -> str:
-        return f"{self._settings.image_prefix}-{name}"
+        return f"{self._prefix}-{name}"
 
     def expected_tag(self, name: str) -> str:
-        digest = context_hash(self._root / name, self._settings.base_image)
+        digest = context_hash(self._root / name, self._base_image)
         return f"{self.repository(name)}:{digest[:12]}"
 
     def resolve(self, language: Language) -> ResolvedImage:
@@ -143,7 +148,7 @@ class ImageCatalog:
 
     def ensure_base(self, progress: Progress = _quiet) -> str:
         """A local base image ref: the configured one, pulled if possible, else bootstrapped."""
-        wanted = self._settings.base_image
+        wanted = self._base_image
         if self._image_exists(wanted):
             return wanted
         progress(f"pulling {wanted} ...")
@@ -171,9 +176,9 @@ class ImageCatalog:
         )
         if debootstrap is None or os.geteuid() != 0:
             raise ImageBuildError(
-                f"cannot pull {self._settings.base_image} and cannot bootstrap a base: "
+                f"cannot pull {self._base_image} and cannot bootstrap a base: "
                 "debootstrap needs root and the 'debootstrap' package; run 'sudo make setup', "
-                f"or make {self._settings.base_image} available (docker load / a registry)"
+                f"or make {self._base_image} available (docker load / a registry)"
             )
         mirror = os.environ.get("OI_DEBIAN_MIRROR", "http://deb.debian.org/debian")
         with tempfile.TemporaryDirectory(prefix="oi-debootstrap-") as tmp:
@@ -230,7 +235,7 @@ class ImageCatalog:
                 forcerm=True,
                 pull=False,
                 decode=True,
-                labels={"oi.image": name, "oi.base": self._settings.base_image},
+                labels={"oi.image": name, "oi.base": self._base_image},
             )
             for event in events:
                 self._on_build_event(event, log, progress, tag)

@@ -18,16 +18,12 @@ import contextlib
 import hashlib
 import ipaddress
 import os
-import re
-import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import docker
 import docker.errors
@@ -58,89 +54,6 @@ SPECIAL_RANGES = (
     "172.16.0.0/12", "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/3",
     "::/128", "::1/128", "::ffff:0:0/96", "fc00::/7", "fe80::/10", "ff00::/8",
 )  # fmt: skip
-
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$")
-
-
-def normalize_host(text: str) -> str:
-    """A lower-case host name from user input; IP literals, ports and paths are refused."""
-    host = text.strip().lower().rstrip(".")
-    if "://" in host:
-        host = urlparse(host).hostname or ""
-    with contextlib.suppress(ValueError):
-        ipaddress.ip_address(host.strip("[]"))
-        raise ConfigError(
-            f"--allow-host {text!r}: IP addresses are not allowed, name the host "
-            "(the proxy refuses IP-literal targets)"
-        )
-    if not _HOSTNAME.match(host):
-        raise ConfigError(f"--allow-host {text!r} is not a host name (e.g. example.org)")
-    return host
-
-
-def _pip_index_hosts() -> list[str]:
-    """The package index hosts pip uses: its configured index, or PyPI's own defaults."""
-    hosts: list[str] = []
-    configured = os.environ.get("PIP_INDEX_URL")
-    if configured and (name := urlparse(configured).hostname):
-        hosts.append(name)
-    try:
-        from pip._internal.models.index import PyPI  # noqa: PLC0415
-
-        hosts += [PyPI.netloc, PyPI.file_storage_domain]
-    except ImportError:
-        pass
-    return hosts
-
-
-def _npm_registry_hosts() -> list[str]:
-    npm = shutil.which("npm")
-    configured = os.environ.get("NPM_CONFIG_REGISTRY")
-    if not configured and npm:
-        proc = subprocess.run(
-            [npm, "config", "get", "registry"],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=20,
-        )
-        configured = proc.stdout.strip()
-    host = urlparse(configured or "").hostname
-    return [host] if host else []
-
-
-def _apt_hosts() -> list[str]:
-    hosts: list[str] = []
-    for path in [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*")]:
-        with contextlib.suppress(OSError):
-            for match in re.finditer(r"(?:https?)://([^/\s]+)", path.read_text()):
-                hosts.append(match.group(1))
-    return hosts
-
-
-PRESETS = {
-    "pypi": _pip_index_hosts,
-    "npm": _npm_registry_hosts,
-    "debian": _apt_hosts,
-}
-
-
-def expand_hosts(names: list[str]) -> tuple[str, ...]:
-    """User-given hosts and presets (``pypi``, ``npm``, ``debian``) -> sorted unique hosts."""
-    hosts: set[str] = set()
-    for name in names:
-        preset = PRESETS.get(name.strip().lower())
-        if preset is not None:
-            found = preset()
-            if not found:
-                raise ConfigError(
-                    f"--allow-host {name}: cannot tell which hosts the {name} preset means here "
-                    "(no configuration found); name the hosts instead"
-                )
-            hosts.update(normalize_host(h) for h in found)
-        else:
-            hosts.add(normalize_host(name))
-    return tuple(sorted(hosts))
 
 
 @dataclass(frozen=True)

@@ -27,16 +27,16 @@ import docker
 
 from orchestrator.errors import ConfigError, OiError, SandboxError
 from orchestrator.languages import Language, parse_language
-from orchestrator.policy import concurrency_caps, load_policy
 from orchestrator.sandbox.audit import AuditLog
 from orchestrator.sandbox.bootstrap import (
     OutputScanner,
     frame_program,
     speaks_protocol,
 )
+from orchestrator.sandbox.config import SandboxConfig, SandboxDescription
 from orchestrator.sandbox.docker import connect, engine_errors
 from orchestrator.sandbox.images import ImageCatalog, ResolvedImage
-from orchestrator.sandbox.network import EgressManager, EgressPolicy, expand_hosts, find_ca_bundle
+from orchestrator.sandbox.network import EgressManager, EgressPolicy, find_ca_bundle
 from orchestrator.sandbox.output import STDERR, STDOUT, CappedBuffer, FrameDecoder
 from orchestrator.sandbox.pool import ContainerPool, Reaper
 from orchestrator.sandbox.quota import QuotaCaps, QuotaGate, QuotaLauncher
@@ -50,7 +50,7 @@ from orchestrator.sandbox.spec import (
     current_identity,
     parse_mount,
 )
-from orchestrator.settings import Settings
+from orchestrator.units import format_size
 
 OutputCallback = Callable[[str, bytes], None]
 """Called with ("stdout" | "stderr", bytes) as output arrives, while the block runs."""
@@ -186,8 +186,8 @@ def _sigint_deferred() -> Iterator[None]:
 class Sandbox:
     """Runs blocks of code, each in a fresh hardened container.
 
-    Construct with ``Sandbox.from_settings(settings)``; tests inject their own docker client,
-    image catalog or launcher. With ``settings.pool`` (the default), ``warm(language)`` keeps
+    Construct with ``Sandbox.from_config(config)``; tests inject their own docker client,
+    image catalog or launcher. With ``config.pool`` (the default), ``warm(language)`` keeps
     containers of that language pre-started and ``run`` takes one when there is one. A used
     container whose block ended by itself is removed in the background (one that timed out, was
     cancelled or interrupted, before ``run`` returns); ``close()`` (or leaving a ``with`` block,
@@ -198,7 +198,7 @@ class Sandbox:
     def __init__(
         self,
         client: docker.DockerClient,
-        settings: Settings,
+        config: SandboxConfig,
         images: ImageCatalog,
         identity: Identity,
         *,
@@ -209,7 +209,7 @@ class Sandbox:
         audit: AuditLog | None = None,
         quota: QuotaGate | None = None,
     ) -> None:
-        self.settings = settings
+        self.config = config
         self.session_id = session_id or new_session_id()
         self.identity = identity
         self._client = client
@@ -223,14 +223,15 @@ class Sandbox:
         self._audit = audit
         self._quota = quota
         self._attachment: NetworkAttachment | None = None
-        self._allowed_hosts: tuple[str, ...] = ()  # the allowlist, once expanded
+        self._specs: dict[Language, ContainerSpec] = {}
+        self._specs_lock = threading.Lock()
         self._mounts: tuple[ExtraMount, ...] | None = None
         self.pool: ContainerPool[LiveContainer] | None = None
-        if settings.pool:
+        if config.pool:
             # Pre-starting never waits in a quota line: a full quota just means no warm one.
             prestart: Launcher = direct if quota is None else QuotaLauncher(direct, quota)
             self.pool = ContainerPool(
-                prestart, self._reaper, size=settings.pool_size, idle=settings.pool_idle
+                prestart, self._reaper, size=config.pool_size, idle=config.pool_idle
             )
         self.launcher: Launcher = self.pool or direct
         self._running: set[str] = set()
@@ -238,25 +239,25 @@ class Sandbox:
         self._running_lock = threading.Lock()
 
     @classmethod
-    def from_settings(
+    def from_config(
         cls,
-        settings: Settings,
+        config: SandboxConfig,
         *,
         session_id: str | None = None,
         client: docker.DockerClient | None = None,
     ) -> Sandbox:
-        check_workdir(settings.workdir, home=_home())
+        """The production wiring: checks the workdir, connects, and sets up audit and quota."""
+        check_workdir(config.workdir, home=_home())
         client = client or connect()
-        identity = current_identity(settings.workdir)
-        per_user, total = concurrency_caps(load_policy())
-        caps = QuotaCaps(per_user, total)
+        identity = current_identity(config.workdir)
+        caps = QuotaCaps(config.quota_per_user, config.quota_total)
         return cls(
             client,
-            settings,
-            ImageCatalog(client, settings),
+            config,
+            ImageCatalog(client, prefix=config.image_prefix, base_image=config.base_image),
             identity,
             session_id=session_id,
-            audit=AuditLog(settings.audit_log) if settings.audit_log else None,
+            audit=AuditLog(config.audit_log) if config.audit_log else None,
             quota=None if caps.unlimited else QuotaGate(client, caps, identity.owner_uid),
         )
 
@@ -295,6 +296,8 @@ class Sandbox:
         if self._egress is not None and self._attachment is not None:
             self._egress.release()
             self._attachment = None
+        with self._specs_lock:
+            self._specs.clear()  # they name the network just released
 
     def __enter__(self) -> Sandbox:
         return self
@@ -303,37 +306,58 @@ class Sandbox:
         self.close()
 
     def spec_for(self, language: Language) -> ContainerSpec:
-        """The container spec a block in ``language`` gets (shown on the approval screen)."""
+        """The container spec a block in ``language`` gets: built once per language and
+        session (the pool stamps each container's creation time when it makes it)."""
+        with self._specs_lock:
+            cached = self._specs.get(language)
+        if cached is not None:
+            return cached
         image = self._images.resolve(language)
-        return build_spec(
+        spec = build_spec(
             language,
             image.tag,
-            self.settings,
+            self.config,
             self.identity,
             self.session_id,
             self._host_env,
             attachment=self._network_attachment(),
             extra_mounts=self._extra_mounts(),
         )
+        with self._specs_lock:
+            return self._specs.setdefault(language, spec)
+
+    def describe(self, language: Language) -> SandboxDescription:
+        """Where a block in ``language`` would run, for the approval screen."""
+        config = self.config
+        return SandboxDescription(
+            image=self.spec_for(language).image,
+            memory=format_size(config.memory),
+            cpus=config.cpus,
+            pids=config.pids,
+            timeout_s=config.timeout,
+            network=config.network,
+            isolation=config.isolation,
+            workdir=str(config.workdir),
+            allow_hosts=config.allow_hosts,
+        )
 
     def _extra_mounts(self) -> tuple[ExtraMount, ...]:
         if self._mounts is None:
-            self._mounts = tuple(parse_mount(m, _home()) for m in self.settings.mounts)
+            self._mounts = tuple(parse_mount(m, _home()) for m in self.config.mounts)
         return self._mounts
 
     def _network_attachment(self) -> NetworkAttachment | None:
         """The network beyond ``none``: the bridge, or an allowlist's network and proxy (set up
         on first use, shared with other oi processes, released by ``close``)."""
-        settings = self.settings
-        if settings.network == "none":
+        config = self.config
+        if config.network == "none":
             return None
         if self._attachment is None:
-            ca_bundle = find_ca_bundle(settings.ca_bundle)
-            if settings.network == "open":
+            ca_bundle = find_ca_bundle(config.ca_bundle)
+            if config.network == "open":
                 self._attachment = NetworkAttachment("bridge", None, ca_bundle)
             else:
-                hosts = expand_hosts(settings.allow_hosts)
-                self._allowed_hosts = hosts
+                hosts = config.allow_hosts
                 if not hosts:
                     raise ConfigError(
                         "--network allowlist needs hosts: name them with --allow-host HOST "
@@ -341,7 +365,7 @@ class Sandbox:
                     )
                 if self._egress is None:
                     self._egress = EgressManager(self._client, self._images, ca_bundle=ca_bundle)
-                route = self._egress.ensure(EgressPolicy(hosts, tuple(settings.egress_ranges)))
+                route = self._egress.ensure(EgressPolicy(hosts, config.egress_ranges))
                 self._attachment = NetworkAttachment(route.network, route.proxy_url, ca_bundle)
         return self._attachment
 
@@ -387,7 +411,7 @@ class Sandbox:
         seconds: float,
     ) -> None:
         assert self._audit is not None
-        s = self.settings
+        s = self.config
         self._audit.block(
             uid=self.identity.owner_uid,
             session=self.session_id,
@@ -399,8 +423,7 @@ class Sandbox:
             pids=s.pids,
             timeout_s=s.timeout,
             network=s.network,
-            # As expanded for the proxy: presets may ask npm or pip, not once per block.
-            allow_hosts=list(self._allowed_hosts),
+            allow_hosts=list(s.allow_hosts) if s.network == "allowlist" else [],
             runtime=spec.host_config.get("runtime") or "runc",
             outcome=outcome,
             exit_code=result.exit_code if result else None,
@@ -477,10 +500,10 @@ class Sandbox:
         image_id: str,
         on_output: OutputCallback | None,
     ) -> ExecResult:
-        settings = self.settings
+        config = self.config
         buffers = {
-            STDOUT: CappedBuffer(settings.max_output),
-            STDERR: CappedBuffer(settings.max_output),
+            STDOUT: CappedBuffer(config.max_output),
+            STDERR: CappedBuffer(config.max_output),
         }
         names = {STDOUT: "stdout", STDERR: "stderr"}
 
@@ -499,7 +522,7 @@ class Sandbox:
             message = frame_program(nonce, program)
         # The clock starts when the program is sent, not when the container was made.
         started = time.monotonic()
-        deadline = started + settings.timeout
+        deadline = started + config.timeout
         try:
             live.sock.sendall(message)
             live.sock.shutdown(socket.SHUT_WR)
@@ -564,7 +587,7 @@ class Sandbox:
 
     def _finish(self, container_id: str, timed_out: bool) -> tuple[int, bool]:
         """Stop the container if needed; return (exit code, killed by the OOM killer)."""
-        grace = self.settings.kill_grace
+        grace = self.config.kill_grace
         with engine_errors("stopping the sandbox"):
             if timed_out:
                 self._api.stop(container_id, timeout=max(0, round(grace)))

@@ -1,4 +1,4 @@
-"""Pure translation: (language, settings, who runs it) -> Docker container arguments.
+"""Pure translation: (language, sandbox config, who runs it) -> Docker container arguments.
 
 Nothing here talks to Docker; every rule of SECURITY.md's "defaults" list lives in
 ``build_spec`` and is unit-tested by table. ``docker.py`` only executes what this returns.
@@ -16,7 +16,7 @@ from typing import Any
 from orchestrator.errors import ConfigError
 from orchestrator.languages import Language
 from orchestrator.sandbox.bootstrap import bootstrap_command
-from orchestrator.settings import Settings
+from orchestrator.sandbox.config import SandboxConfig
 
 WORKSPACE = "/workspace"
 LABEL_MANAGED = "oi.managed"
@@ -261,28 +261,28 @@ limit users meet is enforced inside instead (``sandbox_nproc``); this one bounds
 Sentry on the host (a fork bomb's stubs outgrow any limit: it ends there)."""
 
 
-def host_pids_limit(settings: Settings) -> int:
+def host_pids_limit(config: SandboxConfig) -> int:
     """The container's ``pids_limit``: ``--pids`` itself under runc, where the cgroup counts
     exactly the block's processes and threads; under gVisor, room for ``--pids`` processes."""
-    if settings.isolation == "gvisor":
-        return settings.pids * GVISOR_TASKS_PER_PROCESS + GVISOR_BASE_TASKS
-    return settings.pids
+    if config.isolation == "gvisor":
+        return config.pids * GVISOR_TASKS_PER_PROCESS + GVISOR_BASE_TASKS
+    return config.pids
 
 
-def sandbox_nproc(settings: Settings) -> list[dict[str, Any]]:
+def sandbox_nproc(config: SandboxConfig) -> list[dict[str, Any]]:
     """Under gVisor, ``--pids`` is enforced as RLIMIT_NPROC by the Sentry, which counts only
     the tasks of its own sandbox (on the host, this ulimit would count every process of the
     uid, which is why runc gets none). A thread or fork bomb then gets EAGAIN at ``--pids``,
     as under runc, and the block goes on."""
-    if settings.isolation != "gvisor":
+    if config.isolation != "gvisor":
         return []
-    return [{"Name": "nproc", "Soft": settings.pids, "Hard": settings.pids}]
+    return [{"Name": "nproc", "Soft": config.pids, "Hard": config.pids}]
 
 
 def build_spec(
     language: Language,
     image: str,
-    settings: Settings,
+    config: SandboxConfig,
     identity: Identity,
     session_id: str,
     host_env: Mapping[str, str],
@@ -291,38 +291,31 @@ def build_spec(
     attachment: NetworkAttachment | None = None,
     extra_mounts: tuple[ExtraMount, ...] = (),
 ) -> ContainerSpec:
-    """Translate settings into a hardened container spec (SECURITY.md "defaults").
+    """Translate a sandbox config into a hardened container spec (SECURITY.md "defaults").
 
     ``attachment`` is required for the ``allowlist`` and ``open`` tiers and ignored for
     ``none``, so a bug elsewhere can only fail closed.
     """
     network_mode = "none"
-    binds: dict[str, dict[str, str]] = {str(settings.workdir): {"bind": WORKSPACE, "mode": "rw"}}
+    binds: dict[str, dict[str, str]] = {str(config.workdir): {"bind": WORKSPACE, "mode": "rw"}}
     for mount in extra_mounts:
         binds[str(mount.host)] = {
             "bind": mount.container,
             "mode": "ro" if mount.read_only else "rw",
         }
-    environment = sandbox_environment(settings.env, host_env)
-    if settings.network != "none":
+    environment = sandbox_environment(list(config.env), host_env)
+    if config.network != "none":
         if attachment is None:
-            raise ConfigError(f"network tier {settings.network!r} needs a network attachment")
+            raise ConfigError(f"network tier {config.network!r} needs a network attachment")
         network_mode = attachment.network
         if attachment.ca_bundle is not None:
             binds[str(attachment.ca_bundle)] = {"bind": CA_IN_SANDBOX, "mode": "ro"}
         environment.update(
             proxy_environment(attachment.proxy_url, attachment.ca_bundle is not None)
         )
-    runtime = None
-    if settings.isolation == "gvisor":
+    runtime = config.runtime
+    if config.isolation == "gvisor":
         environment.setdefault("PATH", GVISOR_PATH)
-        # "runsc" gives the sandbox no network at all; "runsc-host" lets gVisor use the
-        # container's own network namespace (the allowlist network or the bridge).
-        runtime = (
-            settings.gvisor_runtime
-            if settings.network == "none"
-            else settings.gvisor_network_runtime
-        )
     host_config: dict[str, Any] = {
         "binds": binds,
         "network_mode": network_mode,
@@ -330,15 +323,15 @@ def build_spec(
         "security_opt": ["no-new-privileges"],
         "privileged": False,
         "read_only": True,
-        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={settings.tmp_size}"},
-        "pids_limit": host_pids_limit(settings),
-        "mem_limit": settings.memory,
-        "memswap_limit": settings.memory,  # equal: swap must not double the limit
-        "nano_cpus": int(settings.cpus * 1_000_000_000),
+        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={config.tmp_size}"},
+        "pids_limit": host_pids_limit(config),
+        "mem_limit": config.memory,
+        "memswap_limit": config.memory,  # equal: swap must not double the limit
+        "nano_cpus": int(config.cpus * 1_000_000_000),
         "ulimits": [
-            {"Name": "nofile", "Soft": settings.nofile, "Hard": settings.nofile},
-            {"Name": "fsize", "Soft": settings.max_file_size, "Hard": settings.max_file_size},
-            *sandbox_nproc(settings),
+            {"Name": "nofile", "Soft": config.nofile, "Hard": config.nofile},
+            {"Name": "fsize", "Soft": config.max_file_size, "Hard": config.max_file_size},
+            *sandbox_nproc(config),
         ],
         "init": True,
         "ipc_mode": "private",

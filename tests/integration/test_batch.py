@@ -230,7 +230,7 @@ tasks:
 
     # A task's record replays without the model.
     replay = subprocess.run(
-        [OI, "replay", str(passing / "session.jsonl"), "--workdir-from", str(template)],
+        [OI, "replay", str(passing / "session.jsonl"), "-y", "--workdir-from", str(template)],
         env=batch_env,
         capture_output=True,
         text=True,
@@ -365,7 +365,7 @@ def test_ctrl_c_stops_cleanly_and_writes_the_partial_report(
         ("- id: a\n  prompt: p\n  memroy: 2g\n", "tasks.yaml:1 (task 'a'): unknown key 'memroy'"),
         (
             "- id: a\n  prompt: p\n  memory: lots\n",
-            "tasks.yaml:1 (task 'a'): invalid settings: memory",
+            "tasks.yaml:1 (task 'a'): memory: cannot read size 'lots'",
         ),
         ("- id: a\n  prompt: p\n  workdir: nowhere\n", "workdir template"),
     ],

@@ -18,13 +18,13 @@ import pytest
 
 from orchestrator.languages import Language
 from orchestrator.sandbox.bootstrap import plain_command
-from orchestrator.sandbox.images import ImageCatalog
 from orchestrator.sandbox.runner import DirectLauncher, LiveContainer, Sandbox
 from orchestrator.sandbox.spec import ContainerSpec, current_identity
-from orchestrator.settings import Settings
 from tests.sandbox_fixtures import (
     REPO,
     SandboxFactory,
+    catalog,
+    make_config,
     pid_containers,
     run_oi,
     session_containers,
@@ -98,12 +98,12 @@ def test_pooled_results_equal_fresh_and_plain_bootstrap_results(
 ) -> None:
     pooled = make_sandbox(pool=True, timeout=20)
     fresh = make_sandbox(pool=False, timeout=20)
-    plain_settings = Settings(workdir=pooled.settings.workdir, pool=False, timeout=20)
+    plain_config = make_config(workdir=pooled.config.workdir, pool=False, timeout=20)
     plain = Sandbox(
         docker_client,
-        plain_settings,
-        ImageCatalog(docker_client, plain_settings),
-        current_identity(plain_settings.workdir),
+        plain_config,
+        catalog(docker_client, plain_config),
+        current_identity(plain_config.workdir),
         session_id=pooled.session_id,
         launcher=PlainLauncher(docker_client.api),
     )
@@ -245,10 +245,11 @@ def test_no_pool_means_no_pre_started_containers(
 
 WARM_AND_WAIT = """
 import time
+from pathlib import Path
 from orchestrator.languages import Language
 from orchestrator.sandbox.runner import Sandbox
-from orchestrator.settings import Settings
-sandbox = Sandbox.from_settings(Settings(workdir={workdir!r}, pool_size=2))
+from orchestrator.sandbox.config import SandboxConfig
+sandbox = Sandbox.from_config(SandboxConfig(workdir=Path({workdir!r}), pool_size=2))
 for language in (Language.PYTHON, Language.SHELL):
     sandbox.warm(language)
     assert sandbox.pool.wait_ready(sandbox.spec_for(language), 60)

@@ -56,7 +56,7 @@ def test_replay_matches_the_record_without_the_model(
     asked = len(fake_vllm.chat_requests)
     out = tmp_path / "replayed"
     proc = run_oi(
-        "replay", session_id[:12], "--workdir-from", str(start), "--out", str(out), env=env
+        "replay", session_id[:12], "--yes", "--workdir-from", str(start), "--out", str(out), env=env
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "block 1 (#1, python): match · exit 0" in proc.stdout
@@ -74,7 +74,7 @@ def test_a_mismatch_is_reported_with_a_diff_and_fails(
     other = tmp_path / "other"
     other.mkdir()
     (other / "input.txt").write_text("5")
-    proc = run_oi("replay", session_id, "--workdir-from", str(other), env=env)
+    proc = run_oi("replay", session_id, "-y", "--workdir-from", str(other), env=env)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "block 1 (#1, python): MISMATCH: stdout differs" in proc.stdout
     assert "--- recorded stdout" in proc.stdout and "-42" in proc.stdout and "+10" in proc.stdout
@@ -82,7 +82,7 @@ def test_a_mismatch_is_reported_with_a_diff_and_fails(
     assert "a temporary folder (removed after" in proc.stderr
 
     # Without its input the first block fails: exit code and stderr differ too (JSON report).
-    proc = run_oi("replay", session_id, "--json", env=env)
+    proc = run_oi("replay", session_id, "--json", "--yes", env=env)
     assert proc.returncode == 1
     report = json.loads(proc.stdout)
     first = report["blocks"][0]
@@ -100,14 +100,16 @@ def test_exit_codes_only_with_ignore_output(
     other = tmp_path / "other"
     other.mkdir()
     (other / "input.txt").write_text("5")
-    proc = run_oi("replay", session_id, "--workdir-from", str(other), "--ignore-output", env=env)
+    proc = run_oi(
+        "replay", session_id, "-y", "--workdir-from", str(other), "--ignore-output", env=env
+    )
     assert proc.returncode == 0, proc.stdout
 
 
 def test_the_shipped_demo_replays_and_makes_the_chart(tmp_path: Path, env: dict[str, str]) -> None:
     out = tmp_path / "demo-out"
     record = REPO / "examples" / "csv-demo" / "session.jsonl"
-    proc = run_oi("replay", str(record), "--out", str(out), env=env)
+    proc = run_oi("replay", str(record), "--yes", "--out", str(out), env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "5 of 5 block(s) match" in proc.stdout
     assert "not a recording of a language model" in proc.stderr
@@ -150,3 +152,51 @@ def test_out_must_be_new_or_empty(tmp_path: Path, env: dict[str, str]) -> None:
     proc = run_oi("replay", str(record), "--out", str(out), env=env)
     assert proc.returncode == 2 and "is not empty" in proc.stderr
     assert (out / "mine.txt").read_text() == "x"
+
+
+def test_replay_shows_each_block_and_asks_first(
+    recorded: tuple[str, Path], env: dict[str, str], tmp_path: Path
+) -> None:
+    """A record may come from anyone: nothing of it runs unless the person says so."""
+    session_id, start = recorded
+    out = tmp_path / "asked"
+    proc = run_oi(
+        "replay", session_id, "--workdir-from", str(start), "--out", str(out), env=env, input=""
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "open('double.txt', 'w')" in proc.stderr and "Run it?" in proc.stderr
+    assert "(no answer: declined)" in proc.stderr
+    assert "block 1 (#1, python): not run (declined)" in proc.stdout
+    assert not (out / "double.txt").exists()  # nothing ran
+    out2 = tmp_path / "answered"
+    proc = run_oi(
+        "replay",
+        session_id,
+        "--workdir-from",
+        str(start),
+        "--out",
+        str(out2),
+        env=env,
+        input="y\nn\n",
+    )
+    assert "block 1 (#1, python): match" in proc.stdout
+    assert "block 2 (#2, shell): not run (declined)" in proc.stdout
+    assert (out2 / "double.txt").read_text() == "42" and proc.returncode == 1
+
+
+def test_a_records_limits_only_narrow_yours(
+    recorded: tuple[str, Path], env: dict[str, str], tmp_path: Path
+) -> None:
+    _, start = recorded
+    (path,) = (Path(env["XDG_DATA_HOME"]) / "oi" / "sessions").glob("*.jsonl")
+    lines = path.read_text().splitlines()
+    header = json.loads(lines[0])
+    header["settings"].update(memory=64 * 1024**3, timeout=1e6, pids=64)
+    forged = tmp_path / "forged.jsonl"
+    forged.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    proc = run_oi("replay", str(forged), "--yes", "--json", "--workdir-from", str(start), env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "memory = 68719476736 not applied: wider than yours" in proc.stderr
+    assert "timeout = 1000000.0 not applied" in proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ok"] and report["matched"] == 2

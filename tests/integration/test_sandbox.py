@@ -145,14 +145,15 @@ def test_output_flood_does_not_grow_oi_memory(workdir: Path, session_id: str) ->
     script = textwrap.dedent(
         f"""
         import resource, sys
-        from orchestrator.settings import Settings
+        from pathlib import Path
+        from orchestrator.sandbox.config import SandboxConfig
         from orchestrator.sandbox.runner import Sandbox
         from orchestrator.sandbox.docker import connect
         from orchestrator.sandbox.images import ImageCatalog
         from orchestrator.sandbox.spec import current_identity
-        s = Settings(workdir={str(workdir)!r}, timeout=60, max_output=4096)
+        s = SandboxConfig(workdir=Path({str(workdir)!r}), timeout=60, max_output=4096)
         c = connect()
-        sb = Sandbox(c, s, ImageCatalog(c, s), current_identity(s.workdir), session_id={session_id!r})
+        sb = Sandbox(c, s, ImageCatalog(c), current_identity(s.workdir), session_id={session_id!r})
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         r = sb.run("sh", "yes 0123456789012345678901234567890123456789 | head -c 1500000000")
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -308,9 +309,9 @@ def test_images_list_shows_present_images() -> None:
     assert "present" in proc.stdout
 
 
-def test_sandbox_from_settings_refuses_home(tmp_path: Path) -> None:
+def test_sandbox_from_config_refuses_home(tmp_path: Path) -> None:
     from orchestrator.errors import ConfigError
-    from orchestrator.settings import Settings
+    from orchestrator.sandbox.config import SandboxConfig
 
     with pytest.raises(ConfigError, match="home"):
-        Sandbox.from_settings(Settings(workdir=Path.home()))
+        Sandbox.from_config(SandboxConfig(workdir=Path.home()))

@@ -13,10 +13,8 @@ from dataclasses import dataclass
 import docker
 import pytest
 
-from orchestrator.sandbox.images import ImageCatalog
 from orchestrator.sandbox.network import EGRESS_NETWORK, EgressManager, EgressPolicy
-from orchestrator.settings import Settings
-from tests.sandbox_fixtures import SandboxFactory
+from tests.sandbox_fixtures import SandboxFactory, catalog
 
 SERVER = (
     "import http.server, socketserver\n"
@@ -44,8 +42,7 @@ def test_hosts(docker_client: docker.DockerClient) -> Iterator[FakeHosts]:
         api.create_network(
             EGRESS_NETWORK, driver="bridge", labels={"oi.managed": "1", "oi.role": "egress"}
         )
-    settings = Settings()
-    image = ImageCatalog(docker_client, settings).resolve_name("python").tag
+    image = catalog(docker_client).resolve_name("python").tag
     suffix = uuid.uuid4().hex[:6]
     names = [f"oi-test-allowed-{suffix}", f"oi-test-denied-{suffix}"]
     ids = []
@@ -172,7 +169,7 @@ def test_proxy_logs_each_decision_and_goes_away_when_idle(
     policy = EgressPolicy((test_hosts.allowed,), (test_hosts.subnet,))
     urls = [f"http://{test_hosts.allowed}/", f"http://{test_hosts.denied}/"]
     sandbox.run("python", FETCH.format(urls=urls))
-    manager = EgressManager(docker_client, ImageCatalog(docker_client, Settings()))
+    manager = EgressManager(docker_client, catalog(docker_client))
     logs = manager.proxy_logs(policy)
     assert f"TCP_MISS/200 GET http://{test_hosts.allowed}/" in logs
     assert f"TCP_DENIED/403 GET http://{test_hosts.denied}/" in logs

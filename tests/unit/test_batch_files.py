@@ -1,4 +1,4 @@
-"""Host-side file handling of batch and replay (SECURITY.md 21-23): copying templates, inline
+"""Host-side file handling of batch and replay (``orchestrator.fsafe``, SECURITY.md 21-23): copying templates, inline
 files, reading results, writing reports never follow a symlink, open a FIFO or a device."""
 
 from __future__ import annotations
@@ -10,19 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.batch import (
-    TaskLog,
-    TaskResult,
+from orchestrator.batch import TaskLog, TaskResult, prepare_out_dir, read_result
+from orchestrator.errors import ConfigError
+from orchestrator.fsafe import (
     adopted_owner,
     check_tree,
     copy_tree,
-    prepare_out_dir,
-    read_result,
     remove_tree,
-    write_file_atomic,
     write_inline_files,
 )
-from orchestrator.errors import ConfigError
+from orchestrator.fsafe import write_atomic as write_file_atomic
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mknod, chown)")
 

@@ -1,7 +1,8 @@
 import pytest
 
 from orchestrator.errors import ConfigError
-from orchestrator.sandbox.network import EgressPolicy, expand_hosts, normalize_host, squid_config
+from orchestrator.sandbox.hosts import normalize_host
+from orchestrator.sandbox.network import EgressPolicy, squid_config
 
 
 @pytest.mark.parametrize(
@@ -26,13 +27,6 @@ def test_normalize_host(text: str, host: str) -> None:
 def test_normalize_host_refuses(text: str) -> None:
     with pytest.raises(ConfigError):
         normalize_host(text)
-
-
-def test_pypi_preset_expands_to_the_index_hosts() -> None:
-    hosts = expand_hosts(["pypi", "Example.org"])
-    assert "example.org" in hosts
-    assert len(hosts) >= 3  # the index, its file host, and the named one
-    assert list(hosts) == sorted(set(hosts))
 
 
 def rules(config: str) -> list[str]:

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import PolicyError
-from orchestrator.policy import Policy, apply_policy, concurrency_caps, describe, parse_policy
+from orchestrator.policy import SYSTEM_ONLY, Policy, apply_policy, describe, parse_policy
 from orchestrator.settings import Settings
 
 POLICY = """\
@@ -93,15 +93,98 @@ def test_two_files_the_stricter_wins(tmp_path: Path) -> None:
 
 
 def test_unknown_key_and_bad_toml_are_errors() -> None:
-    with pytest.raises(PolicyError, match="unknown key 'max_memroy'"):
+    with pytest.raises(PolicyError, match="unknown key 'max_memroy'; did you mean 'max_memory'"):
         parse_policy('max_memroy = "1g"\n', Path("p.toml"))
     with pytest.raises(PolicyError, match="not valid TOML"):
         parse_policy("max_memory = \n", Path("p.toml"))
 
 
 def test_concurrency_caps_and_describe() -> None:
-    assert concurrency_caps(policy()) == (2, 8)
-    assert concurrency_caps(Policy()) == (None, None)
+    assert policy().concurrency_caps() == (2, 8)
+    assert Policy().concurrency_caps() == (None, None)
     lines = describe(policy())
     assert any("max_memory" in line and "line 2" in line for line in lines)
     assert "no admin policy" in describe(Policy())[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "given", "message"),
+    [
+        ('max_tmp_size = "64m"', {"tmp_size": "1g"}, "--tmp-size 1 GiB is more than"),
+        ('max_file_size = "10m"', {"max_file_size": "1g"}, "--max-file-size 1 GiB is more"),
+        ("max_nofile = 64", {"nofile": 4096}, "--nofile 4096 open files is more than"),
+        ("max_pool_size = 1", {"pool_size": 4}, "--pool-size 4 containers is more than"),
+        ("max_timeout = 5", {"timeout": 5, "kill_grace": 20}, "kill_grace 20 s after a 5 s"),
+    ],
+)
+def test_every_widening_limit_is_capped(
+    tmp_path: Path, text: str, given: dict, message: str
+) -> None:
+    with pytest.raises(PolicyError, match=message):
+        apply_policy(settings(tmp_path, **given), policy(text + "\n"))
+
+
+def test_the_grace_after_the_timeout_counts_against_max_timeout(tmp_path: Path) -> None:
+    """A block trapping SIGTERM runs until the SIGKILL: timeout + kill_grace is the bound."""
+    s = apply_policy(settings(tmp_path, timeout=5), policy("max_timeout = 5\n"), {"timeout"})
+    assert s.timeout == 5 and s.kill_grace == 0
+    s = apply_policy(settings(tmp_path, timeout=3), policy("max_timeout = 5\n"), {"timeout"})
+    assert s.kill_grace == 1  # within the bound: unchanged
+    s = apply_policy(settings(tmp_path), policy("max_timeout = 30\n"), set())
+    assert s.timeout + s.kill_grace <= 30
+
+
+def test_the_admins_values_are_fixed(tmp_path: Path) -> None:
+    text = (
+        'gvisor_runtime = "runsc-strict"\ngvisor_network_runtime = "runsc-net"\n'
+        'egress_ranges = ["10.9.0.0/16"]\nimage_prefix = "corp-oi"\n'
+    )
+    s = apply_policy(settings(tmp_path), policy(text))
+    assert (s.gvisor_runtime, s.gvisor_network_runtime) == ("runsc-strict", "runsc-net")
+    assert s.egress_ranges == ["10.9.0.0/16"] and s.image_prefix == "corp-oi"
+
+
+@pytest.mark.parametrize("key", SYSTEM_ONLY)
+def test_a_policy_named_by_the_environment_cannot_grant(key: str) -> None:
+    """OI_POLICY_FILE may only add restrictions: keys that grant are the system file's."""
+    values = {
+        "presets": "presets = { pypi = ['evil.example'] }",
+        "egress_ranges": "egress_ranges = ['169.254.0.0/16']",
+        "gvisor_runtime": "gvisor_runtime = 'runc'",
+        "gvisor_network_runtime": "gvisor_network_runtime = 'runc'",
+        "image_prefix": "image_prefix = 'mine'",
+    }
+    with pytest.raises(PolicyError, match=r"only /etc/oi/policy\.toml may"):
+        parse_policy(values[key] + "\n", Path("/tmp/mine.toml"), system=False)
+    assert parse_policy(values[key] + "\n", Path("/etc/oi/policy.toml"))
+
+
+def test_a_ca_bundle_is_a_mount_under_a_policy_without_extra_mounts(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_text("x")
+    with pytest.raises(PolicyError, match="--ca-bundle"):
+        apply_policy(settings(tmp_path, ca_bundle=bundle), policy("allow_extra_mounts = false\n"))
+    with pytest.raises(PolicyError, match="--ca-bundle /etc/shadow"):
+        apply_policy(
+            settings(tmp_path, ca_bundle="/etc/shadow"), policy("allow_extra_mounts = false\n")
+        )
+    listed = policy(f'allowed_ca_bundles = ["{bundle}"]\n')
+    assert apply_policy(settings(tmp_path, ca_bundle=bundle), listed).ca_bundle == bundle
+    # without any such rule the user's own bundle is theirs to mount
+    assert apply_policy(settings(tmp_path, ca_bundle=bundle), policy("max_cpus = 2\n"))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('max_cpus = "lots"', "max_cpus"),
+        ('max_memory = "huge"', "max_memory"),
+        ('allowed_networks = ["internet"]', "allowed_networks"),
+        ('required_isolation = "kvm"', "required_isolation"),
+        ('egress_ranges = ["not-a-range"]', "not an address range"),
+        ("max_pids = 0", "max_pids"),
+    ],
+)
+def test_bad_values_name_the_key(text: str, message: str) -> None:
+    with pytest.raises(PolicyError, match=message):
+        parse_policy(text + "\n", Path("/etc/oi/policy.toml"))

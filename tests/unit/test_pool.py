@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from orchestrator.languages import Language
+from orchestrator.loading import sandbox_config
+from orchestrator.policy import Policy
 from orchestrator.sandbox.pool import (
     GREETING_FRAME,
     ContainerPool,
@@ -46,7 +48,7 @@ def make_spec(
     created: float = 1.0,
     **overrides: Any,
 ) -> ContainerSpec:
-    settings = Settings(workdir=workdir, **overrides)
+    settings = sandbox_config(Settings(workdir=workdir, **overrides), Policy())
     attachment = NetworkAttachment("bridge") if settings.network != "none" else None
     return build_spec(
         language,

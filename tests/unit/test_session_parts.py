@@ -1,5 +1,4 @@
-"""Pure parts of the agent loop: loop guard, context trimming, UTF-8 streaming, answers,
-transcript history."""
+"""Pure parts of the agent loop: loop guard, context trimming, answers, transcript history."""
 
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ import pytest
 
 from orchestrator.approval import parse_answer
 from orchestrator.errors import ConfigError, ContextOverflowError
-from orchestrator.session import TRIMMED_OUTPUT, LoopGuard, Session, _Utf8Stream, estimate_tokens
+from orchestrator.session import TRIMMED_OUTPUT, LoopGuard, Session, estimate_tokens
 from orchestrator.settings import Settings
 from orchestrator.transcript import (
     Transcript,
@@ -20,6 +19,7 @@ from orchestrator.transcript import (
     rebuild_history,
     save_markdown,
 )
+from tests.fakes import FakeRunner, ScriptedModel
 
 
 @pytest.mark.parametrize(
@@ -62,34 +62,11 @@ def test_loop_guard_resets_on_success_or_a_different_failure() -> None:
     assert not guard.observe(fail)
 
 
-@pytest.mark.parametrize(
-    "text",
-    ["plain ascii", "caf\u00e9 \u4e2d\u6587 \U0001f600 end", "\u00e9" * 50, "\U0001f600\U0001f601"],
-)
-def test_utf8_stream_decodes_across_every_split(text: str) -> None:
-    data = text.encode()
-    for cut in range(len(data) + 1):
-        stream = _Utf8Stream()
-        assert stream.decode(data[:cut]) + stream.decode(data[cut:]) == text
-
-
-class _NoModel:
-    api_base = "http://fake"
-
-    def model_max_len(self) -> int:
-        return 1000
-
-
-class _NoSandbox:
-    pass
-
-
 def make_session(tmp_path: Path, history: list[dict[str, Any]] | None = None) -> Session:
     settings = Settings(workdir=tmp_path, max_model_len=1000, max_tokens=100)
     return Session(
-        model=_NoModel(),  # type: ignore[arg-type]
-        sandbox=_NoSandbox(),  # type: ignore[arg-type]
-        approver=None,  # type: ignore[arg-type]
+        model=ScriptedModel(max_len=1000),
+        runner=FakeRunner(workdir=tmp_path),
         settings=settings,
         history=history,
     )

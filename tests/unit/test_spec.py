@@ -4,6 +4,8 @@ import pytest
 
 from orchestrator.errors import ConfigError
 from orchestrator.languages import Language
+from orchestrator.loading import sandbox_config
+from orchestrator.policy import Policy
 from orchestrator.sandbox.gc import is_orphan
 from orchestrator.sandbox.spec import (
     BASE_ENVIRONMENT,
@@ -22,7 +24,7 @@ IDENTITY = Identity(uid=1000, gid=1000, owner_uid=1000, pid=4242, pid_start="777
 
 
 def make_spec(tmp_path: Path, attachment: NetworkAttachment | None = None, **overrides: object):
-    settings = Settings(workdir=tmp_path, **overrides)  # type: ignore[arg-type]
+    settings = sandbox_config(Settings(workdir=tmp_path, **overrides), Policy())  # type: ignore[arg-type]
     if attachment is None and settings.network != "none":
         attachment = NetworkAttachment("bridge")
     return build_spec(
@@ -79,7 +81,9 @@ def test_no_host_environment_leaks(tmp_path: Path) -> None:
 def test_path_under_gvisor(
     tmp_path: Path, isolation: str, host_env: dict[str, str], path: str | None
 ) -> None:
-    settings = Settings(workdir=tmp_path, isolation=isolation, env=list(host_env))
+    settings = sandbox_config(
+        Settings(workdir=tmp_path, isolation=isolation, env=list(host_env)), Policy()
+    )
     spec = build_spec(Language.SHELL, "img", settings, IDENTITY, "s", host_env)
     assert spec.environment.get("PATH") == path
 
@@ -129,7 +133,7 @@ def test_spec_runs_the_bootstrap_under_every_runtime(
 ) -> None:
     from orchestrator.sandbox import bootstrap
 
-    settings = Settings(workdir=tmp_path, isolation=isolation)
+    settings = sandbox_config(Settings(workdir=tmp_path, isolation=isolation), Policy())
     spec = build_spec(language, "img", settings, IDENTITY, "s", {})
     assert spec.command == bootstrap.bootstrap_command(language)
 
@@ -230,7 +234,7 @@ def test_allowlist_tier_uses_the_internal_network_and_proxy(tmp_path: Path) -> N
 
 
 def test_network_tier_without_attachment_fails_closed(tmp_path: Path) -> None:
-    settings = Settings(workdir=tmp_path, network="allowlist")
+    settings = sandbox_config(Settings(workdir=tmp_path, network="allowlist"), Policy())
     with pytest.raises(ConfigError):
         build_spec(Language.SHELL, "img", settings, IDENTITY, "s", {})
 
@@ -290,7 +294,7 @@ def test_parse_mount_refuses(tmp_path: Path, text: str) -> None:
 def test_extra_mounts_are_read_only_by_default(tmp_path: Path) -> None:
     from orchestrator.sandbox.spec import ExtraMount
 
-    settings = Settings(workdir=tmp_path)
+    settings = sandbox_config(Settings(workdir=tmp_path), Policy())
     spec = build_spec(
         Language.SHELL,
         "img",

@@ -1,0 +1,83 @@
+"""``oi chat``: the conversation loop and its %commands (a thin adapter over ``Session``)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from orchestrator.cli_common import err_console, error_line
+from orchestrator.errors import OiError
+from orchestrator.session import Session
+
+CHAT_HELP = """commands:
+  %reset          forget the conversation (keeps the system prompt)
+  %undo           forget your last message and everything after it
+  %tokens         tokens used so far
+  %auto on|off    run blocks without asking (sandboxed) / ask again
+  %save FILE      save the conversation as markdown
+  %help           this help
+  exit, quit, Ctrl-D   leave (Ctrl-C stops a running block or reply)"""
+
+
+@contextlib.contextmanager
+def errors_in_chat() -> Iterator[None]:
+    """In chat, a failed turn is reported and the conversation goes on."""
+    try:
+        yield
+    except OiError as exc:
+        err_console.print(error_line(exc))
+
+
+def chat_loop(
+    session: Session, send: Callable[[str], object], read: Callable[[str], str] = input
+) -> None:
+    """Read lines until the person leaves; ``send`` runs one turn (rendering it)."""
+    while True:
+        try:
+            line = read("oi> ")
+        except EOFError:
+            err_console.print()
+            return
+        except KeyboardInterrupt:
+            err_console.print("\nbye")
+            return
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("exit", "quit"):
+            return
+        if text.startswith("%"):
+            chat_command(session, text)
+            continue
+        with errors_in_chat():
+            send(text)
+
+
+def chat_command(session: Session, text: str) -> None:
+    command, _, argument = text.partition(" ")
+    argument = argument.strip()
+    if command == "%reset":
+        session.reset()
+        err_console.print("conversation reset")
+    elif command == "%undo":
+        err_console.print("undone" if session.undo() else "nothing to undo")
+    elif command == "%tokens":
+        totals = session.totals
+        err_console.print(
+            f"prompt {totals.prompt_tokens} + completion {totals.completion_tokens} tokens; "
+            f"{totals.blocks} block(s) run; ~{len(session.messages)} messages in context"
+        )
+    elif command == "%auto" and argument in ("on", "off"):
+        session.auto_run = argument == "on"
+        err_console.print(f"auto-run {argument}")
+    elif command == "%save" and argument:
+        from orchestrator.transcript import save_markdown  # noqa: PLC0415
+
+        with errors_in_chat():
+            path = save_markdown(session.messages, Path(argument))
+            err_console.print(f"saved to {path}", markup=False)
+    elif command == "%help":
+        err_console.print(CHAT_HELP, markup=False)
+    else:
+        err_console.print(f"unknown command {text!r}\n{CHAT_HELP}", markup=False)

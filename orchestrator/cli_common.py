@@ -1,0 +1,97 @@
+"""What every command of the CLI shares: the error console, the one-line error handler, the
+Docker connection, and loading settings from a command's flags.
+
+Imports stay light (``oi --help`` must not pay for docker, pydantic and the openai SDK); the
+heavy modules are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from orchestrator.cli_options import SettingFlags
+from orchestrator.errors import OiError
+
+if TYPE_CHECKING:
+    from orchestrator.loading import Layer, Loaded
+
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+state = {"debug": False}
+
+
+def error_line(exc: BaseException) -> Text:
+    """``oi: error: <message>``: the message shown as text (never as markup or escapes)."""
+    from orchestrator.sandbox.output import TerminalSanitizer  # noqa: PLC0415
+
+    message = TerminalSanitizer(keep_color=False).clean(str(exc))
+    return Text.assemble(("oi: error:", "bold red"), " ", message)
+
+
+@contextlib.contextmanager
+def errors() -> Iterator[None]:
+    """Turn oi errors into one line on stderr and the error's exit code."""
+    try:
+        yield
+    except OiError as exc:
+        if state["debug"]:
+            err_console.print_exception()
+        err_console.print(error_line(exc))
+        raise typer.Exit(exc.exit_code) from None
+
+
+def usage(message: str) -> OiError:
+    from orchestrator.errors import ConfigError  # noqa: PLC0415
+
+    return ConfigError(message)
+
+
+def load_flags(
+    flags: SettingFlags | None = None, untrusted: tuple[Layer, ...] = (), **extra: Any
+) -> Loaded:
+    """Settings for a command: its flags (plus ``extra`` values the command sets itself) over
+    every other source, the policy applied once."""
+    from orchestrator.loading import load  # noqa: PLC0415
+
+    values = {
+        **(flags.values if flags else {}),
+        **{k: v for k, v in extra.items() if v is not None},
+    }
+    return load(values, untrusted=untrusted)
+
+
+def docker_client(loaded: Loaded | None = None) -> Any:
+    """Connect to Docker and quietly sweep containers left by dead oi processes."""
+    from orchestrator.sandbox.docker import connect  # noqa: PLC0415
+    from orchestrator.sandbox.gc import sweep  # noqa: PLC0415
+
+    client = connect()
+    with contextlib.suppress(OiError):
+        sweep(client)
+        egress_manager(client, loaded).sweep_idle()
+    return client
+
+
+def egress_manager(client: Any, loaded: Loaded | None = None) -> Any:
+    from orchestrator.sandbox.images import ImageCatalog  # noqa: PLC0415
+    from orchestrator.sandbox.network import EgressManager  # noqa: PLC0415
+
+    config = loaded.sandbox_config() if loaded is not None else None
+    catalog = ImageCatalog(
+        client,
+        prefix=config.image_prefix if config else "oi-sandbox",
+        base_image=config.base_image if config else "debian:bookworm-slim",
+    )
+    return EgressManager(client, catalog)
+
+
+def image_catalog(client: Any, loaded: Loaded) -> Any:
+    from orchestrator.sandbox.images import ImageCatalog  # noqa: PLC0415
+
+    settings = loaded.settings
+    return ImageCatalog(client, prefix=settings.image_prefix, base_image=settings.base_image)

@@ -1,0 +1,142 @@
+"""``oi doctor``: check the engine, runtimes, images, disk and the model endpoint; print the
+fix for each problem (registered on the main app by cli.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import typer
+from rich.text import Text
+
+from orchestrator.cli_common import err_console, errors, image_catalog, load_flags
+from orchestrator.cli_options import SettingFlags, with_setting_flags
+from orchestrator.errors import OiError
+
+if TYPE_CHECKING:
+    from orchestrator.settings import Settings
+
+Report = Callable[..., None]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("doctor")(doctor)
+
+
+@with_setting_flags("api_base", "model", "api_key", "isolation")
+def doctor(*, flags: SettingFlags) -> None:
+    """Check the Docker engine, runtimes, images and disk, and the model endpoint (--api-base,
+    --model); print the fix for each problem."""
+    from orchestrator.sandbox.docker import connect, engine_errors, engine_versions  # noqa: PLC0415
+
+    problems = 0
+
+    def report(ok: bool, what: str, fix: str = "", *, fatal: bool = True) -> None:
+        nonlocal problems
+        mark = ("ok  ", "green") if ok else (("FAIL", "red") if fatal else ("warn", "yellow"))
+        err_console.print(Text.assemble(mark, " ", what))
+        if not ok and fix:
+            err_console.print(Text("      fix: " + fix))
+        if not ok and fatal:
+            problems += 1
+
+    with errors():
+        loaded = load_flags(flags)
+    settings = loaded.settings
+    try:
+        client = connect()
+        versions = engine_versions(client)
+        report(
+            True,
+            f"Docker engine: client API {client.api.api_version}, "
+            f"server {versions.get('Version')} (API {versions.get('ApiVersion')})",
+        )
+    except OiError as exc:
+        report(False, f"Docker engine: {exc}")
+        raise typer.Exit(1) from None
+    with errors(), engine_errors("reading engine info"):
+        info = client.info()
+    runtimes = info.get("Runtimes") or {}
+    report("runc" in runtimes, "runtime runc", "reinstall Docker")
+    gvisor = settings.gvisor_runtime
+    path = str((runtimes.get(gvisor) or {}).get("path", ""))
+    is_gvisor = os.path.basename(path).startswith("runsc")
+    report(
+        is_gvisor,
+        f"runtime {gvisor} (gVisor)"
+        + ("" if gvisor in runtimes else " not registered")
+        + ("" if is_gvisor or gvisor not in runtimes else f" is {path}, not gVisor's runsc"),
+        "install runsc and register it in /etc/docker/daemon.json ('sudo make setup' does)",
+        fatal=settings.isolation == "gvisor",
+    )
+    with errors():
+        for status in image_catalog(client, loaded).status():
+            stale = f" (stale: {', '.join(status.stale_tags)})" if status.stale_tags else ""
+            report(
+                status.present,
+                f"image {status.tag}{'' if status.present else ' missing'}{stale}",
+                "oi images build",
+            )
+    _doctor_disk(str(info.get("DockerRootDir") or "/"), report)
+    _doctor_model(settings, report)
+    if problems:
+        err_console.print(f"[red]{problems} problem(s): the sandbox cannot run until fixed[/]")
+        raise typer.Exit(1)
+    err_console.print("[green]the sandbox is ready[/]")
+
+
+def _doctor_disk(root: str, report: Report) -> None:
+    from orchestrator.units import format_size  # noqa: PLC0415
+
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        report(False, f"free disk at {root}: cannot read", fatal=False)
+        return
+    report(
+        free > 2 * 1024**3,
+        f"free disk at {root}: {format_size(free)}",
+        "free space: docker system prune, or remove stale images (oi images build --prune)",
+        fatal=free < 512 * 1024**2,
+    )
+
+
+def _doctor_model(settings: Settings, report: Report) -> None:
+    """Model endpoint checks: reachable, model served, tool calling. Warnings only, since
+    the sandbox (oi exec) works without a model."""
+    from orchestrator.wiring import model_client  # noqa: PLC0415
+
+    client = model_client(settings.model_copy(update={"request_timeout": 15.0}))
+    try:
+        served = client.list_models()
+    except OiError as exc:  # the message already says what to do
+        report(False, f"model endpoint: {exc}", fatal=False)
+        return
+    report(True, f"model endpoint {settings.api_base} answers (serves: {', '.join(served)})")
+    if settings.model not in served:
+        report(
+            False,
+            f"model {settings.model} is not served there",
+            f"use --model / OI_MODEL with one of: {', '.join(served)}",
+            fatal=False,
+        )
+        return
+    length = client.model_max_len()
+    report(
+        True,
+        f"model {settings.model}, context {length or settings.max_model_len} tokens"
+        + ("" if length else " (from settings: the server does not say)"),
+    )
+    try:
+        tools = client.supports_tools()
+    except OiError as exc:
+        report(False, f"tool calling: could not check ({exc})", fatal=False)
+        return
+    report(
+        tools,
+        "tool calling " + ("on" if tools else "off: oi will use markdown code blocks"),
+        "start vLLM with --enable-auto-tool-choice --tool-call-parser hermes",
+        fatal=False,
+    )

@@ -1,0 +1,355 @@
+"""Host-side file handling that another user or a sandboxed block cannot redirect.
+
+Everything oi creates, changes, reads or deletes on the host goes through here when the path
+could hold something planted: a symlink (made by a block in the workdir, or by another local
+user in a shared folder), a FIFO (an open would hang), a device. The rules:
+
+- paths below a checked directory are walked one component at a time with ``O_NOFOLLOW``
+  (``open_beneath``), so no symlink on the way is followed;
+- files are opened ``O_NOFOLLOW | O_NONBLOCK`` and must turn out to be regular files (``fstat``);
+- new files are written to a temporary name and renamed into place (``write_atomic``), so a
+  link planted at the name is replaced, never written through;
+- private state lives in directories checked to be ours: owned by us, not a link, and not
+  writable by group or others (``private_dir``).
+
+Errors are ``ConfigError`` naming the path and the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import ConfigError
+
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def kind(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISLNK(mode):
+        return "a symlink"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "not a regular file"
+
+
+def check_relative(name: str, where: str) -> tuple[str, ...]:
+    """The parts of a relative path that stays below its root (no '..', not absolute)."""
+    parts = Path(name).parts
+    if not name or "\0" in name or Path(name).is_absolute() or not parts or ".." in parts:
+        raise ConfigError(f"{where}: path {name!r} must be relative, without '..'")
+    return parts
+
+
+@contextlib.contextmanager
+def open_dir_beneath(root: Path, parts: Iterable[str], *, create: bool = False) -> Iterator[int]:
+    """A descriptor of ``root/parts...`` reached without following a symlink on the way
+    (``root`` itself is opened with O_NOFOLLOW too); folders are made (0700) with ``create``."""
+    try:
+        fd = os.open(root, _DIR)
+    except OSError as exc:
+        raise ConfigError(f"{root}: {exc.strerror}; it must be a real folder") from None
+    try:
+        for part in parts:
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o700, dir_fd=fd)
+            try:
+                child = os.open(part, _DIR, dir_fd=fd)
+            except OSError as exc:
+                raise ConfigError(
+                    f"{root}: {part} is not a folder oi may enter ({exc.strerror}; a symlink "
+                    "is never followed there)"
+                ) from None
+            os.close(fd)
+            fd = child
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _regular(fd: int, path: Path) -> os.stat_result:
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ConfigError(f"{path} is {kind(info.st_mode)}, not a regular file; remove it")
+    return info
+
+
+def read_regular(
+    path: Path, *, limit: int = 16 << 20, dir_fd: int | None = None, follow: bool = False
+) -> bytes:
+    """The bytes of a regular file, never blocking on a FIFO or reading a device; never
+    through a symlink unless ``follow``. ``FileNotFoundError`` when there is none."""
+    flags = O_READ & ~os.O_NOFOLLOW if follow else O_READ
+    try:
+        fd = os.open(path, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == 40:  # ELOOP: the last component is a symlink
+            raise ConfigError(f"{path} is a symlink; oi does not follow it here") from None
+        raise
+    info = _regular(fd, path)
+    with os.fdopen(fd, "rb") as fh:
+        if info.st_size > limit:
+            raise ConfigError(f"{path} is larger than {limit} bytes")
+        return fh.read(limit + 1)[:limit]
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600, *, dir_fd: int | None = None) -> None:
+    """Write ``path`` through a new temporary file renamed over it: a symlink planted at
+    ``path`` is replaced, never followed; nobody ever sees a half-written file."""
+    base = f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    # With ``dir_fd`` both names are relative to that (checked) folder.
+    name, temp = (path.name, base) if dir_fd is not None else (str(path), str(path.parent / base))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(temp, flags, mode, dir_fd=dir_fd)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temp, dir_fd=dir_fd)
+        raise ConfigError(f"cannot write {path}: {exc.strerror}; check the folder") from None
+
+
+def write_beneath(root: Path, relative: str, data: bytes, mode: int = 0o600) -> Path:
+    """Write ``root/relative`` atomically, reaching its folder without following symlinks and
+    making missing folders. Returns the path written."""
+    *parents, leaf = check_relative(relative, str(root))
+    with open_dir_beneath(root, parents, create=True) as fd:
+        try:
+            info = os.stat(leaf, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            info = None
+        if info is not None and stat.S_ISDIR(info.st_mode):
+            raise ConfigError(f"{root / relative} is a folder; choose a file name")
+        write_atomic(root / relative, data, mode, dir_fd=fd)
+    return root / relative
+
+
+def owned_private(info: os.stat_result) -> bool:
+    """Owned by us and writable by nobody else."""
+    return info.st_uid == os.geteuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def private_dir(path: Path, mode: int = 0o700) -> Path:
+    """A directory for oi's own state: created with ``mode`` (with missing parents 0700) when
+    absent; refused when it is a link, not ours, or writable by group or others."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, mode)
+        info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"{path} is {kind(info.st_mode)}, not a folder oi made; remove it")
+    if not owned_private(info):
+        raise ConfigError(
+            f"{path} belongs to uid {info.st_uid} or is writable by others (mode "
+            f"{stat.S_IMODE(info.st_mode):o}); oi keeps its state only in a folder of its own: "
+            "remove it, or fix its owner and mode"
+        )
+    return path
+
+
+def remove_tree(path: Path) -> None:
+    """Remove what is at ``path`` without following symlinks, also folders a sandbox made
+    unwritable. Raises ``ConfigError`` naming what could not be removed."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        path.unlink()
+        return
+
+    def retry(function: Callable[..., Any], failed: str, _exc: Any) -> None:
+        # A folder without write/search permission: open it up (never through a symlink:
+        # rmtree only descends into real folders) and try once more.
+        parent = os.path.dirname(failed)
+        with contextlib.suppress(OSError):
+            if not os.path.islink(parent):
+                os.chmod(parent, 0o700)
+            if os.path.isdir(failed) and not os.path.islink(failed):
+                os.chmod(failed, 0o700)
+        try:
+            function(failed)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot remove {failed} ({exc.strerror}); remove {path} by hand"
+            ) from None
+
+    shutil.rmtree(path, onerror=retry)
+
+
+# --- copying folders (batch workdir templates, replay's --workdir-from) ---------------------
+
+
+def _template_root(src: Path) -> os.stat_result:
+    """lstat of a workdir template, which must be a real folder (not a link to one)."""
+    try:
+        root = os.lstat(src)
+    except OSError as exc:
+        raise ConfigError(f"workdir template {src}: {exc.strerror}; check the path") from None
+    if not stat.S_ISDIR(root.st_mode):
+        what = "a symlink" if stat.S_ISLNK(root.st_mode) else kind(root.st_mode)
+        raise ConfigError(
+            f"workdir template {src} is {what}, not a folder; point 'workdir' at a real folder"
+        )
+    return root
+
+
+def copy_tree(src: Path, dst: Path, *, owner: tuple[int, int] | None = None) -> None:
+    """Copy folder ``src`` to a new folder ``dst`` without following any symlink.
+
+    Symlinks are copied as symlinks (their targets are not read); FIFOs, sockets and devices
+    are refused with ``ConfigError`` (never opened). Modes (minus setuid/setgid/sticky) and
+    modification times are kept; with ``owner`` every copy gets that uid:gid.
+    """
+    root = _template_root(src)
+    os.mkdir(dst, 0o700)
+    _copy_children(src, dst, owner)
+    _finish_entry(dst, root, owner)
+
+
+def check_tree(src: Path) -> None:
+    """Refuse a template that holds FIFOs, sockets or devices before anything runs (lstat
+    only). Raises ``ConfigError`` naming the first offending path."""
+    _template_root(src)
+    pending = [src]
+    while pending:
+        folder = pending.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                mode = entry.stat(follow_symlinks=False).st_mode
+                if stat.S_ISDIR(mode):
+                    pending.append(Path(entry.path))
+                elif not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+                    raise _special_file(Path(entry.path), mode)
+
+
+def _special_file(path: Path, mode: int) -> ConfigError:
+    return ConfigError(
+        f"workdir template holds {kind(mode)} at {path}; templates may hold only files, "
+        "folders and symlinks: remove it"
+    )
+
+
+def _copy_children(src: Path, dst: Path, owner: tuple[int, int] | None) -> None:
+    with os.scandir(src) as iterator:
+        entries = sorted(iterator, key=lambda e: e.name)
+    for entry in entries:
+        source = Path(entry.path)
+        target = dst / entry.name
+        info = entry.stat(follow_symlinks=False)
+        if stat.S_ISLNK(info.st_mode):
+            os.symlink(os.readlink(source), target)
+        elif stat.S_ISDIR(info.st_mode):
+            os.mkdir(target, 0o700)
+            _copy_children(source, target, owner)
+        elif stat.S_ISREG(info.st_mode):
+            _copy_file(source, target, info)
+        else:
+            raise _special_file(source, info.st_mode)
+        _finish_entry(target, info, owner)
+
+
+def _copy_file(source: Path, target: Path, info: os.stat_result) -> None:
+    fd_in = os.open(source, O_READ)
+    try:
+        opened = os.fstat(fd_in)
+        # Swapped for something else between the scan and the open: refuse, never read it.
+        if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (
+            info.st_dev,
+            info.st_ino,
+        ):
+            raise ConfigError(f"{source} changed while it was being copied; try again")
+        fd_out = os.open(
+            target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+        with os.fdopen(fd_out, "wb") as out, os.fdopen(os.dup(fd_in), "rb") as src_file:
+            shutil.copyfileobj(src_file, out, 1 << 20)
+    finally:
+        os.close(fd_in)
+
+
+def _finish_entry(path: Path, info: os.stat_result, owner: tuple[int, int] | None) -> None:
+    if owner is not None:
+        os.chown(path, owner[0], owner[1], follow_symlinks=False)
+    if not stat.S_ISLNK(info.st_mode):
+        os.chmod(path, stat.S_IMODE(info.st_mode) & 0o777)
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
+
+
+def write_inline_files(
+    workdir: Path, files: Iterable[tuple[str, str]], *, owner: tuple[int, int] | None = None
+) -> None:
+    """Write a task's inline files into ``workdir``. Folders are walked with ``O_NOFOLLOW``
+    so a symlink from the template cannot redirect a write outside the workdir."""
+    for name, content in files:
+        check_relative(name, "files")
+        *parents, leaf = Path(name).parts
+        fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            for part in parents:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                    if owner is not None:
+                        os.chown(part, *owner, dir_fd=fd, follow_symlinks=False)
+                try:
+                    child = os.open(
+                        part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+                    )
+                except OSError as exc:
+                    raise ConfigError(
+                        f"inline file {name}: {part} in the workdir is not a folder "
+                        f"({exc.strerror}); rename the file or fix the template"
+                    ) from None
+                os.close(fd)
+                fd = child
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+            try:
+                out = os.open(leaf, flags | os.O_NONBLOCK, 0o644, dir_fd=fd)
+            except OSError as exc:
+                raise ConfigError(
+                    f"inline file {name}: cannot write it ({exc.strerror}); "
+                    "a symlink or special file of that name is in the template"
+                ) from None
+            with os.fdopen(out, "wb") as fh:
+                if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                    raise ConfigError(f"inline file {name}: not a regular file in the template")
+                fh.write(content.encode())
+            if owner is not None:
+                os.chown(leaf, *owner, dir_fd=fd, follow_symlinks=False)
+        finally:
+            os.close(fd)
+
+
+def adopted_owner(reference: Path) -> tuple[int, int] | None:
+    """As root, the uid:gid of ``reference`` when that is not root, so a sandbox runs as that
+    user (not uid 0) on its copy; otherwise None (the copy is already the user's)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        info = os.stat(reference)
+    except OSError:
+        return None
+    return (info.st_uid, info.st_gid) if info.st_uid != 0 else None

@@ -1,0 +1,89 @@
+"""What the sandbox layer is told: its own small, frozen config. Pure.
+
+The sandbox package knows nothing of settings files, flags, trust or the admin policy: the
+layers above (``orchestrator.settings``) decide, apply the policy once, and hand down a
+``SandboxConfig``. Its defaults are the product's defaults; ``Settings`` takes them from here so
+they are written once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+NetworkTier = Literal["none", "allowlist", "open"]
+Isolation = Literal["runc", "gvisor"]
+
+NETWORK_ORDER: tuple[NetworkTier, ...] = ("none", "allowlist", "open")
+"""Network tiers from the narrowest to the widest."""
+
+MiB = 1024**2
+GiB = 1024**3
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """Everything a ``Sandbox`` needs to decide how a block runs.
+
+    ``allow_hosts`` are host names, already expanded from presets by the layer above;
+    ``egress_ranges`` are the private ranges the admin lets the proxy reach. ``quota_*`` are
+    the admin's caps on concurrent sandboxes (None: no cap).
+    """
+
+    workdir: Path = field(default_factory=Path.cwd)
+    memory: int = 1 * GiB
+    cpus: float = 1.0
+    pids: int = 256
+    timeout: float = 60.0
+    max_output: int = 8192
+    tmp_size: int = 256 * MiB
+    max_file_size: int = 1 * GiB
+    nofile: int = 1024
+    kill_grace: float = 1.0
+    env: tuple[str, ...] = ()
+    network: NetworkTier = "none"
+    allow_hosts: tuple[str, ...] = ()
+    egress_ranges: tuple[str, ...] = ()
+    ca_bundle: Path | None = None
+    mounts: tuple[str, ...] = ()
+    isolation: Isolation = "runc"
+    gvisor_runtime: str = "runsc"
+    gvisor_network_runtime: str = "runsc-host"
+    pool: bool = True
+    pool_size: int = 1
+    pool_idle: float = 60.0
+    image_prefix: str = "oi-sandbox"
+    base_image: str = "debian:bookworm-slim"
+    audit_log: Path | None = None
+    quota_per_user: int | None = None
+    quota_total: int | None = None
+
+    @property
+    def runtime(self) -> str | None:
+        """The Docker runtime a block uses: None (the engine's default, runc) or gVisor's."""
+        if self.isolation != "gvisor":
+            return None
+        # "runsc" gives the sandbox no network at all; the networked runtime lets gVisor use
+        # the container's own network namespace (the allowlist network or the bridge).
+        return self.gvisor_runtime if self.network == "none" else self.gvisor_network_runtime
+
+
+DEFAULTS = SandboxConfig(workdir=Path("/"))
+"""The product defaults (the workdir default is the current directory, decided at load)."""
+
+
+@dataclass(frozen=True)
+class SandboxDescription:
+    """Where a block will run, in the words the approval screen shows. Decided by settings and
+    policy, never by the model."""
+
+    image: str
+    memory: str
+    cpus: float
+    pids: int
+    timeout_s: float
+    network: str
+    isolation: str
+    workdir: str
+    allow_hosts: tuple[str, ...] = ()

@@ -1,0 +1,130 @@
+"""The production wiring, in one place for every adapter (CLI, batch, replay, server): a
+session's model client, sandbox and record from loaded settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator import __version__
+from orchestrator.llm.client import ModelClient
+from orchestrator.loading import Loaded
+from orchestrator.protocols import ChatModel
+from orchestrator.sandbox.runner import Sandbox, new_session_id
+from orchestrator.session import Session
+from orchestrator.settings import Settings
+from orchestrator.transcript import (
+    Transcript,
+    find_session,
+    read_records,
+    rebuild_history,
+)
+
+RECORD_VERSION = 1
+
+
+def model_client(settings: Settings) -> ModelClient:
+    """The client for ``settings.api_base`` / ``settings.model`` with Qwen's sampling."""
+    return ModelClient.from_settings(settings)
+
+
+def record_header(
+    transcript: Transcript,
+    *,
+    session_id: str,
+    settings: Settings,
+    resumed: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """The first record of a session (and of each resumption): the one place it is written."""
+    transcript.append(
+        "session",
+        v=RECORD_VERSION,
+        session_id=session_id,
+        resumed=resumed,
+        oi_version=__version__,
+        model=settings.model,
+        api_base=settings.api_base,
+        settings=settings.model_dump(mode="json", exclude={"api_key"}),
+        **(extra or {}),
+    )
+
+
+@dataclass
+class Opened:
+    """A session ready to ``send``, with the sandbox and record it owns."""
+
+    session: Session
+    sandbox: Sandbox
+    transcript: Transcript
+    session_id: str
+
+    def close(self) -> None:
+        try:
+            self.sandbox.close()
+        finally:
+            self.transcript.close()
+
+    def __enter__(self) -> Opened:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def open_session(
+    loaded: Loaded,
+    *,
+    resume: str | None = None,
+    session_id: str | None = None,
+    record_path: Path | None = None,
+    extra: dict[str, Any] | None = None,
+    docker_client: Any = None,
+    model: ChatModel | None = None,
+) -> Opened:
+    """Sandbox, model client and record from ``loaded``.
+
+    With ``resume`` (a session id or unique prefix), the history comes from its record and new
+    records are appended to the same file. ``record_path`` puts the record elsewhere than the
+    data dir (batch keeps it beside the task's workdir).
+    """
+    settings = loaded.settings
+    history = None
+    if resume:
+        path = find_session(settings.sessions_dir, resume)
+        history = rebuild_history(list(read_records(path)))
+        session_id = path.stem
+        record_path = path
+    session_id = session_id or new_session_id()
+    sandbox = Sandbox.from_config(
+        loaded.sandbox_config(), session_id=session_id, client=docker_client
+    )
+    try:
+        if record_path is not None:
+            transcript = Transcript.open(record_path)
+        else:
+            transcript = Transcript.create(settings.sessions_dir, session_id)
+        try:
+            record_header(
+                transcript,
+                session_id=session_id,
+                settings=settings,
+                resumed=bool(resume),
+                extra=extra,
+            )
+            session = Session(
+                model=model or model_client(settings),
+                runner=sandbox,
+                settings=settings,
+                transcript=transcript,
+                history=history,
+            )
+        except BaseException:
+            transcript.close()
+            raise
+    except BaseException:
+        sandbox.close()
+        raise
+    return Opened(session, sandbox, transcript, session_id)
