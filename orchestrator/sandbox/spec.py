@@ -17,6 +17,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.languages import Language
 from orchestrator.sandbox.bootstrap import bootstrap_command
 from orchestrator.sandbox.config import SandboxConfig
+from orchestrator.sandbox.seccomp import docker_security_opt
 
 WORKSPACE = "/workspace"
 LABEL_MANAGED = "oi.managed"
@@ -320,7 +321,11 @@ def build_spec(
         "binds": binds,
         "network_mode": network_mode,
         "cap_drop": ["ALL"],
-        "security_opt": ["no-new-privileges"],
+        # oi's seccomp profile (seccomp.py). runc applies it. runsc ignores it unless
+        # registered with --oci-seccomp; Debian's runsc (2022-12) should not be: it answers
+        # every errno rule with EPERM (gVisor issue 14688), so clone3 gets EPERM instead of
+        # ENOSYS and glibc cannot start threads, with this profile or Docker's default.
+        "security_opt": ["no-new-privileges", docker_security_opt()],
         "privileged": False,
         "read_only": True,
         "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={config.tmp_size}"},

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,7 @@ from orchestrator.languages import Language
 from orchestrator.loading import sandbox_config
 from orchestrator.policy import Policy
 from orchestrator.sandbox.gc import is_orphan
+from orchestrator.sandbox.seccomp import docker_security_opt, seccomp_profile
 from orchestrator.sandbox.spec import (
     BASE_ENVIRONMENT,
     CA_IN_SANDBOX,
@@ -44,7 +46,7 @@ def test_defaults_follow_security_md(tmp_path: Path) -> None:
     hc = spec.host_config
     assert hc["network_mode"] == "none"
     assert hc["cap_drop"] == ["ALL"]
-    assert hc["security_opt"] == ["no-new-privileges"]
+    assert hc["security_opt"] == ["no-new-privileges", docker_security_opt()]
     assert hc["privileged"] is False
     assert hc["read_only"] is True
     assert hc["tmpfs"] == {"/tmp": f"rw,nosuid,nodev,size={256 * 1024**2}"}
@@ -124,6 +126,20 @@ def test_limits_map_to_host_config(
     tmp_path: Path, overrides: dict, key: str, value: object
 ) -> None:
     assert make_spec(tmp_path, **overrides).host_config[key] == value
+
+
+@pytest.mark.parametrize("network", ["none", "open"])
+@pytest.mark.parametrize("isolation", ["runc", "gvisor"])
+def test_every_sandbox_gets_oi_seccomp_profile(
+    tmp_path: Path, isolation: str, network: str
+) -> None:
+    # runc applies it; runsc only when registered with --oci-seccomp (see build_spec).
+    security_opt = make_spec(tmp_path, isolation=isolation, network=network).host_config[
+        "security_opt"
+    ]
+    assert security_opt[0] == "no-new-privileges"
+    assert len(security_opt) == 2 and security_opt[1].startswith("seccomp={")
+    assert json.loads(security_opt[1].removeprefix("seccomp=")) == seccomp_profile()
 
 
 @pytest.mark.parametrize("language", list(Language))
