@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 import time
 from collections.abc import Callable, Generator
 from datetime import UTC, datetime
@@ -33,7 +32,6 @@ from orchestrator.sandbox.output import TerminalSanitizer
 if TYPE_CHECKING:
     from orchestrator.batch import BatchEvent, BatchReport
     from orchestrator.batch.plan import BatchPlan
-    from orchestrator.replay import BlockComparison
 
 # Exit codes of `oi batch` and `oi replay` (bad usage or an unreachable engine: see cli.py).
 EXIT_OK = 0
@@ -387,28 +385,6 @@ def replay_command(
     if interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
     raise typer.Exit(EXIT_OK if totals.ok else EXIT_FAILED)
-
-
-def show_comparison(comparison: BlockComparison) -> None:
-    block = comparison.block
-    tty = sys.stdout.isatty()
-    sanitizer = TerminalSanitizer(keep_color=False)
-    head = f"block {block.number} (#{block.index}, {block.language})"
-    if comparison.status == "not_compared":
-        typer.echo(f"{head}: not compared: {block.note}")
-        return
-    if comparison.status == "not_run":
-        typer.echo(f"{head}: not run (declined)")
-        return
-    replayed = comparison.replayed or {}
-    took = f"{float(replayed.get('duration_s', 0.0)):.2f} s"
-    if comparison.status == "match":
-        typer.echo(f"{head}: match · exit {replayed.get('exit_code')} · {took}")
-        return
-    typer.echo(f"{head}: MISMATCH: {'; '.join(comparison.differences)} · {took}")
-    diff = sanitizer.clean(comparison.diff) if tty else comparison.diff
-    for line in diff.splitlines():
-        typer.echo(f"    {line}")
 
 
 def _print_replay_summary(totals: Any, total: int, interrupted: bool, kept: Path | None) -> None:

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import typer
 from rich.console import Console
 
 from orchestrator.cli_common import docker_client, err_console
@@ -194,8 +196,6 @@ class Replayer:
         show: bool,
     ) -> tuple[list[BlockComparison], bool]:
         """Run the recorded blocks; (comparisons, interrupted)."""
-        from orchestrator.cli_batch import show_comparison  # noqa: PLC0415
-
         comparisons: list[BlockComparison] = []
         try:
             for comparison in replay_blocks(
@@ -224,3 +224,25 @@ class Replayer:
             "interrupted": interrupted,
             "ok": totals.ok and not interrupted,
         }
+
+
+def show_comparison(comparison: BlockComparison) -> None:
+    block = comparison.block
+    tty = sys.stdout.isatty()
+    sanitizer = TerminalSanitizer(keep_color=False)
+    head = f"block {block.number} (#{block.index}, {block.language})"
+    if comparison.status == "not_compared":
+        typer.echo(f"{head}: not compared: {block.note}")
+        return
+    if comparison.status == "not_run":
+        typer.echo(f"{head}: not run (declined)")
+        return
+    replayed = comparison.replayed or {}
+    took = f"{float(replayed.get('duration_s', 0.0)):.2f} s"
+    if comparison.status == "match":
+        typer.echo(f"{head}: match · exit {replayed.get('exit_code')} · {took}")
+        return
+    typer.echo(f"{head}: MISMATCH: {'; '.join(comparison.differences)} · {took}")
+    diff = sanitizer.clean(comparison.diff) if tty else comparison.diff
+    for line in diff.splitlines():
+        typer.echo(f"    {line}")
