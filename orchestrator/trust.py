@@ -31,6 +31,12 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def key(path: Path) -> str:
+    """How a file is named in the store: absolute, with '.' and '..' resolved lexically (the
+    same spelling whichever relative path the user typed)."""
+    return os.path.abspath(path)
+
+
 @dataclass
 class TrustStore:
     path: Path
@@ -55,7 +61,7 @@ class TrustStore:
         return {str(k): v for k, v in files.items() if isinstance(v, dict)} if files else {}
 
     def status(self, path: Path, content: bytes) -> TrustStatus:
-        entry = self._entries().get(str(path.absolute()))
+        entry = self._entries().get(key(path))
         if entry is None:
             return "untrusted"
         return "trusted" if entry.get("sha256") == digest(content) else "changed"
@@ -65,15 +71,18 @@ class TrustStore:
 
     def trust(self, path: Path) -> str:
         """Trust the file as it is now; returns its sha256."""
-        content = read_regular(path.absolute())
+        try:
+            content = read_regular(Path(key(path)), limit=16 << 20, follow=True)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file to trust") from None
         entries = self._entries()
-        entries[str(path.absolute())] = {"sha256": digest(content), "trusted_at": time.time()}
+        entries[key(path)] = {"sha256": digest(content), "trusted_at": time.time()}
         self._save(entries)
         return digest(content)
 
     def revoke(self, path: Path) -> bool:
         entries = self._entries()
-        found = entries.pop(str(path.absolute()), None) is not None
+        found = entries.pop(key(path), None) is not None
         if found:
             self._save(entries)
         return found

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import docker
 
-from orchestrator.errors import ConfigError, OiError, SandboxError
+from orchestrator.errors import ConfigError, OiError, RuntimeMissingError, SandboxError
 from orchestrator.languages import Language, parse_language
 from orchestrator.sandbox.audit import AuditLog
 from orchestrator.sandbox.bootstrap import (
@@ -224,6 +224,7 @@ class Sandbox:
         self._quota = quota
         self._attachment: NetworkAttachment | None = None
         self._specs: dict[Language, ContainerSpec] = {}
+        self._runtime_checked = False
         self._specs_lock = threading.Lock()
         self._mounts: tuple[ExtraMount, ...] | None = None
         self.pool: ContainerPool[LiveContainer] | None = None
@@ -312,6 +313,7 @@ class Sandbox:
             cached = self._specs.get(language)
         if cached is not None:
             return cached
+        self._check_runtime()
         image = self._images.resolve(language)
         spec = build_spec(
             language,
@@ -325,6 +327,29 @@ class Sandbox:
         )
         with self._specs_lock:
             return self._specs.setdefault(language, spec)
+
+    def _check_runtime(self) -> None:
+        """A gVisor sandbox runs only on a runtime that is gVisor: the name in the config must
+        be registered and its program must be runsc (never runc under gVisor's name)."""
+        runtime = self.config.runtime
+        if runtime is None or self._runtime_checked:
+            return
+        with engine_errors("reading the engine's runtimes"):
+            runtimes = self._api.info().get("Runtimes") or {}
+        if runtime not in runtimes:
+            raise RuntimeMissingError(
+                f"the gVisor runtime {runtime!r} is not registered with Docker, and oi will not "
+                "fall back to a weaker one; install runsc and register it in "
+                "/etc/docker/daemon.json ('sudo make setup' does), or use --isolation runc"
+            )
+        program = str((runtimes[runtime] or {}).get("path") or "")
+        if not os.path.basename(program).startswith("runsc"):
+            raise RuntimeMissingError(
+                f"Docker runtime {runtime!r} runs {program or 'an unnamed program'}, not "
+                "gVisor's runsc: oi will not run a gVisor sandbox on it; fix its entry in "
+                "/etc/docker/daemon.json (or the policy's gvisor_runtime)"
+            )
+        self._runtime_checked = True
 
     def describe(self, language: Language) -> SandboxDescription:
         """Where a block in ``language`` would run, for the approval screen."""
