@@ -11,10 +11,13 @@
     │   ├── ImageMissingError       a sandbox image is not built
     │   ├── ImageBuildError         building an image failed
     │   └── RuntimeMissingError     an isolation runtime (gVisor) is asked for but not installed
-    └── ModelError               the model endpoint failed us                       (exit 1)
-        ├── ModelUnavailableError   nothing answers at the API base URL
-        ├── ModelNotFoundError      the server does not serve that model
-        └── ContextOverflowError    the conversation does not fit the model's context
+    ├── ModelError               the model endpoint failed us                       (exit 1)
+    │   ├── ModelUnavailableError   nothing answers at the API base URL
+    │   ├── ModelNotFoundError      the server does not serve that model
+    │   └── ContextOverflowError    the conversation does not fit the model's context
+    └── RecordWriteError         a session record could not be written whole        (exit 1)
+                                 (disk full, quota, I/O error); the record is left
+                                 ending at a whole line
 
 Failed *user code* is never an exception: it is data in an ``ExecResult``.
 Third-party errors (docker, openai) are converted at exactly one boundary each
@@ -22,6 +25,8 @@ Third-party errors (docker, openai) are converted at exactly one boundary each
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 
 class OiError(Exception):
@@ -80,3 +85,17 @@ class ModelNotFoundError(ModelError):
 
 class ContextOverflowError(ModelError):
     """The conversation does not fit the model's context window."""
+
+
+class RecordWriteError(OiError):
+    """A session record entry could not be written whole (no space, quota, I/O error).
+
+    The file was cut back to the end of its last whole line, so what is on disk stays readable;
+    ``path`` is the record and ``record_type`` the entry that is missing (None when the record
+    could not even be started).
+    """
+
+    def __init__(self, message: str, *, path: Path, record_type: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.record_type = record_type
