@@ -23,6 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from orchestrator.errors import ConfigError
+from orchestrator.records import (
+    BadRecord,
+    CodeProposedRecord,
+    DecisionRecord,
+    Record,
+    ResultRecord,
+    parse_record,
+)
 
 if TYPE_CHECKING:
     from orchestrator.loading import Layer
@@ -68,60 +76,62 @@ def _sha256(code: str) -> str:
 def recorded_blocks(records: Sequence[Mapping[str, Any]], source: str) -> list[RecordedBlock]:
     """The blocks that ran, in order, each with the exact code that ran and its result.
 
-    Raises ``ConfigError`` when the record is inconsistent (code whose hash does not match,
-    a run decision whose code is missing).
+    Raises ``ConfigError`` when the record is not one oi wrote or is inconsistent (a line of
+    the wrong shape, code whose hash does not match, a run decision whose code is missing).
     """
-    events = [r for r in records if r.get("type") == "event"]
+    events: list[Record] = []
+    for data in records:
+        try:
+            record = parse_record(dict(data))
+        except BadRecord as exc:
+            raise ConfigError(f"{source}: {exc}; the record was altered or is not oi's") from None
+        if isinstance(record, CodeProposedRecord | DecisionRecord | ResultRecord):
+            events.append(record)
     code_by_sha: dict[str, tuple[str, str]] = {}
     blocks: list[RecordedBlock] = []
     for position, event in enumerate(events):
-        kind = event.get("event")
-        if kind == "code_proposed":
-            code, sha = event.get("code"), event.get("sha256")
-            if not isinstance(code, str) or not isinstance(sha, str):
-                raise ConfigError(f"{source}: a code_proposed record lacks code or sha256")
-            if _sha256(code) != sha:
+        if isinstance(event, CodeProposedRecord):
+            if _sha256(event.code) != event.sha256:
                 raise ConfigError(
-                    f"{source}: block {event.get('index')}: its code does not hash to its "
-                    f"recorded sha256 {sha[:12]}; the record was altered"
+                    f"{source}: block {event.index}: its code does not hash to its "
+                    f"recorded sha256 {event.sha256[:12]}; the record was altered"
                 )
-            code_by_sha[sha] = (str(event.get("language", "")), code)
-        elif kind == "decision" and event.get("decision") == "run":
-            sha = str(event.get("sha256", ""))
-            index = int(event.get("index", 0))
-            if sha not in code_by_sha:
+            code_by_sha[event.sha256] = (event.language, event.code)
+        elif isinstance(event, DecisionRecord) and event.decision == "run":
+            if event.sha256 not in code_by_sha:
                 raise ConfigError(
-                    f"{source}: block {index} ran code with sha256 {sha[:12]}, but the record "
-                    "holds no such code; the file is incomplete or was edited"
+                    f"{source}: block {event.index} ran code with sha256 {event.sha256[:12]}, "
+                    "but the record holds no such code; the file is incomplete or was edited"
                 )
-            language, code = code_by_sha[sha]
-            result = _result_after(events, position, index, sha)
+            language, code = code_by_sha[event.sha256]
+            result = _result_after(events, position, event.index, event.sha256)
             recorded: Mapping[str, Any] | None = None
             note = ""
             if result is None:
                 note = "no result in the record (oi stopped during the block)"
-            elif result.get("interrupted"):
+            elif result.interrupted:
                 note = "interrupted in the record (Ctrl-C), so there is nothing to compare"
-            elif not isinstance(result.get("result"), dict) or not result["result"]:
+            elif not result.result:
                 note = "the record has no full result for this block"
             else:
-                recorded = result["result"]
+                recorded = result.result
             blocks.append(
-                RecordedBlock(len(blocks) + 1, index, language, code, sha, recorded, note)
+                RecordedBlock(
+                    len(blocks) + 1, event.index, language, code, event.sha256, recorded, note
+                )
             )
     return blocks
 
 
 def _result_after(
-    events: Sequence[Mapping[str, Any]], position: int, index: int, sha: str
-) -> Mapping[str, Any] | None:
+    events: Sequence[Record], position: int, index: int, sha: str
+) -> ResultRecord | None:
     """The result event of the run decision at ``position``: the next result of the same
     block, before the next run decision."""
     for event in events[position + 1 :]:
-        kind = event.get("event")
-        if kind == "decision" and event.get("decision") == "run":
+        if isinstance(event, DecisionRecord) and event.decision == "run":
             return None
-        if kind == "result" and event.get("index") == index and event.get("sha256") == sha:
+        if isinstance(event, ResultRecord) and event.index == index and event.sha256 == sha:
             return event
     return None
 

@@ -43,6 +43,14 @@ from typing import Any
 
 from orchestrator.errors import ConfigError, RecordWriteError
 from orchestrator.events import Event
+from orchestrator.records import (
+    EndRecord,
+    MessageRecord,
+    ResultRecord,
+    SessionHeader,
+    parse_records,
+)
+from orchestrator.records import rebuild_history as typed_history
 from orchestrator.units import format_size
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -471,14 +479,10 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def rebuild_history(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The chat history at the end of a session, honouring %undo and %reset."""
-    history: list[dict[str, Any]] = []
-    for record in records:
-        if record.get("type") == "message":
-            history.append(record["message"])
-        elif record.get("type") == "history_truncate":
-            del history[int(record["length"]) :]
-    return history
+    """The chat history at the end of a session, honouring %undo and %reset (lines that are
+    not records oi wrote are skipped)."""
+    typed, _problems = parse_records(records)
+    return typed_history(typed)
 
 
 @dataclass(frozen=True)
@@ -495,26 +499,25 @@ class SessionInfo:
 
 def summarize(path: Path) -> SessionInfo:
     scan = scan_records(path)
-    records = scan.records
-    start = next((r for r in records if r.get("type") == "session"), {})
+    records, _problems = parse_records(scan.records)
+    start = next((r for r in records if isinstance(r, SessionHeader)), None)
     task = next(
         (
-            str(r["message"].get("content") or "")
+            r.message.content or ""
             for r in records
-            if r.get("type") == "message" and r["message"].get("role") == "user"
+            if isinstance(r, MessageRecord) and r.message.role == "user"
         ),
         "",
     )
-    ends = [r for r in records if r.get("type") == "event" and r.get("event") == "end"]
-    results = [r for r in records if r.get("type") == "event" and r.get("event") == "result"]
+    ends = [r for r in records if isinstance(r, EndRecord)]
     return SessionInfo(
         session_id=path.stem,
         path=path,
-        started=float(start.get("t", path.stat().st_mtime)),
-        model=str(start.get("model", "?")),
+        started=start.t if start is not None else path.stat().st_mtime,
+        model=start.model if start is not None else "?",
         task=task.splitlines()[0] if task else "",
-        status=str(ends[-1].get("status")) if ends else "open",
-        blocks=len(results),
+        status=ends[-1].status if ends else "open",
+        blocks=sum(1 for r in records if isinstance(r, ResultRecord)),
         incomplete_lines=sum(1 for line in scan.skipped if line.reason == "incomplete"),
     )
 

@@ -12,6 +12,7 @@ from orchestrator import __version__
 from orchestrator.llm.client import ModelClient
 from orchestrator.loading import Loaded
 from orchestrator.protocols import ChatModel
+from orchestrator.records import RECORD_VERSION
 from orchestrator.sandbox.runner import Sandbox, new_session_id
 from orchestrator.session import Session
 from orchestrator.settings import Settings
@@ -21,8 +22,6 @@ from orchestrator.transcript import (
     read_records,
     rebuild_history,
 )
-
-RECORD_VERSION = 1
 
 
 def model_client(settings: Settings) -> ModelClient:
@@ -83,12 +82,14 @@ def open_session(
     extra: dict[str, Any] | None = None,
     docker_client: Any = None,
     model: ChatModel | None = None,
+    relocate_hint: str | None = None,
 ) -> Opened:
     """Sandbox, model client and record from ``loaded``.
 
     With ``resume`` (a session id or unique prefix), the history comes from its record and new
     records are appended to the same file. ``record_path`` puts the record elsewhere than the
-    data dir (batch keeps it beside the task's workdir).
+    data dir (batch keeps it beside the task's workdir; ``relocate_hint`` then says how to
+    make room, e.g. "choose another --out folder").
     """
     settings = loaded.settings
     history = None
@@ -98,14 +99,18 @@ def open_session(
         session_id = path.stem
         record_path = path
     session_id = session_id or new_session_id()
-    sandbox = Sandbox.from_config(
-        loaded.sandbox_config(), session_id=session_id, client=docker_client
-    )
-    try:
-        if record_path is not None:
-            transcript = Transcript.open(record_path)
+    # The record first: a full data dir fails here, before any container or model request.
+    if record_path is not None:
+        if relocate_hint:
+            transcript = Transcript.open(record_path, relocate_hint=relocate_hint)
         else:
-            transcript = Transcript.create(settings.sessions_dir, session_id)
+            transcript = Transcript.open(record_path)
+    else:
+        transcript = Transcript.create(settings.sessions_dir, session_id)
+    try:
+        sandbox = Sandbox.from_config(
+            loaded.sandbox_config(), session_id=session_id, client=docker_client
+        )
         try:
             record_header(
                 transcript,
@@ -122,9 +127,9 @@ def open_session(
                 history=history,
             )
         except BaseException:
-            transcript.close()
+            sandbox.close()
             raise
     except BaseException:
-        sandbox.close()
+        transcript.close()  # an empty record it created is removed
         raise
     return Opened(session, sandbox, transcript, session_id)

@@ -427,6 +427,7 @@ class BatchRunner:
             },
             docker_client=client,
             model=self._model_factory(planned.settings) if self._model_factory else None,
+            relocate_hint="choose another --out folder",
         )
         control.sandbox = opened.sandbox
         ended: list[SessionEnded] = []

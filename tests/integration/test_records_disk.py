@@ -316,4 +316,6 @@ def test_oi_run_whose_disk_fills_mid_session_stops_cleanly(
     assert_one_line_naming(error[0], path)
     assert "'result' event" in error[0] and "free at least 3 MiB there" in error[0]
     records = assert_whole_lines(path)
-    assert records[-1].get("event") == "decision"
+    # The result did not fit; the small end event did, so `sessions list` shows the error.
+    assert [r.get("event") for r in records[-2:]] == ["decision", "end"]
+    assert records[-1]["status"] == "error" and "'result' event" in records[-1]["reason"]

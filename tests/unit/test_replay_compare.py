@@ -135,7 +135,10 @@ def test_blocks_without_a_usable_result_are_not_compared(tail: list[Any], note: 
     [
         ([decision(1, "run", "x")], "s.jsonl: block 1 ran code with sha256"),
         ([{**proposed(1, "x"), "code": "y"}], "does not hash to its recorded sha256"),
-        ([{**proposed(1, "x"), "code": None}], "lacks code or sha256"),
+        (
+            [{**proposed(1, "x"), "code": None}],
+            "a code_proposed line: code: Input should be a valid string",
+        ),
     ],
 )
 def test_inconsistent_records_are_errors_naming_the_file(records: list[Any], expected: str) -> None:

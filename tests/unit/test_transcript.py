@@ -282,3 +282,110 @@ def test_a_planted_fifo_is_refused_without_hanging(tmp_path: Path) -> None:
     thread.join(5)
     assert not thread.is_alive(), "opening a planted FIFO hung"
     assert result and "not a regular file" in str(result[0])
+
+
+# --- typed records (orchestrator/records.py) -----------------------------------------------------
+
+from orchestrator.records import (  # noqa: E402
+    BadRecord,
+    CodeProposedRecord,
+    EndRecord,
+    MessageRecord,
+    OtherEvent,
+    SessionHeader,
+    parse_record,
+    parse_records,
+)
+
+
+@pytest.mark.parametrize(
+    ("line", "kind"),
+    [
+        ({"type": "session", "v": 1, "session_id": "s", "model": "m"}, SessionHeader),
+        ({"type": "session"}, SessionHeader),  # before the version field: v 0
+        ({"type": "message", "message": {"role": "user", "content": "hi"}}, MessageRecord),
+        (
+            {
+                "type": "message",
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "c",
+                            "type": "function",
+                            "function": {"name": "x", "arguments": "{}"},
+                        }
+                    ],
+                },
+            },
+            MessageRecord,
+        ),
+        (
+            {
+                "type": "event",
+                "event": "code_proposed",
+                "index": 1,
+                "language": "python",
+                "code": "x",
+                "sha256": "ab",
+            },
+            CodeProposedRecord,
+        ),
+        ({"type": "event", "event": "end", "status": "finished"}, EndRecord),
+        ({"type": "event", "event": "notice", "message": "m"}, OtherEvent),
+        ({"type": "event", "event": "a-future-event", "anything": 1}, OtherEvent),
+    ],
+)
+def test_records_parse_into_their_models(line: dict, kind: type) -> None:
+    assert isinstance(parse_record(line), kind)
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ({"type": "nonsense"}, "record"),
+        ({"no": "type"}, "record"),
+        ({"type": "message", "message": {"role": "hacker", "content": "x"}}, "message.role"),
+        ({"type": "history_truncate", "length": -1}, "length"),
+        (
+            {"type": "event", "event": "decision", "index": 1, "decision": "maybe", "sha256": "a"},
+            "decision",
+        ),
+        (
+            {
+                "type": "event",
+                "event": "code_proposed",
+                "index": "one",
+                "language": "py",
+                "code": "x",
+                "sha256": "a",
+            },
+            "index",
+        ),
+        ([1, 2], "record"),
+    ],
+)
+def test_lines_that_are_not_records_are_refused_by_name(line: object, problem: str) -> None:
+    with pytest.raises(BadRecord, match=problem):
+        parse_record(line)
+
+
+def test_a_resumed_history_is_exactly_what_was_recorded() -> None:
+    lines = [
+        {"type": "session"},
+        {"type": "message", "message": {"role": "system", "content": "s"}},
+        {"type": "message", "message": {"role": "user", "content": "u", "name": "kept"}},
+        {"type": "history_truncate", "length": 1},
+        {"type": "message", "message": {"role": "user", "content": "again"}},
+        {"type": "bogus"},
+    ]
+    records, problems = parse_records(lines)
+    assert len(records) == 5 and len(problems) == 1 and problems[0].startswith("record 6: ")
+    ]
+    from orchestrator.records import rebuild_history
+
+    assert rebuild_history(records) == [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "again"},
+    ]
