@@ -382,7 +382,6 @@ def test_a_resumed_history_is_exactly_what_was_recorded() -> None:
     ]
     records, problems = parse_records(lines)
     assert len(records) == 5 and len(problems) == 1 and problems[0].startswith("record 6: ")
-    ]
     from orchestrator.records import rebuild_history
 
     assert rebuild_history(records) == [
