@@ -240,8 +240,10 @@ def chat_command(
 
 # --- oi sessions --------------------------------------------------------------------------------
 @sessions_app.command("list")
-def sessions_list() -> None:
-    """Recorded sessions, oldest first."""
+def sessions_list(
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Show at most N sessions.")] = 20,
+) -> None:
+    """Recorded sessions, newest first."""
     import datetime  # noqa: PLC0415
 
     from orchestrator.sandbox.output import TerminalSanitizer  # noqa: PLC0415
@@ -255,12 +257,15 @@ def sessions_list() -> None:
             return
         clean = TerminalSanitizer(keep_color=False).clean
         table = Table("id", "started", "status", "blocks", "task")
-        for info in infos:
+        for info in infos[: max(1, limit)]:
             started = datetime.datetime.fromtimestamp(info.started).strftime("%Y-%m-%d %H:%M")
+            status = info.status + (" (incomplete)" if info.incomplete_lines else "")
             table.add_row(
-                info.session_id, started, info.status, str(info.blocks), clean(info.task[:60])
+                info.session_id, started, status, str(info.blocks), clean(info.task[:60])
             )
         Console().print(table, markup=False)
+        if len(infos) > limit:
+            err_console.print(f"{len(infos) - limit} older session(s) not shown (--limit)")
 
 
 @sessions_app.command("show")
@@ -270,16 +275,18 @@ def sessions_show(
 ) -> None:
     """Show one recorded session: messages, code with hashes, decisions, results."""
     from orchestrator.render import render_transcript  # noqa: PLC0415
-    from orchestrator.transcript import find_session, read_records  # noqa: PLC0415
+    from orchestrator.transcript import find_session, scan_records  # noqa: PLC0415
 
     with errors():
         settings = load_flags().settings
-        records = list(read_records(find_session(settings.sessions_dir, session_id)))
+        scan = scan_records(find_session(settings.sessions_dir, session_id))
         if raw:
-            for record in records:
+            for record in scan.records:
                 typer.echo(json.dumps(record))
         else:
-            render_transcript(records, Console())
+            render_transcript(scan.records, Console())
+        for note in scan.notes():
+            err_console.print(f"oi: {note}", style="yellow", markup=False)
 
 
 # --- oi images ----------------------------------------------------------------------------------

@@ -371,8 +371,10 @@ def replay_command(
     from orchestrator.cli_replay import Replayer  # noqa: PLC0415
 
     with errors():
-        path, records = replay.load_records(source, load_flags().settings.sessions_dir)
+        notes: list[str] = []
+        path, records = replay.load_records(source, load_flags().settings.sessions_dir, notes)
         with Replayer(path, records, flags, out=out, workdir_from=workdir_from) as run:
+            run.notes[:0] = notes
             run.announce(err_console)  # stderr: --json keeps stdout for the report
             comparisons, interrupted = run.blocks(
                 compare_output=not ignore_output, ask=None if yes else run.asker(), show=not as_json

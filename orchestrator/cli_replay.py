@@ -142,7 +142,8 @@ class Replayer:
         if isinstance(note, str) and note:
             say(f"oi replay: note: {note}", "cyan")
         for line in self.notes:
-            say(f"oi replay: {line} (pass it as a flag to use it)", "yellow")
+            hint = " (pass it as a flag to use it)" if "not applied" in line else ""
+            say(f"oi replay: {line}{hint}", "yellow")
         recorded_network = (self.info.get("settings") or {}).get("network")
         if recorded_network and recorded_network != settings.network:
             say(

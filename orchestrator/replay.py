@@ -255,10 +255,14 @@ def summarize(comparisons: Sequence[BlockComparison]) -> ReplaySummary:
 # --- I/O ------------------------------------------------------------------------------------------
 
 
-def load_records(source: str, sessions_dir: Path) -> tuple[Path, list[dict[str, Any]]]:
+def load_records(
+    source: str, sessions_dir: Path, notes: list[str] | None = None
+) -> tuple[Path, list[dict[str, Any]]]:
     """A session's records from a file path, or from a session id (or unique prefix) in
-    ``sessions_dir``. The file is opened without following a symlink and must be regular."""
-    from orchestrator.transcript import find_session, read_records  # noqa: PLC0415
+    ``sessions_dir``. The file is opened without following a symlink and must be regular.
+    Lines skipped as incomplete are described in ``notes``."""
+    notes = notes if notes is not None else []
+    from orchestrator.transcript import find_session, scan_records  # noqa: PLC0415
 
     candidate = Path(source).expanduser()
     looks_like_path = "/" in source or source.endswith(".jsonl")
@@ -267,7 +271,9 @@ def load_records(source: str, sessions_dir: Path) -> tuple[Path, list[dict[str, 
     else:
         path = find_session(sessions_dir, source)
     try:
-        records = list(read_records(path))
+        scan = scan_records(path)
+        records = scan.records
+        notes.extend(scan.notes())
     except FileNotFoundError:
         raise ConfigError(
             f"no session record at {path}; give a file or a session id ('oi sessions list')"

@@ -530,7 +530,7 @@ def list_sessions(sessions_dir: Path) -> list[SessionInfo]:
         if path.is_symlink() or not path.is_file():
             continue
         infos.append(summarize(path))
-    return sorted(infos, key=lambda info: info.started)
+    return sorted(infos, key=lambda info: info.started, reverse=True)  # newest first
 
 
 def find_session(sessions_dir: Path, session_id: str) -> Path:

@@ -24,7 +24,13 @@ import pytest
 
 from orchestrator.languages import Language
 from orchestrator.sandbox.seccomp import seccomp_profile
-from orchestrator.sandbox.spec import LABEL_MANAGED, LABEL_SESSION
+from orchestrator.sandbox.spec import (
+    LABEL_MANAGED,
+    LABEL_PID,
+    LABEL_PID_START,
+    LABEL_SESSION,
+    process_start_time,
+)
 from tests.sandbox_fixtures import SandboxFactory
 
 # --- the programs ------------------------------------------------------------------------------
@@ -217,7 +223,13 @@ def run_plain_container(
         cap_drop=["ALL"],
         security_opt=["no-new-privileges", *(security_opt or [])],
         network_mode="none",
-        labels={LABEL_MANAGED: "1", LABEL_SESSION: session_id},
+        # Owned by this process, so no concurrent oi start sweeps it away as an orphan.
+        labels={
+            LABEL_MANAGED: "1",
+            LABEL_SESSION: session_id,
+            LABEL_PID: str(os.getpid()),
+            LABEL_PID_START: process_start_time(os.getpid()),
+        },
     )
     try:
         container.start()
