@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from orchestrator.cli_common import err_console, error_line
+from orchestrator.cli_common import err_console, error_line, plain
 from orchestrator.errors import OiError
 from orchestrator.session import Session
 
@@ -76,7 +76,7 @@ def chat_command(session: Session, text: str) -> None:
 
         with errors_in_chat():
             path = save_markdown(session.messages, Path(argument))
-            err_console.print(f"saved to {path}", markup=False)
+            plain(f"saved to {path}")
     elif command == "%help":
         err_console.print(CHAT_HELP, markup=False)
     else:

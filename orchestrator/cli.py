@@ -24,6 +24,8 @@ from orchestrator.cli_common import (
     errors,
     image_catalog,
     load_flags,
+    plain,
+    say,
     state,
     usage,
 )
@@ -100,7 +102,7 @@ def exec_command(
     flags: SettingFlags,
 ) -> None:
     """Run one block of code in a fresh sandbox; exit with its exit code (124 timeout, 137 OOM)."""
-    from orchestrator.render import passthrough  # noqa: PLC0415
+    from orchestrator.render import passthrough, reset_terminal  # noqa: PLC0415
     from orchestrator.sandbox.runner import Sandbox  # noqa: PLC0415
 
     with errors():
@@ -113,11 +115,12 @@ def exec_command(
                 lang,
                 code,
                 on_output=None if as_json else passthrough(),
-                on_status=lambda m: err_console.print(f"oi: {m}", markup=False),
+                on_status=say,
             )
         if as_json:
             typer.echo(json.dumps(result.to_dict(), indent=2))
         else:
+            reset_terminal()
             _report_limits(result, loaded)
         raise typer.Exit(result.shell_exit_code)
 
@@ -157,7 +160,7 @@ def _open(loaded: Loaded, resume: str | None = None) -> Opened:
 
     opened = open_session(loaded, resume=resume, docker_client=docker_client(loaded))
     if opened.sandbox.identity.warning:
-        err_console.print(f"oi: {opened.sandbox.identity.warning}", style="yellow", markup=False)
+        say(opened.sandbox.identity.warning, "yellow")
     return opened
 
 
@@ -202,11 +205,7 @@ def run_command(
         with _open(load_flags(flags)) as opened:
             status = _drive_terminal(opened.session.send(task), _renderer(as_json, markdown=False))
         if not as_json:
-            err_console.print(
-                f"oi: session {opened.session_id} (oi sessions show {opened.session_id})",
-                style="dim",
-                markup=False,
-            )
+            say(f"session {opened.session_id} (oi sessions show {opened.session_id})", "dim")
         raise typer.Exit(EXIT_FOR_STATUS.get(status, 3))
 
 
@@ -227,15 +226,14 @@ def chat_command(
         settings = loaded.settings
         with _open(loaded, resume=resume) as opened:
             renderer = _renderer(False, markdown=True)
-            err_console.print(
+            plain(
                 f"oi chat · {settings.model} at {settings.api_base} · workdir "
-                f"{settings.workdir} · session {opened.session_id}\n"
-                "type a task, %help for commands, Ctrl-D to leave",
-                markup=False,
+                f"{settings.workdir} · session {opened.session_id}"
             )
+            plain("type a task, %help for commands, Ctrl-D to leave")
             session = opened.session
             chat_loop(session, lambda text: _drive_terminal(session.send(text), renderer))
-        err_console.print(f"oi: session {opened.session_id}", style="dim", markup=False)
+        say(f"session {opened.session_id}", "dim")
 
 
 # --- oi sessions --------------------------------------------------------------------------------
@@ -246,24 +244,22 @@ def sessions_list(
     """Recorded sessions, newest first."""
     import datetime  # noqa: PLC0415
 
-    from orchestrator.sandbox.output import TerminalSanitizer  # noqa: PLC0415
+    from orchestrator.render import safe_cell  # noqa: PLC0415
     from orchestrator.transcript import list_sessions  # noqa: PLC0415
 
     with errors():
         settings = load_flags().settings
         infos = list_sessions(settings.sessions_dir)
         if not infos:
-            err_console.print(f"no sessions in {settings.sessions_dir}", markup=False)
+            plain(f"no sessions in {settings.sessions_dir}")
             return
-        clean = TerminalSanitizer(keep_color=False).clean
         table = Table("id", "started", "status", "blocks", "task")
         for info in infos[: max(1, limit)]:
             started = datetime.datetime.fromtimestamp(info.started).strftime("%Y-%m-%d %H:%M")
             status = info.status + (" (incomplete)" if info.incomplete_lines else "")
-            table.add_row(
-                info.session_id, started, status, str(info.blocks), clean(info.task[:60])
-            )
-        Console().print(table, markup=False)
+            cells = (info.session_id, started, status, info.blocks, info.task[:60])
+            table.add_row(*(safe_cell(value) for value in cells))
+        Console().print(table)
         if len(infos) > limit:
             err_console.print(f"{len(infos) - limit} older session(s) not shown (--limit)")
 
@@ -286,7 +282,7 @@ def sessions_show(
         else:
             render_transcript(scan.records, Console())
         for note in scan.notes():
-            err_console.print(f"oi: {note}", style="yellow", markup=False)
+            say(note, "yellow")
 
 
 # --- oi images ----------------------------------------------------------------------------------
@@ -310,10 +306,10 @@ def images_build(
             raise usage(
                 f"unknown image(s) {', '.join(sorted(unknown))}; use {', '.join(ALL_IMAGES)}"
             )
-        catalog.build(names, force=force, progress=err_console.print)
+        catalog.build(names, force=force, progress=plain)
         if prune:
             for tag in catalog.prune_stale():
-                err_console.print(f"removed stale {tag}")
+                plain(f"removed stale {tag}")
         _print_images(catalog)
 
 
@@ -327,10 +323,19 @@ def images_list() -> None:
 
 
 def _print_images(catalog: Any) -> None:
+    from rich.text import Text  # noqa: PLC0415
+
+    from orchestrator.render import safe_cell  # noqa: PLC0415
+
     table = Table("image", "expected tag", "status", "stale tags")
     for status in catalog.status():
-        state = "[green]present[/]" if status.present else "[red]missing[/] (oi images build)"
-        table.add_row(status.name, status.tag, state, ", ".join(status.stale_tags) or "-")
+        state = (
+            Text("present", "green")
+            if status.present
+            else Text.assemble(("missing", "red"), " (oi images build)")
+        )
+        stale = safe_cell(", ".join(status.stale_tags) or "-")
+        table.add_row(safe_cell(status.name), safe_cell(status.tag), state, stale)
     Console().print(table)
 
 
@@ -392,20 +397,14 @@ def trust_command(
             for name, sha in sorted(entries.items()):
                 typer.echo(f"{sha[:16]}  {name}")
             if not entries:
-                err_console.print(f"no trusted files ({store.path})", markup=False)
+                plain(f"no trusted files ({store.path})")
             return
         if revoke:
             found = store.revoke(file)
-            err_console.print(
-                f"{'no longer trusted' if found else 'was not trusted'}: {file.absolute()}",
-                markup=False,
-            )
+            plain(f"{'no longer trusted' if found else 'was not trusted'}: {file.absolute()}")
             return
         digest = store.trust(file)
-        err_console.print(
-            f"trusted {file.absolute()} (sha256 {digest[:16]}); it may now set anything you may",
-            markup=False,
-        )
+        plain(f"trusted {file.absolute()} (sha256 {digest[:16]}); it may now set anything you may")
 
 
 @policy_app.command("show")

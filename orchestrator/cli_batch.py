@@ -27,7 +27,7 @@ from orchestrator.cli_options import (
     with_setting_flags,
 )
 from orchestrator.errors import ConfigError
-from orchestrator.sandbox.output import TerminalSanitizer
+from orchestrator.safe_text import clean_line
 
 if TYPE_CHECKING:
     from orchestrator.batch import BatchEvent, BatchReport
@@ -214,7 +214,6 @@ class BatchDisplay:
         self.console = console
         self.state = ProgressState(total, concurrency, time.monotonic())
         self.tty = console.is_terminal
-        self._sanitizer = TerminalSanitizer(keep_color=False)
         self._live: Live | None = None
 
     def start(self) -> None:
@@ -233,7 +232,9 @@ class BatchDisplay:
         now = time.monotonic()
         lines = [Text("oi batch: " + self.state.line(now), style="bold")]
         for task_id, started in list(self.state.running.items())[:8]:
-            lines.append(Text(f"  running {task_id} ({format_clock(now - started)})", "dim"))
+            lines.append(
+                Text(f"  running {clean_line(task_id)} ({format_clock(now - started)})", "dim")
+            )
         return Group(*lines)
 
     def handle(self, event: BatchEvent) -> None:
@@ -243,14 +244,14 @@ class BatchDisplay:
         if isinstance(event, TaskStarted):
             self.state.start(event.task_id, now)
             if not self.tty:
-                self._print(Text(f"oi batch: start {event.task_id}"))
+                self._print(Text(f"oi batch: start {clean_line(event.task_id)}"))
         elif isinstance(event, TaskFinished):
             result = event.result
             self.state.finish(result)
             mark, style = _MARKS[result.outcome]
             line = Text.assemble(
                 (mark, f"bold {style}"),
-                f" {result.task_id}: {self._clean(result.reason)}",
+                f" {clean_line(result.task_id)}: {self._clean(result.reason)}",
                 (" (kept from the earlier run)" if result.resumed else "", "dim"),
                 (f" · {result.duration_s:.1f} s" if not result.resumed else "", "dim"),
             )
@@ -261,7 +262,7 @@ class BatchDisplay:
             self._print(Text(f"oi: {self._clean(event.message)}", style="yellow"))
 
     def _clean(self, text: str) -> str:
-        return self._sanitizer.clean(text).replace("\n", " ")
+        return clean_line(text)
 
     def _print(self, text: Text) -> None:
         self.console.print(text, soft_wrap=True, highlight=False)
@@ -316,7 +317,6 @@ def _print_batch_summary(
     from orchestrator.batch import count_outcomes, format_clock  # noqa: PLC0415
 
     counts = count_outcomes(report.results)
-    sanitizer = TerminalSanitizer(keep_color=False)
     state = " (interrupted: partial report)" if report.interrupted else ""
     typer.echo(
         f"oi batch: {counts['total']} task(s): {counts['passed']} passed, {counts['failed']} "
@@ -326,8 +326,7 @@ def _print_batch_summary(
     for result in report.results:
         if result.outcome != "passed":
             mark = _MARKS[result.outcome][0]
-            reason = sanitizer.clean(result.reason).replace("\n", " ")
-            typer.echo(f"  {mark} {result.task_id}: {reason}")
+            typer.echo(f"  {mark} {clean_line(result.task_id)}: {clean_line(result.reason)}")
     written = [f"{out_dir}/<task id>/ (workdir, session.jsonl, log.txt, result.json)"]
     written += [f"junit {junit}"] if junit else []
     written += [f"json {json_file}"] if json_file else []

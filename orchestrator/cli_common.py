@@ -26,11 +26,25 @@ state = {"debug": False}
 
 
 def error_line(exc: BaseException) -> Text:
-    """``oi: error: <message>``: the message shown as text (never as markup or escapes)."""
-    from orchestrator.sandbox.output import TerminalSanitizer  # noqa: PLC0415
+    """``oi: error: <message>``: the message shown as text (never as markup or escapes; a
+    continuation line never starts at the margin)."""
+    from orchestrator.render import error_text  # noqa: PLC0415
 
-    message = TerminalSanitizer(keep_color=False).clean(str(exc))
-    return Text.assemble(("oi: error:", "bold red"), " ", message)
+    return error_text(exc)
+
+
+def say(message: str, style: str = "") -> None:
+    """``oi: <message>`` on stderr, made safe (it may hold a file name or a model's words)."""
+    from orchestrator.render import oi_line  # noqa: PLC0415
+
+    err_console.print(oi_line(message, style))
+
+
+def plain(message: str, style: str = "") -> None:
+    """A line of ours on stderr that may quote untrusted parts (paths, names)."""
+    from orchestrator.safe_text import clean_line  # noqa: PLC0415
+
+    err_console.print(Text(clean_line(message), style=style))
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from rich.text import Text
 from orchestrator.cli_common import err_console, errors, image_catalog, load_flags
 from orchestrator.cli_options import SettingFlags, with_setting_flags
 from orchestrator.errors import OiError
+from orchestrator.safe_text import clean_line
 
 if TYPE_CHECKING:
     from orchestrator.settings import Settings
@@ -36,9 +37,9 @@ def doctor(*, flags: SettingFlags) -> None:
     def report(ok: bool, what: str, fix: str = "", *, fatal: bool = True) -> None:
         nonlocal problems
         mark = ("ok  ", "green") if ok else (("FAIL", "red") if fatal else ("warn", "yellow"))
-        err_console.print(Text.assemble(mark, " ", what))
+        err_console.print(Text.assemble(mark, " ", clean_line(what)))  # may quote a server
         if not ok and fix:
-            err_console.print(Text("      fix: " + fix))
+            err_console.print(Text("      fix: " + clean_line(fix)))
         if not ok and fatal:
             problems += 1
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -27,7 +26,7 @@ from orchestrator.replay import (
     replay_blocks,
     session_info,
 )
-from orchestrator.sandbox.output import TerminalSanitizer
+from orchestrator.safe_text import clean_line, clean_text
 
 
 def claim_empty_folder(path: Path) -> None:
@@ -124,7 +123,7 @@ class Replayer:
                 self._temp = None
 
     def announce(self, console: Console) -> None:
-        clean = TerminalSanitizer(keep_color=False).clean  # the record may come from anyone
+        clean = clean_line  # the record may come from anyone
         settings = self.loaded.settings
         where = (
             str(self.workdir) if self.kept else "a temporary folder (removed after; --out keeps it)"
@@ -229,11 +228,9 @@ class Replayer:
 
 def show_comparison(comparison: BlockComparison) -> None:
     block = comparison.block
-    tty = sys.stdout.isatty()
-    sanitizer = TerminalSanitizer(keep_color=False)
-    head = f"block {block.number} (#{block.index}, {block.language})"
+    head = f"block {block.number} (#{block.index}, {clean_line(block.language)})"
     if comparison.status == "not_compared":
-        typer.echo(f"{head}: not compared: {block.note}")
+        typer.echo(f"{head}: not compared: {clean_line(block.note)}")
         return
     if comparison.status == "not_run":
         typer.echo(f"{head}: not run (declined)")
@@ -243,7 +240,7 @@ def show_comparison(comparison: BlockComparison) -> None:
     if comparison.status == "match":
         typer.echo(f"{head}: match · exit {replayed.get('exit_code')} · {took}")
         return
-    typer.echo(f"{head}: MISMATCH: {'; '.join(comparison.differences)} · {took}")
-    diff = sanitizer.clean(comparison.diff) if tty else comparison.diff
-    for line in diff.splitlines():
+    differences = "; ".join(clean_line(d) for d in comparison.differences)
+    typer.echo(f"{head}: MISMATCH: {differences} · {took}")
+    for line in clean_text(comparison.diff).splitlines():
         typer.echo(f"    {line}")

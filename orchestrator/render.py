@@ -1,7 +1,10 @@
 """Rendering session events for people (rich, on a terminal or not) and for scripts (JSON).
 
 Model text and block stdout go to stdout; prompts, progress, notices and block stderr to stderr.
-Block output is sanitised (terminal escapes neutralised) before it reaches a terminal.
+Every untrusted string passes through ``orchestrator.safe_text`` on its way out and is printed
+as ``rich.text.Text`` (never inside markup), so nothing from a model, a block, a record or a file
+name acts on the screen. The helpers ``oi_line``, ``error_text`` and ``safe_cell`` are for the
+CLI's own messages that quote untrusted parts.
 """
 
 from __future__ import annotations
@@ -12,16 +15,19 @@ import shlex
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from rich.console import Console
+from markdown_it import MarkdownIt
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.markdown import Markdown
 from rich.panel import Panel
 from rich.spinner import Spinner
 from rich.syntax import Syntax
+from rich.table import Table
 from rich.text import Text
 
 from orchestrator.approval import Approval, parse_answer
@@ -36,13 +42,20 @@ from orchestrator.events import (
     ModelWaiting,
     Notice,
     SessionEnded,
-    TokenUsage,
 )
 from orchestrator.languages import LANGUAGES, Language
-from orchestrator.sandbox.output import TerminalSanitizer
+from orchestrator.safe_text import (
+    SGR_RESET,
+    clean_line,
+    clean_output,
+    clean_text,
+    has_sgr,
+    show_code,
+)
 
 LEXERS = {"python": "python", "javascript": "javascript", "shell": "bash"}
 PROMPT = "Run it? [y]es / [n]o / [e]dit / [a]lways / [q]uit: "
+ESCAPE_STYLE = "bold reverse red"  # escapes of hidden characters in code: not typed text
 
 
 class JsonRenderer:
@@ -60,17 +73,25 @@ class JsonRenderer:
 
 
 class HumanRenderer:
-    """Streams the model's reply (as markdown on a terminal), shows code and results."""
+    """Streams the model's reply (as markdown on a terminal), shows code and results.
 
-    def __init__(self, *, markdown: bool = True) -> None:
-        self.out = Console(highlight=False)
-        self.err = Console(stderr=True, highlight=False)
+    Everything untrusted (model text, code, block output, notices, reasons) passes through
+    ``orchestrator.safe_text`` and is printed as ``rich.text.Text`` or with markup off, so no
+    escape sequence, bidi trick or rich markup from it acts on the screen. ``out``/``err``
+    default to the process's stdout/stderr; tests pass consoles writing to a buffer.
+    """
+
+    def __init__(
+        self, *, markdown: bool = True, out: Console | None = None, err: Console | None = None
+    ) -> None:
+        self.out = out or Console(highlight=False)
+        self.err = err or Console(stderr=True, highlight=False)
         self.tty = self.out.is_terminal
         self.markdown = markdown and self.tty
-        self._sanitizer = TerminalSanitizer()
         self._live: Live | None = None
         self._spinner: Live | None = None
         self._reply = ""
+        self._streams: dict[str, _OutputState] = {}
 
     # --- lifecycle of live displays ---------------------------------------------------------
 
@@ -87,10 +108,15 @@ class HumanRenderer:
     def interrupt(self) -> None:
         self._stop_spinner()
         self._stop_live()
+        self._end_output()
 
     # --- events -------------------------------------------------------------------------------
 
     def render(self, event: Event) -> None:
+        if isinstance(event, BlockOutput):
+            self._show_output(event)
+            return
+        self._end_output()
         if isinstance(event, ModelWaiting):
             self._reply = ""
             if self.err.is_terminal:
@@ -101,85 +127,205 @@ class HumanRenderer:
                 )
                 self._spinner.start()
         elif isinstance(event, ModelText):
-            self._stop_spinner()
-            self._reply += event.text
-            if self.markdown:
-                if self._live is None:
-                    self._live = Live(
-                        console=self.out, refresh_per_second=8, vertical_overflow="visible"
-                    )
-                    self._live.start()
-                self._live.update(Markdown(self._reply))
-            else:
-                self.out.file.write(event.text)
-                self.out.file.flush()
+            self._show_model_text(event.text)
         elif isinstance(event, ModelReply):
             self._stop_spinner()
             self._stop_live()
             if not self.markdown and event.text and not event.text.endswith("\n"):
                 self.out.file.write("\n")
         elif isinstance(event, CodeProposed):
-            self._show_code(event)
+            self.err.print(approval_panel(event))
         elif isinstance(event, Decision):
             self._show_decision(event)
-        elif isinstance(event, BlockOutput):
-            target = sys.stdout if event.stream == "stdout" else sys.stderr
-            text = self._sanitizer.clean(event.text) if target.isatty() else event.text
-            target.write(text)
-            target.flush()
         elif isinstance(event, BlockResult):
             self._show_result(event)
         elif isinstance(event, Notice):
-            self.err.print(f"[yellow]oi:[/] {event.message}")
-        elif isinstance(event, TokenUsage):
-            pass
+            self.err.print(oi_line(event.message, style="yellow"))
         elif isinstance(event, SessionEnded):
             self._stop_spinner()
             self._stop_live()
             style = "green" if event.status == "finished" else "yellow"
             self.err.print(
-                f"[{style}]oi: {event.status}[/] - {event.reason} "
-                f"({event.turns} turn(s), {event.prompt_tokens}+{event.completion_tokens} tokens)"
+                Text.assemble(
+                    (f"oi: {clean_line(event.status)}", style),
+                    f" - {clean_line(event.reason)} ({event.turns} turn(s), "
+                    f"{event.prompt_tokens}+{event.completion_tokens} tokens)",
+                )
             )
 
-    def _show_code(self, event: CodeProposed) -> None:
-        box = event.sandbox
-        network = box.network
-        network_style = "bold red" if network == "open" else "cyan"
-        title = f"block {event.index} · {event.language}"
-        subtitle = Text.assemble(
-            (
-                f"{box.image} · {box.memory} · {box.cpus:g} CPU · {box.pids} pids · "
-                f"{box.timeout_s:g} s · {box.isolation} · network ",
-                "dim",
-            ),
-            (network + (" (full internet)" if network == "open" else ""), network_style),
-            (f" · {box.workdir} → /workspace", "dim"),
-        )
-        syntax = Syntax(
-            event.code, LEXERS.get(event.language, "text"), line_numbers=False, word_wrap=True
-        )
-        self.err.print(Panel(syntax, title=title, subtitle=subtitle, subtitle_align="left"))
+    def _show_model_text(self, text: str) -> None:
+        self._stop_spinner()
+        self._reply += text
+        if self.markdown:
+            if self._live is None:
+                self._live = Live(
+                    console=self.out, refresh_per_second=8, vertical_overflow="visible"
+                )
+                self._live.start()
+            self._live.update(safe_markdown(self._reply))
+        else:
+            # Escapes are per character, so cleaning each piece equals cleaning the whole.
+            self.out.file.write(clean_text(text))
+            self.out.file.flush()
+
+    def _show_output(self, event: BlockOutput) -> None:
+        self._stop_spinner()
+        console = self.out if event.stream == "stdout" else self.err
+        text = clean_output(event.text, keep_color=console.is_terminal)
+        if not text:
+            return
+        state = self._streams.setdefault(event.stream, _OutputState(console))
+        state.coloured = state.coloured or has_sgr(text)
+        state.at_line_start = text.endswith("\n")
+        console.file.write(text)
+        console.file.flush()
+
+    def _end_output(self) -> None:
+        """After a block's output, reset any colour it set and end its last line, so nothing
+        it printed tints, conceals or shares a line with what oi draws next (the next
+        approval panel included)."""
+        for state in self._streams.values():
+            ending = (SGR_RESET if state.coloured else "") + ("" if state.at_line_start else "\n")
+            if ending:
+                state.console.file.write(ending)
+                state.console.file.flush()
+        self._streams.clear()
 
     def _show_decision(self, event: Decision) -> None:
         if event.decision == "run" and event.by == "auto":
-            self.err.print(f"[dim]running block {event.index} (auto-run: sandboxed)[/]")
+            self.err.print(Text(f"running block {event.index} (auto-run: sandboxed)", style="dim"))
         elif event.decision == "declined":
-            self.err.print(f"[yellow]block {event.index} declined[/]")
+            self.err.print(Text(f"block {event.index} declined", style="yellow"))
 
     def _show_result(self, event: BlockResult) -> None:
         if event.interrupted:
-            self.err.print(f"[yellow]block {event.index} interrupted: its container was killed[/]")
+            self.err.print(
+                Text(f"block {event.index} interrupted: its container was killed", style="yellow")
+            )
             return
         if event.timed_out or event.oom_killed:
-            self.err.print(f"[red]block {event.index}: {event.for_model.splitlines()[0]}[/]")
+            first = event.for_model.splitlines()[0] if event.for_model else "killed"
+            self.err.print(Text(f"block {event.index}: {clean_line(first)}", style="red"))
         elif event.exit_code == 0:
-            self.err.print(f"[dim]block {event.index}: exit 0 · {event.duration_s:.2f} s[/]")
+            self.err.print(
+                Text(f"block {event.index}: exit 0 · {event.duration_s:.2f} s", style="dim")
+            )
         else:
             self.err.print(
-                f"[red]block {event.index}: exit {event.exit_code}[/]"
-                f" [dim]· {event.duration_s:.2f} s[/]"
+                Text.assemble(
+                    (f"block {event.index}: exit {event.exit_code}", "red"),
+                    (f" · {event.duration_s:.2f} s", "dim"),
+                )
             )
+
+
+@dataclass
+class _OutputState:
+    """What the last output of a block left on one stream."""
+
+    console: Console
+    coloured: bool = False
+    at_line_start: bool = True
+
+
+# --- pieces for people: the approval panel, safe lines, markdown --------------------------------
+
+
+def approval_panel(event: CodeProposed) -> Panel:
+    """The approval screen: the code (hidden characters shown as highlighted escapes, with a
+    warning per kind), then the sandbox it runs in, one line each, wrapped and never cut, so
+    the network and the workdir stay visible at 80 columns and in a pipe."""
+    shown = show_code(event.code)
+    # Trailing newlines would only add empty rows; every other character is shown.
+    syntax = Syntax(
+        shown.text.rstrip("\n"),
+        LEXERS.get(event.language, "text"),
+        line_numbers=False,
+        word_wrap=True,
+    )
+    for mark in shown.marks:
+        syntax.stylize_range(ESCAPE_STYLE, (mark.line, mark.start), (mark.line, mark.end))
+    parts: list[RenderableType] = [syntax, Text("")]
+    parts += [Text(f"! {warning}", style="bold yellow") for warning in shown.warnings]
+    if shown.warnings:
+        parts.append(Text(""))
+    parts.append(sandbox_details(event))
+    box = event.sandbox
+    return Panel(
+        Group(*parts),
+        title=Text(f"block {event.index} · {clean_line(event.language)}"),
+        title_align="left",
+        border_style="red" if box.network == "open" else "none",
+    )
+
+
+def sandbox_details(event: CodeProposed) -> Table:
+    """``sandbox``, ``network``, ``workdir``, ``sha256`` lines for the approval panel."""
+    box = event.sandbox
+    hosts: Sequence[str] = box.allow_hosts
+    lines = event.code.count("\n") + (0 if event.code.endswith("\n") else 1)
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="dim", no_wrap=True)
+    grid.add_column(overflow="fold")
+    rows = [
+        (
+            "sandbox",
+            Text(
+                f"{clean_line(box.image)} · {clean_line(box.memory)} · {box.cpus:g} CPU · "
+                f"{box.pids} pids · {box.timeout_s:g} s · {clean_line(box.isolation)}"
+            ),
+        ),
+        ("network", network_text(box.network, hosts)),
+        ("workdir", Text(f"{clean_line(box.workdir)} → /workspace")),
+        ("sha256", Text(f"{event.sha256[:16]} · {lines} line{'' if lines == 1 else 's'}")),
+    ]
+    for label, value in rows:
+        value.overflow = "fold"  # a long path wraps; nothing is ever cut off
+        grid.add_row(Text(label), value)
+    return grid
+
+
+def network_text(network: str, hosts: Sequence[str] = ()) -> Text:
+    """The network line: ``open (full internet)`` in bold red, ``none``, or the allowlist."""
+    if network == "open":
+        return Text("open (full internet)", style="bold red")
+    if network == "allowlist":
+        named = ", ".join(clean_line(host) for host in hosts)
+        return Text(f"allowlist: {named}" if named else "allowlist", style="yellow")
+    return Text(clean_line(network), style="green" if network == "none" else "yellow")
+
+
+def oi_line(message: str, style: str = "") -> Text:
+    """``oi: <message>`` as one line, the message made safe (no escapes, no markup, newlines
+    shown as ``\\n``). For notices, status lines and warnings that may carry untrusted parts."""
+    return Text.assemble(("oi:", style), " ", Text(clean_line(message), style=style))
+
+
+def error_text(error: BaseException | str) -> Text:
+    """``oi: error: <message>`` for a person. Messages may quote logs over several lines
+    (image builds), so newlines stay, but every continuation line is indented: no untrusted
+    line can start at the margin and pass for one of oi's own (``oi: finished``)."""
+    body = clean_text(str(error)).replace("\n", "\n  ")
+    return Text.assemble(("oi: error:", "bold red"), " ", body)
+
+
+def safe_cell(value: object) -> Text:
+    """A table cell from untrusted data (a recorded task, a session id, a file name)."""
+    return Text(clean_line(str(value)))
+
+
+def safe_markdown(text: str) -> Markdown:
+    """Model text as rich Markdown that cannot act on the screen: cleaned text, no hyperlinks
+    (OSC 8 would hide the target behind the words), and raw HTML shown as text instead of
+    vanishing (rich drops HTML blocks and comments, which would hide part of the reply)."""
+    cleaned = clean_text(text)
+    markdown = Markdown("", hyperlinks=False)
+    markdown.markup = cleaned
+    markdown.parsed = _MARKDOWN_PARSER.parse(cleaned)
+    return markdown
+
+
+_MARKDOWN_PARSER = MarkdownIt("commonmark", {"html": False}).enable("strikethrough").enable("table")
 
 
 class InteractiveApprover:
@@ -190,12 +336,15 @@ class InteractiveApprover:
         self.console = console or Console(stderr=True, highlight=False)
         self.stdin = stdin or sys.stdin
 
+    def _say(self, message: str, style: str = "") -> None:
+        self.console.print(Text(message, style=style))
+
     def _ask(self) -> str | None:
-        self.console.print(PROMPT, end="", markup=False)
+        self.console.print(PROMPT, end="", markup=False, highlight=False)
         self.console.file.flush()
         line = self.stdin.readline()
         if line == "":
-            self.console.print("(no answer: declined)")
+            self._say("(no answer: declined)")
             return None
         return line
 
@@ -203,12 +352,12 @@ class InteractiveApprover:
         while True:
             kind = parse_answer(self._ask())
             if kind is None:
-                self.console.print("answer y, n, e, a or q")
+                self._say("answer y, n, e, a or q")
                 continue
             if kind == "edit":
                 edited = edit_in_editor(proposal.code, proposal.language)
                 if edited is None:
-                    self.console.print("[yellow]editor failed or was cancelled; block unchanged[/]")
+                    self._say("editor failed or was cancelled; block unchanged", "yellow")
                     continue
                 return Approval("edit", edited)
             return Approval(kind)
@@ -234,53 +383,105 @@ def edit_in_editor(code: str, language: str) -> str | None:
         Path(name).unlink(missing_ok=True)
 
 
+# --- oi sessions show ---------------------------------------------------------------------------
+
+
 def render_transcript(records: list[dict[str, Any]], console: Console) -> None:
-    """A readable view of a recorded session (``oi sessions show``)."""
+    """A readable view of a recorded session (``oi sessions show``).
+
+    A record file may come from anyone (copied from a CI run, a colleague, a crafted repo), so
+    every value in it is untrusted: cleaned, printed as ``Text``, and a record of the wrong
+    shape is shown as what it is instead of crashing the view.
+    """
     for record in records:
+        if not isinstance(record, dict):
+            continue
         kind = record.get("type")
+        event = record.get("event") if kind == "event" else None
         if kind == "session":
             console.print(
-                f"[bold]session {record.get('session_id')}[/] · model {record.get('model')}"
-                f" · {record.get('api_base')}"
+                Text.assemble(
+                    (f"session {_field(record.get('session_id'))}", "bold"),
+                    f" · model {_field(record.get('model'))} · {_field(record.get('api_base'))}",
+                )
             )
         elif kind == "message":
-            message = record["message"]
-            role = message.get("role")
-            if role == "system":
-                continue
-            content = message.get("content") or ""
-            if message.get("tool_calls"):
-                content += "".join(
-                    f"\n[tool call {c['function']['name']}] {c['function']['arguments']}"
-                    for c in message["tool_calls"]
-                )
-            console.print(Panel(Text(content), title=role, title_align="left"))
-        elif kind == "event" and record.get("event") == "decision":
+            _show_message(record.get("message"), console)
+        elif event == "code_proposed":
+            _show_recorded_code(record, console)
+        elif event == "decision":
             console.print(
-                f"[dim]block {record['index']}: {record['decision']} by {record['by']}"
-                f" (sha256 {record['sha256'][:12]})[/]"
+                Text(
+                    f"block {_field(record.get('index'))}: {_field(record.get('decision'))} by "
+                    f"{_field(record.get('by'))} (sha256 {_field(record.get('sha256'), 12)})",
+                    style="dim",
+                )
             )
-        elif kind == "event" and record.get("event") == "end":
-            console.print(f"[bold]{record['status']}[/]: {record['reason']}")
+        elif event == "end":
+            console.print(
+                Text.assemble(
+                    (_field(record.get("status")), "bold"), f": {_field(record.get('reason'))}"
+                )
+            )
+
+
+def _field(value: object, length: int | None = None) -> str:
+    """One recorded value as a safe line (``?`` when absent), cut before cleaning."""
+    text = "?" if value is None else str(value)
+    return clean_line(text[:length] if length is not None else text)
+
+
+def _show_message(message: object, console: Console) -> None:
+    if not isinstance(message, dict):
+        console.print(Text(f"(a message record of the wrong shape: {_field(message, 200)})"))
+        return
+    role = message.get("role")
+    if role == "system":
+        return
+    content = message.get("content") or ""
+    text = content if isinstance(content, str) else json.dumps(content)
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            text += f"\n[tool call {function.get('name')}] {function.get('arguments')}"
+        else:
+            text += f"\n[tool call] {call}"
+    console.print(Panel(Text(clean_text(text)), title=Text(_field(role)), title_align="left"))
+
+
+def _show_recorded_code(record: dict[str, Any], console: Console) -> None:
+    """The recorded code itself is in the assistant message above; here only what its display
+    hid: the same warnings the approval screen gave."""
+    code = record.get("code")
+    if not isinstance(code, str):
+        return
+    for warning in show_code(code).warnings:
+        console.print(
+            Text(f"! block {_field(record.get('index'))}: {warning}", style="bold yellow")
+        )
 
 
 def passthrough() -> Callable[[str, bytes], None]:
     """Write block output to our stdout/stderr as it arrives (``oi exec``); terminal escapes
     are neutralised when the stream is a terminal."""
-    sanitizers = {
-        "stdout": TerminalSanitizer() if sys.stdout.isatty() else None,
-        "stderr": TerminalSanitizer() if sys.stderr.isatty() else None,
-    }
+    tty = {"stdout": sys.stdout.isatty(), "stderr": sys.stderr.isatty()}
     streams = {"stdout": sys.stdout, "stderr": sys.stderr}
 
     def write(stream: str, data: bytes) -> None:
         target = streams[stream]
         target.flush()
-        sanitizer = sanitizers[stream]
-        if sanitizer is None:
-            target.buffer.write(data)
+        if not tty[stream]:
+            target.buffer.write(data)  # a pipe gets the block's bytes as they are
         else:
-            target.buffer.write(sanitizer.clean(data.decode("utf-8", "replace")).encode())
+            target.buffer.write(clean_output(data.decode("utf-8", "replace")).encode())
         target.buffer.flush()
 
     return write
+
+
+def reset_terminal() -> None:
+    """After a block's live output: colours off, so the block cannot colour what follows."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream.isatty():
+            stream.write(SGR_RESET)
+            stream.flush()

@@ -1,10 +1,12 @@
-"""Pure helpers for block output: the attach-stream frame decoder and a capped buffer."""
+"""Pure helpers for block output: the attach-stream frame decoder, a capped buffer and the
+terminal sanitizer."""
 
 from __future__ import annotations
 
-import re
 import struct
 from dataclasses import dataclass
+
+from orchestrator.safe_text import clean_output
 
 STDOUT = 1
 STDERR = 2
@@ -90,20 +92,11 @@ class TerminalSanitizer:
     Keeps printable text, newlines, tabs and carriage returns (progress bars), and SGR colour
     codes when ``keep_color``; everything else (cursor movement, OSC titles/hyperlinks, screen
     clears, DCS) is dropped so hostile output cannot rewrite the terminal or the approval prompt.
+    The rules live in ``orchestrator.safe_text.clean_output``, the one sanitizer for everything
+    oi shows; this class keeps the setting with the stream.
     """
 
     keep_color: bool = True
 
-    _CSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
-    _OSC_DCS = re.compile(r"\x1b[\]P^_X].*?(?:\x07|\x1b\\|$)", re.DOTALL)
-    _C0 = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1a\x1c-\x1f\x7f\x80-\x9f]")
-
     def clean(self, text: str) -> str:
-        text = self._OSC_DCS.sub("", text)
-        if self.keep_color:
-            text = self._CSI.sub(lambda m: m.group(0) if m.group(0).endswith("m") else "", text)
-        else:
-            text = self._CSI.sub("", text)
-        # Remove lone ESC and two-byte escapes, but not the CSI colour codes kept above.
-        text = re.sub(r"\x1b(?!\[[0-9;]*m)[@-Z\\-_]?", "", text)
-        return self._C0.sub("", text)
+        return clean_output(text, keep_color=self.keep_color)
