@@ -288,6 +288,36 @@ class Settings(BaseSettings):
         description="run blocks without asking",
     )
 
+    # --- model server faults (model-faults branch) ---
+    # Time bounds and retries of the model client (orchestrator/llm/client.py, whose module
+    # docstring tells what each bounds; its defaults match these). request_timeout above stays
+    # the bound on one whole reply.
+    connect_timeout: float = Field(
+        default=5.0, gt=0, description="seconds to open a connection to the model server"
+    )
+    first_token_timeout: float = Field(
+        default=60.0, gt=0, description="seconds from sending a request to the reply's first chunk"
+    )
+    stream_idle_timeout: float = Field(
+        default=60.0, gt=0, description="longest silence, in seconds, between two reply chunks"
+    )
+    models_timeout: float = Field(
+        default=10.0, gt=0, description="seconds for GET /v1/models (context length, oi doctor)"
+    )
+    retry_attempts: int = Field(
+        default=4,
+        ge=1,
+        le=20,
+        description="tries of a model request on HTTP 429/5xx or a refused or dropped connection",
+    )
+    retry_deadline: float = Field(
+        default=30.0, ge=0, description="seconds after a request's first try when no try starts"
+    )
+    retry_backoff: float = Field(
+        default=0.5, ge=0, description="first wait between tries; doubled each time, with jitter"
+    )
+    # --- end of model server faults ---
+
     # --- records ----------------------------------------------------------------------------
     data_dir: Path = _setting(
         trust="user",

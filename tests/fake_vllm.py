@@ -22,11 +22,35 @@ What it mimics (vLLM's ``serving_chat`` / ``protocol``):
   event ``{"error": {...}}`` followed by ``[DONE]``, as vLLM does.
 - Built-in checks vLLM makes: an unknown model is a 404 ("The model `x` does not exist."),
   tools with ``tool_choice`` "auto" on a server started without ``--enable-auto-tool-choice``
-  are a 400, and a prompt over ``max_model_len`` (estimated as characters / 4) is a 400.
+  are a 400, an earlier assistant tool call in the messages whose arguments are not JSON is a
+  400 (vLLM parses them for the chat template), and a prompt over ``max_model_len``
+  (estimated as characters / 4) is a 400.
+
+Misbehaviour, as real servers and the proxies in front of them fail (``Reply`` fields, plus
+``FakeVllm(hang_models=True)``):
+
+- ``hang_before_headers``: accept the connection, read the request, never answer (a wedged
+  server or a proxy whose upstream hangs); ``drop_before_headers``: read the request, then
+  close the connection without a status line (a server restarting, a proxy losing its upstream).
+- ``stall_after_chunks=N``: send the headers and N SSE events, then nothing (0: headers only,
+  what vLLM does while a request waits in its queue or prefills); ``drop_after_chunks=N``: send
+  N events, then close the TCP connection without the terminating chunk (a server killed
+  mid-reply); ``drop_connection``: the same after half of the events.
+- HTTP errors a proxy or rate limiter sends: ``ErrorReply.headers`` (``rate_limited`` with
+  ``Retry-After``) and ``ErrorReply.text`` (``gateway_error``: nginx's HTML page for 502/503/504).
+  Queue several to have N failures before the reply, e.g. ``fake.script(*[bad] * 2, good)``.
+- ``malformed_chunk``: one event whose data is sent as given (``MALFORMED_CHUNKS`` holds one of
+  each kind: no ``choices``, ``choices`` not a list, a JSON array, a number, no ``delta``, a
+  non-string ``content``, bytes that are not UTF-8, text that is not JSON), after the first chunk.
+- ``hang_models``: ``GET /v1/models`` accepts and never answers.
+- ``chunk_delay_s``: a pause before each event after the first (a slow, steady generation).
+
+A hang lasts until the fake is closed (or ``HANG_LIMIT_S``), then the connection is closed.
 
 Scripting: queue ``Reply`` objects (or callables ``(request_json) -> Reply``) with
-``fake.script(...)``; each chat request takes the next one. Every request is recorded in
-``fake.requests`` (method, path, headers, parsed JSON body).
+``fake.script(...)``; each chat request takes the next one (with none left: a 500). Every
+request is recorded in ``fake.requests`` (method, path, headers, parsed JSON body) as soon as
+it is read, so a request the fake never answers is counted too.
 
 Use ``with FakeVllm() as fake: ...`` or the ``fake_vllm`` pytest fixture in
 ``tests/conftest.py``.
@@ -48,6 +72,7 @@ from typing import Any, Literal
 ErrorShape = Literal["flat", "nested"]
 
 DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
+HANG_LIMIT_S = 30.0  # a hang the test forgot to end still ends
 TOOLS_DISABLED_MESSAGE = (
     '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
 )
@@ -62,6 +87,54 @@ class ErrorReply:
     type: str = "BadRequestError"
     param: str | None = None
     shape: ErrorShape | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. Retry-After
+    text: str | None = None  # a non-JSON body (text/html), as proxies send; replaces the JSON
+
+
+def rate_limited(retry_after: str | None = "1", header: str = "Retry-After") -> ErrorReply:
+    """A 429 from a rate-limiting proxy in front of vLLM (LiteLLM, an API gateway).
+
+    ``header`` "retry-after-ms" gives the wait in milliseconds, as OpenAI's and Azure's do.
+    """
+    headers = {} if retry_after is None else {header: retry_after}
+    return ErrorReply(429, "Rate limit exceeded", "RateLimitError", headers=headers)
+
+
+def service_unavailable(retry_after: str | None = None) -> ErrorReply:
+    """A 503 in vLLM's JSON shape (an overloaded or restarting server)."""
+    headers = {} if retry_after is None else {"Retry-After": retry_after}
+    return ErrorReply(503, "Service Unavailable", "ServiceUnavailableError", headers=headers)
+
+
+_NGINX_REASONS = {
+    502: "Bad Gateway",
+    503: "Service Temporarily Unavailable",
+    504: "Gateway Time-out",
+}
+
+
+def gateway_error(status: int = 502) -> ErrorReply:
+    """nginx's own error page, sent when the vLLM behind it is down or too slow."""
+    reason = _NGINX_REASONS[status]
+    page = (
+        f"<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{status} {reason}</h1></center>\r\n<hr><center>nginx</center>\r\n"
+        "</body>\r\n</html>\r\n"
+    )
+    return ErrorReply(status, reason, "", text=page)
+
+
+# One chunk of each unexpected shape (the data of one SSE event, sent as is).
+MALFORMED_CHUNKS: dict[str, str | bytes] = {
+    "no choices": '{"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1}',
+    "choices not a list": '{"id": "chatcmpl-1", "choices": {"index": 0, "delta": {}}}',
+    "a JSON array": '[{"index": 0, "delta": {"content": "hi"}}]',
+    "a number": "42",
+    "no delta": '{"id": "chatcmpl-1", "choices": [{"index": 0, "finish_reason": null}]}',
+    "non-string content": '{"choices": [{"index": 0, "delta": {"content": {"text": "hi"}}}]}',
+    "garbage bytes": b"\xff\xfe\x00\x9c garbage",
+    "not JSON": "<html><body>upstream error</body></html>",
+}
 
 
 def context_overflow(max_model_len: int = 32768, requested: int = 40000) -> ErrorReply:
@@ -121,6 +194,12 @@ class Reply:
     stream_error: ErrorReply | None = None  # send this error event after the content
     drop_connection: bool = False  # close the socket mid-stream, without [DONE]
     delay_s: float = 0.0  # wait before answering (timeouts)
+    hang_before_headers: bool = False  # read the request, never answer
+    drop_before_headers: bool = False  # read the request, close without a status line
+    stall_after_chunks: int | None = None  # headers and N events, then silence
+    drop_after_chunks: int | None = None  # N events, then close without the terminating chunk
+    malformed_chunk: str | bytes | None = None  # one event of this data, after the first
+    chunk_delay_s: float = 0.0  # pause before each event after the first (a slow generation)
 
     def content_pieces(self) -> list[str]:
         if self.chunks is not None:
@@ -153,8 +232,10 @@ class FakeVllm:
         max_model_len: int | None = 32768,
         enable_auto_tool_choice: bool = True,
         error_shape: ErrorShape = "nested",
+        hang_models: bool = False,
     ) -> None:
         self.model = model
+        self.hang_models = hang_models
         self.served_models = (model, *extra_models)
         self.max_model_len = max_model_len
         self.enable_auto_tool_choice = enable_auto_tool_choice
@@ -164,6 +245,7 @@ class FakeVllm:
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._released = threading.Event()  # set on close: every hang ends
 
     # --- scripting and assertions -----------------------------------------------------------
 
@@ -200,6 +282,7 @@ class FakeVllm:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> FakeVllm:
+        self._released.clear()
         server = _Server(("127.0.0.1", 0), _Handler)
         server.fake = self  # type: ignore[attr-defined]
         self._server = server
@@ -210,6 +293,7 @@ class FakeVllm:
         return self
 
     def close(self) -> None:
+        self._released.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -225,6 +309,10 @@ class FakeVllm:
         self.close()
 
     # --- protocol (called from the handler thread) ----------------------------------------------
+
+    def hang(self) -> None:
+        """Block the handler thread until the fake closes (or ``HANG_LIMIT_S``)."""
+        self._released.wait(HANG_LIMIT_S)
 
     def _next_reply(self, body: dict[str, Any]) -> Reply:
         with self._lock:
@@ -245,6 +333,9 @@ class FakeVllm:
         tool_choice = body.get("tool_choice", "auto" if body.get("tools") else "none")
         if body.get("tools") and tool_choice == "auto" and not self.enable_auto_tool_choice:
             return ErrorReply(400, TOOLS_DISABLED_MESSAGE)
+        history_error = _history_error(body)
+        if history_error is not None:
+            return ErrorReply(400, history_error)
         if self.max_model_len is not None:
             prompt = estimate_prompt_tokens(body)
             completion = int(body.get("max_tokens") or 0)
@@ -303,6 +394,22 @@ class FakeVllm:
                 for name in self.served_models
             ],
         }
+
+
+def _history_error(body: dict[str, Any]) -> str | None:
+    """vLLM parses the arguments of the assistant's earlier tool calls as JSON (chat_utils'
+    ``_postprocess_messages``) and answers 400 with the decoder's message when they are not."""
+    for message in body.get("messages") or []:
+        if not isinstance(message, dict) or message.get("role") != "assistant":
+            continue
+        for call in message.get("tool_calls") or []:
+            arguments = (call.get("function") or {}).get("arguments")
+            if isinstance(arguments, str) and arguments:
+                try:
+                    json.loads(arguments)
+                except ValueError as exc:
+                    return f"{exc} None"  # vLLM's f"{e} {e.__cause__}"
+    return None
 
 
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:
@@ -450,6 +557,8 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, chunked streaming: like uvicorn
     server_version = "uvicorn"
     sys_version = ""
+    _events_written = 0
+    _reply_delay_s = 0.0
 
     @property
     def fake(self) -> FakeVllm:
@@ -478,6 +587,10 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/health":
             self._send_json(200, None)
         elif path == "/v1/models":
+            if self.fake.hang_models:
+                self.fake.hang()
+                self.close_connection = True
+                return
             self._send_json(200, self.fake.models_body())
         else:
             self._send_json(404, {"detail": "Not Found"})
@@ -497,6 +610,11 @@ class _Handler(BaseHTTPRequestHandler):
         reply = self.fake._next_reply(body)
         if reply.delay_s:
             time.sleep(reply.delay_s)
+        if reply.hang_before_headers:
+            self.fake.hang()
+        if reply.hang_before_headers or reply.drop_before_headers:
+            self.close_connection = True  # closed without a status line
+            return
         if reply.error is not None:
             self._send_error(reply.error)
         elif body.get("stream"):
@@ -505,13 +623,23 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, completion_body(reply, body, self.fake.model))
 
     def _send_error(self, error: ErrorReply) -> None:
-        self._send_json(error.status, self.fake.error_body(error))
+        if error.text is not None:
+            self._send_body(error.status, error.text.encode(), "text/html", error.headers)
+        else:
+            self._send_json(error.status, self.fake.error_body(error), error.headers)
 
-    def _send_json(self, status: int, payload: Any) -> None:
+    def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         data = b"" if payload is None else json.dumps(payload).encode()
+        self._send_body(status, data, None if payload is None else "application/json", headers)
+
+    def _send_body(
+        self, status: int, data: bytes, content_type: str | None, headers: dict[str, str] | None
+    ) -> None:
         self.send_response(status)
-        if payload is not None:
-            self.send_header("Content-Type", "application/json")
+        if content_type is not None:
+            self.send_header("Content-Type", content_type)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -521,29 +649,60 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        events = list(stream_events(reply, body, self.fake.model))
+        self.wfile.flush()  # the headers go out now, as uvicorn sends them before any chunk
+        self._events_written = 0
+        self._reply_delay_s = reply.chunk_delay_s
+        events: list[Any] = list(stream_events(reply, body, self.fake.model))
+        if reply.malformed_chunk is not None:
+            events.insert(1, _Raw(reply.malformed_chunk))
+        cut_at = reply.drop_after_chunks
         if reply.drop_connection:
-            # Half the reply, then the socket closes without the terminating chunk.
-            for event in events[: max(1, len(events) // 2)]:
-                self._write_chunk(f"data: {json.dumps(event)}\n\n")
+            cut_at = max(1, len(events) // 2)
+        stall_at = reply.stall_after_chunks
+        if cut_at is not None or stall_at is not None:
+            # N events, then silence or a closed socket, without the terminating chunk.
+            count = min(n for n in (cut_at, stall_at) if n is not None)
+            for event in events[:count]:
+                self._write_event(event)
+            if cut_at is None or (stall_at is not None and stall_at <= cut_at):
+                self.fake.hang()
             self.close_connection = True
-            self.wfile.flush()
             return
         if reply.stream_error is not None:
             # vLLM stops generating, sends {"error": {...}} as an event (the flat body
             # wrapped, before 0.10.1; the nested body as is, since), then [DONE].
             events = [
-                e for e in events if e["choices"] and e["choices"][0]["finish_reason"] is None
+                e
+                for e in events
+                if isinstance(e, _Raw)
+                or (e["choices"] and e["choices"][0]["finish_reason"] is None)
             ]
             error = self.fake.error_body(reply.stream_error)
             events.append(error if "error" in error else {"error": error})
         for event in events:
-            self._write_chunk(f"data: {json.dumps(event)}\n\n")
+            self._write_event(event)
         self._write_chunk("data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
-    def _write_chunk(self, text: str) -> None:
-        data = text.encode()
+    def _write_event(self, event: Any) -> None:
+        if self._events_written and self._reply_delay_s:
+            time.sleep(self._reply_delay_s)
+        self._events_written += 1
+        if isinstance(event, _Raw):
+            raw = event.data if isinstance(event.data, bytes) else event.data.encode()
+            self._write_chunk(b"data: " + raw + b"\n\n")
+        else:
+            self._write_chunk(f"data: {json.dumps(event)}\n\n")
+
+    def _write_chunk(self, text: str | bytes) -> None:
+        data = text.encode() if isinstance(text, str) else text
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
+
+
+@dataclass(frozen=True)
+class _Raw:
+    """An event whose data is sent exactly as given (malformed chunks)."""
+
+    data: str | bytes

@@ -1,27 +1,52 @@
-"""The one boundary to the ``openai`` SDK: streaming chat, model discovery, error mapping.
+"""The one boundary to the ``openai`` SDK: streaming chat, model discovery, error mapping,
+timeouts and retries.
 
 Every ``openai`` exception is converted here, and only here, into the ``ModelError`` tree of
-``orchestrator.errors`` (plus ``ToolsUnsupportedError``, defined below so the session can fall
-back from tool calls to markdown fences)::
+``orchestrator.errors`` (plus the subclasses below: ``ToolsUnsupportedError`` so the session
+can fall back from tool calls to markdown fences, ``ModelTimeoutError``, ``MalformedReplyError``)::
 
-    connection refused / timeout          -> ModelUnavailableError
+    connection refused / dropped          -> ModelUnavailableError (once the retries are spent)
+    no answer within a timeout            -> ModelTimeoutError (a ModelUnavailableError) naming
+                                             the setting and its OI_* variable
     404 naming a model                    -> ModelNotFoundError (lists what the server serves)
     400 "maximum context length" & co.    -> ContextOverflowError
     400 "auto" tool choice requires ...   -> ToolsUnsupportedError
+    a chunk of unexpected shape, non-JSON -> MalformedReplyError
     anything else                         -> ModelError (HTTP status and server message)
 
 vLLM has sent errors in two JSON shapes: flat before 0.10.1
 (``{"object": "error", "message": ..., "type": ..., "param": ..., "code": 400}``) and nested
 since (``{"error": {"message": ..., "type": ..., "param": ..., "code": 400}}``). The SDK
 unwraps both to the inner object; mapping reads the message from it.
+
+Time bounds (``ModelClient`` arguments; ``Settings`` fields and ``OI_*`` variables of the same
+names). One ``request_timeout`` used to bound everything, so a server that accepted and never
+answered was waited on for 600 s, twice. Now each phase has its own bound::
+
+    connect_timeout       5 s    opening the TCP connection
+    first_token_timeout  60 s    from sending the request to the reply's first chunk
+    stream_idle_timeout  60 s    the longest silence between two chunks
+    request_timeout     600 s    one whole reply, kept: a reply that streams steadily but never
+                                 ends (a repetition loop without max_tokens) is still bounded
+    models_timeout       10 s    GET /v1/models (``list_models``, ``model_max_len``)
+
+The reply is read in a worker thread (``pump.py``) so these deadlines hold whatever the socket
+does. Retries (``retry.py``; the SDK's own are off): HTTP 429/500/502/503/504 and refused or
+dropped connections before the reply started, up to ``retry_attempts`` tries within
+``retry_deadline`` seconds, with exponential backoff and jitter, honouring a sane
+``Retry-After``. Timeouts are not retried. A reply cut after its text started streaming is
+asked for again once, from the start, announced by ``StreamRestarted`` (see ``stream_chat``).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Generator, Iterator, Mapping
+import random
+import socket
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from functools import partial
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import openai
 
@@ -31,14 +56,39 @@ from orchestrator.errors import (
     ModelNotFoundError,
     ModelUnavailableError,
 )
+from orchestrator.llm.chunks import ChunkParts, ChunkShapeError, parse_chunk
+from orchestrator.llm.extract import repair_tool_arguments
+from orchestrator.llm.pump import Ended, StreamPump
+from orchestrator.llm.retry import RETRYABLE_STATUSES, NextTry, RetryPolicy, next_try, retry_after_s
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolUnionParam
 
     from orchestrator.settings import Settings
 
-MAX_RETRIES = 1  # one retry rides out a restarting server; more only delays a clear error
-CONNECT_TIMEOUT_S = 5.0  # a local server accepts at once; do not wait the whole request timeout
+# Defaults; Settings repeats them (a test checks they agree).
+CONNECT_TIMEOUT_S = 5.0  # a local server accepts at once
+FIRST_TOKEN_TIMEOUT_S = (
+    60.0  # a 32k-token prompt prefills in seconds on one GPU; a queue may add more
+)
+STREAM_IDLE_TIMEOUT_S = 60.0  # vLLM streams every few tens of ms; a minute of silence is a stall
+REQUEST_TIMEOUT_S = 600.0
+MODELS_TIMEOUT_S = 10.0  # a list of models is instant when the server is up
+RETRY_ATTEMPTS = 4
+RETRY_DEADLINE_S = 30.0
+RETRY_BACKOFF_S = 0.5
+# The worker thread's own socket timeout lies this far beyond the reader's deadlines, so the
+# reader always decides (and names the right setting); the thread is then interrupted.
+_BACKSTOP_GRACE_S = 1.0
+
+Phase = Literal["connect", "first_token", "idle", "reply", "models"]
+_PHASE_SETTINGS: dict[Phase, str] = {
+    "connect": "connect_timeout, OI_CONNECT_TIMEOUT",
+    "first_token": "first_token_timeout, OI_FIRST_TOKEN_TIMEOUT",
+    "idle": "stream_idle_timeout, OI_STREAM_IDLE_TIMEOUT",
+    "reply": "request_timeout, OI_REQUEST_TIMEOUT",
+    "models": "models_timeout, OI_MODELS_TIMEOUT",
+}
 
 _CONTEXT_MARKERS = (
     "maximum context length",  # "This model's maximum context length is N tokens. However..."
@@ -59,6 +109,18 @@ class ToolsUnsupportedError(ModelError):
 
     In tool mode "auto" the session catches this and continues with markdown fences.
     """
+
+
+class ModelTimeoutError(ModelUnavailableError):
+    """The server did not answer within one of the client's bounds; ``setting`` names it."""
+
+    def __init__(self, message: str, setting: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+class MalformedReplyError(ModelError):
+    """The server's reply is not OpenAI's streaming format (a chunk oi cannot read)."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +156,12 @@ class Finished:
     tool_calls: tuple[ToolCallComplete, ...] = ()
 
     def assistant_message(self) -> dict[str, Any]:
-        """The reply as a chat message, to append to the conversation history."""
+        """The reply as a chat message, to append to the conversation history.
+
+        Tool-call arguments missing only the closing braces vLLM's hermes parser drops get
+        them back (``repair_tool_arguments``): vLLM parses the arguments of earlier calls as
+        JSON, and refuses the whole next request when they are not.
+        """
         message: dict[str, Any] = {"role": "assistant", "content": self.text}
         if self.tool_calls:
             message["content"] = self.text or None
@@ -102,14 +169,30 @@ class Finished:
                 {
                     "id": call.id,
                     "type": "function",
-                    "function": {"name": call.name, "arguments": call.arguments},
+                    "function": {
+                        "name": call.name,
+                        "arguments": repair_tool_arguments(call.arguments) or call.arguments,
+                    },
                 }
                 for call in self.tool_calls
             ]
         return message
 
 
-StreamEvent = TextDelta | ToolCallComplete | Usage | Finished
+@dataclass(frozen=True)
+class StreamRestarted:
+    """The reply was cut mid-stream and is being asked for again, from the start.
+
+    Every event this ``stream_chat`` call yielded before this one belongs to the abandoned
+    reply; ``partial_text`` is its text (the ``TextDelta``s joined), already shown to the
+    person. ``reason`` says in one line what happened to the connection.
+    """
+
+    partial_text: str
+    reason: str
+
+
+StreamEvent = TextDelta | ToolCallComplete | Usage | Finished | StreamRestarted
 
 
 @dataclass
@@ -117,6 +200,65 @@ class _PartialToolCall:
     id: str = ""
     name: str = ""
     arguments: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Reply:
+    """One reply as its chunks arrive: pure bookkeeping, chunk parts in, events out."""
+
+    text: list[str] = field(default_factory=list)
+    calls: dict[int, _PartialToolCall] = field(default_factory=dict)
+    finish_reason: str | None = None
+
+    def add(self, parts: ChunkParts) -> list[StreamEvent]:
+        events: list[StreamEvent] = []
+        if parts.usage is not None:
+            events.append(Usage(*parts.usage))
+        if parts.content:
+            self.text.append(parts.content)
+            events.append(TextDelta(parts.content))
+        for fragment in parts.tool_fragments:
+            call = self.calls.setdefault(fragment.index, _PartialToolCall())
+            # id and name come once, first; some servers repeat them: keep the first.
+            if fragment.id and not call.id:
+                call.id = fragment.id
+            if fragment.name and not call.name:
+                call.name = fragment.name
+            if fragment.arguments:
+                call.arguments.append(fragment.arguments)
+        if parts.finish_reason is not None and self.finish_reason is None:
+            self.finish_reason = parts.finish_reason
+            events.extend(_complete_calls(self.calls))
+        return events
+
+    def finished(self) -> Finished:
+        return Finished(
+            self.finish_reason or "", "".join(self.text), tuple(_complete_calls(self.calls))
+        )
+
+
+@dataclass(frozen=True)
+class _ChatRequest:
+    messages: list[dict[str, Any]]
+    optional: dict[str, Any]
+    extra_body: dict[str, Any] | None
+
+
+class _Retryable(Exception):  # internal control flow: never leaves this module
+    """A try failed in a way another try may fix; ``error`` is what to raise if none does."""
+
+    def __init__(self, error: ModelError, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class _Cut:
+    """The connection broke; whether that ends the reply depends on how far it got."""
+
+    failure: _Retryable
 
 
 _PROBE_TOOL: dict[str, Any] = {
@@ -128,8 +270,11 @@ _PROBE_TOOL: dict[str, Any] = {
 class ModelClient:
     """Chat with one model on an OpenAI-compatible server (vLLM first).
 
-    Takes a ready ``openai.OpenAI`` client, so tests point it at a fake server; does no I/O
-    until a method is called. ``from_settings`` is the production factory.
+    Takes a ready ``openai.OpenAI`` client, so tests point it at a fake server (its own
+    retries are turned off: this class owns the loop); does no I/O until a method is called.
+    The time bounds and retry settings are described in the module docstring; ``sleep`` and
+    ``jitter`` (a number in [0, 1)) are seams for tests. ``from_settings`` is the production
+    factory.
     """
 
     def __init__(
@@ -141,13 +286,31 @@ class ModelClient:
         top_p: float | None = 0.8,
         top_k: int | None = 20,
         max_tokens: int | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+        first_token_timeout: float = FIRST_TOKEN_TIMEOUT_S,
+        stream_idle_timeout: float = STREAM_IDLE_TIMEOUT_S,
+        request_timeout: float = REQUEST_TIMEOUT_S,
+        models_timeout: float = MODELS_TIMEOUT_S,
+        retry_attempts: int = RETRY_ATTEMPTS,
+        retry_deadline: float = RETRY_DEADLINE_S,
+        retry_backoff: float = RETRY_BACKOFF_S,
+        sleep: Callable[[float], None] = time.sleep,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
-        self._client = client
+        self._client = client.with_options(max_retries=0)
         self.model = model
         self.temperature = temperature
         self.top_p = top_p
         self.top_k = top_k
         self.max_tokens = max_tokens
+        self.connect_timeout = connect_timeout
+        self.first_token_timeout = first_token_timeout
+        self.stream_idle_timeout = stream_idle_timeout
+        self.request_timeout = request_timeout
+        self.models_timeout = models_timeout
+        self.retry = RetryPolicy(max(1, retry_attempts), retry_deadline, retry_backoff)
+        self._sleep = sleep
+        self._jitter = jitter
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelClient:
@@ -155,8 +318,8 @@ class ModelClient:
         client = openai.OpenAI(
             base_url=settings.api_base,
             api_key=settings.api_key,
-            timeout=openai.Timeout(settings.request_timeout, connect=CONNECT_TIMEOUT_S),
-            max_retries=MAX_RETRIES,
+            timeout=openai.Timeout(settings.request_timeout, connect=settings.connect_timeout),
+            max_retries=0,
         )
         return cls(
             client,
@@ -165,45 +328,85 @@ class ModelClient:
             top_p=settings.top_p,
             top_k=settings.top_k,
             max_tokens=settings.max_tokens,
+            connect_timeout=settings.connect_timeout,
+            first_token_timeout=settings.first_token_timeout,
+            stream_idle_timeout=settings.stream_idle_timeout,
+            request_timeout=settings.request_timeout,
+            models_timeout=settings.models_timeout,
+            retry_attempts=settings.retry_attempts,
+            retry_deadline=settings.retry_deadline,
+            retry_backoff=settings.retry_backoff,
         )
 
     @property
     def api_base(self) -> str:
         return str(self._client.base_url).rstrip("/")
 
+    # --- chat -----------------------------------------------------------------------------
+
     def stream_chat(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
     ) -> Generator[StreamEvent, None, None]:
         """Stream one reply: ``TextDelta``s, then ``ToolCallComplete``s, ``Usage``, ``Finished``.
 
-        Raises a ``ModelError`` (see the module docstring) on the first ``next()`` when the
-        request fails, or later when the stream breaks. ``close()`` on the generator stops the
-        reply early and closes the HTTP response.
-        """
-        started = False
-        try:
-            for event in self._stream_chat(messages, tools):
-                started = True
-                yield event
-        except openai.APIConnectionError as exc:
-            if not started or isinstance(exc, openai.APITimeoutError):
-                raise self._map_error(exc) from exc
-            reason = _one_line(str(exc.__cause__ or exc), 120)
-            raise ModelUnavailableError(
-                f"the model server at {self.api_base} closed the connection mid-reply "
-                f"({reason}): check that vLLM is still running (make up) and try again"
-            ) from exc
-        except openai.OpenAIError as exc:
-            raise self._map_error(exc) from exc
-        except json.JSONDecodeError as exc:  # the SDK parses each SSE event itself
-            raise ModelError(
-                f"the model server at {self.api_base} sent data that is not JSON "
-                f"({exc.msg}); is OI_API_BASE an OpenAI-compatible endpoint?"
-            ) from exc
+        Raises a ``ModelError`` (see the module docstring; one line, no traceback of the SDK's)
+        on the first ``next()`` when the request fails, or later when the stream breaks.
+        ``close()`` on the generator stops the reply early and closes the HTTP response.
 
-    def _stream_chat(
+        The restart contract: when the connection is cut after some ``TextDelta``s were
+        yielded, the generator yields ``StreamRestarted(partial_text, reason)`` once, then
+        asks again and yields the new reply's events from its first ``TextDelta`` to its
+        ``Finished``. The caller must drop what it accumulated from the earlier events (text,
+        and anything else: no ``ToolCallComplete`` or ``Usage`` precedes a cut, since they
+        come with the finish) and may record ``partial_text`` as a reply that was cut. Only
+        the events after the last ``StreamRestarted`` make up the reply. A second cut raises
+        ``ModelUnavailableError``. A cut before any text was yielded is an ordinary retry and
+        yields nothing.
+        """
+        request = self._chat_request(messages, tools)
+        first_try = time.monotonic()
+        tries = 0
+        restarted = False
+        while True:
+            tries += 1
+            shown: list[str] = []
+            attempt = self._attempt(request)
+            try:
+                for event in attempt:
+                    if isinstance(event, TextDelta):
+                        shown.append(event.text)
+                    yield event
+                return
+            except _Retryable as failure:
+                cause = failure.__cause__
+                if shown and restarted:
+                    raise ModelUnavailableError(
+                        f"the model server at {self.api_base} cut the reply twice "
+                        f"({failure.reason}): check that vLLM is still running (make up) "
+                        "and try again"
+                    ) from cause
+                if shown:
+                    restarted = True
+                    yield StreamRestarted("".join(shown), failure.reason)
+                    first_try, tries = time.monotonic(), 0  # the new reply gets its own tries
+                    continue
+                elapsed = time.monotonic() - first_try
+                decision = next_try(
+                    self.retry,
+                    tries=tries,
+                    elapsed_s=elapsed,
+                    retry_after_s=failure.retry_after,
+                    unit=self._jitter(),
+                )
+                if decision.wait_s is None:
+                    raise self._gave_up(failure.error, decision, tries, elapsed) from cause
+                self._sleep(decision.wait_s)
+            finally:
+                attempt.close()
+
+    def _chat_request(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
-    ) -> Iterator[StreamEvent]:
+    ) -> _ChatRequest:
         extra_body: dict[str, Any] = {}
         if self.top_k is not None:
             extra_body["top_k"] = self.top_k  # not in the OpenAI API; vLLM reads it from the body
@@ -219,57 +422,119 @@ class ModelClient:
             # Explicit, so a server without tool parsing refuses at once (ToolsUnsupportedError)
             # instead of letting tool-call JSON leak into the text.
             optional["tool_choice"] = "auto"
-        stream = self._client.chat.completions.create(
+        return _ChatRequest(messages, optional, extra_body or None)
+
+    def _attempt(self, request: _ChatRequest) -> Generator[StreamEvent, None, None]:
+        """One try: the reply's chunks as events, each wait bounded by the deadline in force.
+
+        Raises ``_Retryable`` when another try may succeed, a ``ModelError`` when not.
+        """
+        began = time.monotonic()
+        pump: StreamPump[object] = StreamPump(
+            partial(self._produce, request), name="oi-model-reply"
+        ).start()
+        reply = _Reply()
+        last_chunk: float | None = None
+        try:
+            while True:
+                phase, deadline = self._deadline(began, last_chunk)
+                item = self._receive(pump, phase, deadline, started=last_chunk is not None)
+                if isinstance(item, Ended):
+                    break
+                if isinstance(item, _Cut):
+                    if reply.finish_reason is not None:
+                        break  # the reply is whole; only its usage and [DONE] were lost
+                    raise item.failure from item.failure.__cause__
+                last_chunk = time.monotonic()
+                try:
+                    parts = parse_chunk(item)
+                except ChunkShapeError as exc:
+                    raise MalformedReplyError(
+                        f"the model server at {self.api_base} sent a chunk oi cannot read "
+                        f"({exc}): is OI_API_BASE an OpenAI-compatible endpoint such as vLLM?"
+                    ) from None
+                yield from reply.add(parts)
+        finally:
+            pump.cancel()
+        if reply.finish_reason is None:
+            raise _Retryable(
+                ModelUnavailableError(
+                    f"the model server at {self.api_base} ended the reply without a finish "
+                    "reason: the connection was cut or the server is not OpenAI-compatible"
+                ),
+                "the reply ended without a finish reason",
+            )
+        yield reply.finished()
+
+    def _receive(
+        self, pump: StreamPump[object], phase: Phase, deadline: float, *, started: bool
+    ) -> object:
+        """The reply's next JSON value, ``Ended()``, or a ``_Cut``; every other failure raised
+        as the ``ModelError`` (or ``_Retryable``) it maps to."""
+        try:
+            return pump.get(deadline - time.monotonic())
+        except TimeoutError:
+            raise self._timeout(phase) from None
+        except openai.APITimeoutError as exc:
+            # The thread's socket timeouts lie beyond the deadlines: before them, only the
+            # connect timeout can fire.
+            early = not started and time.monotonic() < deadline
+            raise self._timeout("connect" if early else phase) from exc
+        except openai.APIConnectionError as exc:
+            failure = self._connection_failed(exc, started=started)
+            failure.__cause__ = exc
+            return _Cut(failure)
+        except openai.APIStatusError as exc:
+            mapped = self._map_error(exc)
+            if exc.status_code in RETRYABLE_STATUSES:
+                wait = retry_after_s(exc.response.headers, time.time())
+                raise _Retryable(mapped, f"HTTP {exc.status_code}", wait) from exc
+            raise mapped from exc
+        except openai.OpenAIError as exc:  # an error event inside the stream
+            raise self._map_error(exc) from exc
+        except ValueError as exc:  # the SDK decodes each SSE event: UTF-8, then JSON
+            raise self._undecodable(exc) from exc
+
+    def _produce(
+        self, request: _ChatRequest, pump: StreamPump[object]
+    ) -> Generator[object, None, None]:
+        """The worker thread's part: send the request, then each SSE event's JSON as sent."""
+        backstop = (
+            min(max(self.first_token_timeout, self.stream_idle_timeout), self.request_timeout)
+            + _BACKSTOP_GRACE_S
+        )
+        timeout = openai.Timeout(
+            connect=self.connect_timeout, read=backstop, write=backstop, pool=self.connect_timeout
+        )
+        with self._client.chat.completions.with_streaming_response.create(
             model=self.model,
-            messages=cast("list[ChatCompletionMessageParam]", messages),
+            messages=cast("list[ChatCompletionMessageParam]", request.messages),
             stream=True,
             stream_options={"include_usage": True},
-            extra_body=extra_body or None,
-            **optional,
-        )
-        text: list[str] = []
-        partial: dict[int, _PartialToolCall] = {}
-        finish_reason: str | None = None
-        with stream:
-            for chunk in stream:
-                if chunk.usage is not None:
-                    yield Usage(
-                        prompt_tokens=chunk.usage.prompt_tokens or 0,
-                        completion_tokens=chunk.usage.completion_tokens or 0,
-                    )
-                for choice in chunk.choices:
-                    if choice.index != 0:
-                        continue  # we never ask for n > 1
-                    delta = choice.delta
-                    if delta.content:
-                        text.append(delta.content)
-                        yield TextDelta(delta.content)
-                    for fragment in delta.tool_calls or ():
-                        call = partial.setdefault(fragment.index, _PartialToolCall())
-                        # id and name come once, first; some servers repeat them: keep the first.
-                        if fragment.id and not call.id:
-                            call.id = fragment.id
-                        if fragment.function is not None:
-                            if fragment.function.name and not call.name:
-                                call.name = fragment.function.name
-                            if fragment.function.arguments:
-                                call.arguments.append(fragment.function.arguments)
-                    if choice.finish_reason is not None and finish_reason is None:
-                        finish_reason = choice.finish_reason
-                        yield from _complete_calls(partial)
-        if finish_reason is None:
-            raise ModelError(
-                f"the model server at {self.api_base} ended the reply without a finish "
-                "reason: the connection was cut or the server is not OpenAI-compatible"
-            )
-        yield Finished(finish_reason, "".join(text), tuple(_complete_calls(partial)))
+            extra_body=request.extra_body,
+            timeout=timeout,
+            **request.optional,
+        ) as response:
+            http_response = response.http_response
+            pump.on_cancel(partial(_interrupt, http_response))
+            # cast_to=object: the chunks stay plain JSON for parse_chunk to check; the SDK
+            # still decodes SSE, stops at [DONE], raises error events and maps socket errors.
+            yield from openai.Stream(cast_to=object, response=http_response, client=self._client)
+
+    def _deadline(self, began: float, last_chunk: float | None) -> tuple[Phase, float]:
+        phase: Phase
+        if last_chunk is None:
+            phase, deadline = "first_token", began + self.first_token_timeout
+        else:
+            phase, deadline = "idle", last_chunk + self.stream_idle_timeout
+        whole = began + self.request_timeout
+        return ("reply", whole) if whole < deadline else (phase, deadline)
+
+    # --- model discovery --------------------------------------------------------------------
 
     def list_models(self) -> list[str]:
-        """The model ids the server serves (GET /models)."""
-        try:
-            return [model.id for model in self._client.models.list().data]
-        except openai.OpenAIError as exc:
-            raise self._map_error(exc) from exc
+        """The model ids the server serves (GET /models), within ``models_timeout``."""
+        return [model.id for model in self._models()]
 
     def model_max_len(self) -> int | None:
         """The configured model's context length from GET /models (vLLM's ``max_model_len``).
@@ -277,15 +542,20 @@ class ModelClient:
         ``None`` when the server does not say (not vLLM) or does not list the model; a
         missing model is reported by the chat request itself with a precise error.
         """
-        try:
-            models = self._client.models.list().data
-        except openai.OpenAIError as exc:
-            raise self._map_error(exc) from exc
-        for model in models:
+        for model in self._models():
             if model.id == self.model:
                 value = (model.model_extra or {}).get("max_model_len")
                 return value if isinstance(value, int) and value > 0 else None
         return None
+
+    def _models(self) -> list[Any]:
+        timeout = openai.Timeout(
+            self.models_timeout, connect=min(self.connect_timeout, self.models_timeout)
+        )
+        try:
+            return list(self._client.models.list(timeout=timeout).data)
+        except openai.OpenAIError as exc:
+            raise self._map_error(exc, timeout_phase="models") from exc
 
     def supports_tools(self) -> bool:
         """Whether the server accepts tool calls (a one-token request; for ``oi doctor``)."""
@@ -296,6 +566,7 @@ class ModelClient:
                 tools=cast("list[ChatCompletionToolUnionParam]", [_PROBE_TOOL]),
                 tool_choice="auto",
                 max_tokens=1,
+                timeout=openai.Timeout(self.first_token_timeout, connect=self.connect_timeout),
             )
         except openai.OpenAIError as exc:
             mapped = self._map_error(exc)
@@ -304,14 +575,91 @@ class ModelClient:
             raise mapped from exc
         return True
 
-    def _map_error(self, exc: openai.OpenAIError) -> ModelError:
+    # --- errors -----------------------------------------------------------------------------
+
+    def _timeout(self, phase: Phase) -> ModelTimeoutError:
+        url = self.api_base
+        setting = _PHASE_SETTINGS[phase]
+        if phase == "connect":
+            limit = self.connect_timeout
+            text = (
+                f"cannot connect to the model server at {url} within {limit:g} s ({setting}): "
+                "check OI_API_BASE and that the host is up"
+            )
+        elif phase == "first_token":
+            limit = self.first_token_timeout
+            text = (
+                f"no reply from the model server at {url} within {limit:g} s ({setting}): "
+                "it may be overloaded; raise it or check the server"
+            )
+        elif phase == "idle":
+            limit = self.stream_idle_timeout
+            text = (
+                f"the model server at {url} stopped sending its reply for {limit:g} s "
+                f"({setting}): it may have stalled; check the server or raise it"
+            )
+        elif phase == "reply":
+            limit = self.request_timeout
+            text = (
+                f"the model server at {url} did not finish the reply within {limit:g} s "
+                f"({setting}): it may be looping; set OI_MAX_TOKENS or raise it"
+            )
+        else:
+            limit = self.models_timeout
+            text = (
+                f"the model server at {url} did not list its models within {limit:g} s "
+                f"({setting}): check that vLLM is up (make up) or raise it"
+            )
+        return ModelTimeoutError(text, setting.split(",", 1)[0])
+
+    def _connection_failed(self, exc: openai.APIConnectionError, *, started: bool) -> _Retryable:
+        reason = _one_line(str(exc.__cause__ or exc), 120)
+        if not started:
+            return _Retryable(self._map_error(exc), f"the connection failed ({reason})")
+        error = ModelUnavailableError(
+            f"the model server at {self.api_base} closed the connection mid-reply ({reason}): "
+            "check that vLLM is still running (make up) and try again"
+        )
+        return _Retryable(error, f"the connection closed mid-reply ({reason})")
+
+    def _undecodable(self, exc: ValueError) -> MalformedReplyError:
+        url = self.api_base
+        if isinstance(exc, UnicodeDecodeError):
+            return MalformedReplyError(
+                f"the model server at {url} sent bytes that are not UTF-8 text "
+                f"({_one_line(exc.reason, 80)}); is OI_API_BASE an OpenAI-compatible endpoint?"
+            )
+        message = getattr(exc, "msg", None) or str(exc)
+        return MalformedReplyError(
+            f"the model server at {url} sent data that is not JSON "
+            f"({_one_line(message, 80)}); is OI_API_BASE an OpenAI-compatible endpoint?"
+        )
+
+    def _gave_up(
+        self, error: ModelError, decision: NextTry, tries: int, elapsed: float
+    ) -> ModelError:
+        """``error`` with one clause saying why no further try was made."""
+        count = f"{tries} {'try' if tries == 1 else 'tries'} in {elapsed:.1f} s"
+        deadline = f"{self.retry.deadline_s:g} s retry deadline (retry_deadline, OI_RETRY_DEADLINE)"
+        if decision.give_up == "retry_after":
+            note = (
+                f"; it asks to retry after {decision.retry_after_s:g} s, past the {deadline}: "
+                "wait and run again"
+            )
+        elif decision.give_up == "deadline":
+            note = f"; gave up after {count}: the next wait would pass the {deadline}"
+        else:
+            note = f"; gave up after {count} (retry_attempts, OI_RETRY_ATTEMPTS)"
+        error.args = (f"{error}{note}",)
+        return error
+
+    def _map_error(
+        self, exc: openai.OpenAIError, *, timeout_phase: Phase = "first_token"
+    ) -> ModelError:
         """Convert one SDK exception into the oi error a person (or the session) acts on."""
         url = self.api_base
         if isinstance(exc, openai.APITimeoutError):
-            return ModelUnavailableError(
-                f"the model server at {url} did not answer in time: check that vLLM is up "
-                "and not overloaded (make up), or raise OI_REQUEST_TIMEOUT"
-            )
+            return self._timeout(timeout_phase)
         if isinstance(exc, openai.APIConnectionError):
             reason = _one_line(str(exc.__cause__ or exc), 120)
             return ModelUnavailableError(
@@ -356,13 +704,25 @@ class ModelClient:
 
     def _served_hint(self) -> str:
         try:
-            served = [model.id for model in self._client.models.list().data]
-        except openai.OpenAIError:
+            served = self.list_models()
+        except ModelError:
             return "; set OI_MODEL to a model it serves"
         if not served:
             return "; it serves no models yet"
         names = ", ".join(served)
         return f"; it serves: {names}. Set OI_MODEL to one of them"
+
+
+def _interrupt(http_response: Any) -> None:
+    """Shut the reply's socket down so a read blocked in the worker thread returns at once.
+
+    ``shutdown`` wakes a blocked ``recv`` (``close`` from another thread does not, on Linux).
+    Without a socket to reach (another transport) the thread ends on its own read timeout.
+    """
+    stream = http_response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if isinstance(sock, socket.socket):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _complete_calls(partial: dict[int, _PartialToolCall]) -> Iterator[ToolCallComplete]:

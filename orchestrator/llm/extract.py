@@ -29,6 +29,9 @@ Choices callers can rely on:
 - Text inside a code fence is never searched again: a Python string holding "<tool_call>" is
   code. A ``<tool_call>`` or JSON object that is not a usable execute call stays prose.
 - Blocks come back in the order they appear in the reply.
+- Tool-call arguments missing only their closing braces (vLLM's hermes parser drops them while
+  streaming Qwen3-2507's calls, vLLM issue 22885) are repaired when that is unambiguous:
+  ``repair_tool_arguments``.
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ def extract_blocks(text: str) -> list[ProposedBlock]:
 
 
 def parse_tool_arguments(
-    name: str, arguments: str, *, tool_call_id: str | None = None
+    name: str, arguments: str, *, tool_call_id: str | None = None, repair: bool = True
 ) -> ProposedBlock | None:
     """Turn one OpenAI tool call into a block.
 
@@ -107,18 +110,77 @@ def parse_tool_arguments(
 
     Sloppy JSON is accepted where the intent is unambiguous: raw newlines inside strings,
     arguments encoded twice (a JSON string holding the object), text around the object,
-    ``lang`` for ``language`` and ``script``/``command`` for ``code``.
+    ``lang`` for ``language`` and ``script``/``command`` for ``code``, and (unless ``repair``
+    is false) closing braces the server dropped (``repair_tool_arguments``). Pass
+    ``repair=False`` when the reply was cut by the token limit (finish reason "length"): a
+    missing brace then means lost code, not the parser's quirk.
     """
     if not _is_execute_name(name):
         return None
     try:
         decoded = _decode_arguments(arguments)
     except ValueError as exc:
-        raise ValueError(
-            f"the {EXECUTE_TOOL_NAME} arguments are not valid JSON ({exc}); send "
-            '{"language": "python", "code": "..."}'
-        ) from None
+        repaired = repair_tool_arguments(arguments) if repair else None
+        if repaired is None:
+            raise ValueError(
+                f"the {EXECUTE_TOOL_NAME} arguments are not valid JSON ({exc}); send "
+                '{"language": "python", "code": "..."}'
+            ) from None
+        decoded = _decode_arguments(repaired)
     return _block_from_call(name, decoded, "tool_call", tool_call_id)
+
+
+def repair_tool_arguments(arguments: str) -> str | None:
+    """``arguments`` with the closing braces the server dropped put back, or ``None``.
+
+    vLLM's hermes tool parser can drop the final ``}`` of streamed tool-call arguments (``}}``
+    when the last value is an object; vLLM issue 22885, seen with Qwen3-2507). The repair is
+    made only when it is unambiguous: the text is one JSON object cut right after a complete
+    value, or inside a string, and appending the closing quote of that string (if any) and
+    the ``}`` of every object still open makes it parse, whole. An array left open, a dangling
+    key, colon or comma, an escape cut in half, text before the object: ``None``.
+
+    Callers that keep the arguments (the conversation history sent back to the server, which
+    vLLM parses as JSON) should keep the repaired text.
+    """
+    text = arguments.strip()
+    if not text.startswith("{"):
+        return None
+    suffix = _missing_closers(text)
+    if not suffix:
+        return None
+    repaired = text + suffix
+    try:
+        value = _LENIENT_JSON.decode(repaired)  # the whole text, nothing after the object
+    except ValueError:
+        return None
+    return repaired if isinstance(value, dict) else None
+
+
+def _missing_closers(text: str) -> str | None:
+    """The closing quote and braces ``text`` lacks at its end; ``None`` if it lacks more."""
+    open_brackets: list[str] = []
+    in_string = escaped = False
+    for position, char in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "{[":
+            open_brackets.append(char)
+        elif char in "}]":
+            if not open_brackets or open_brackets.pop() != {"}": "{", "]": "["}[char]:
+                return None
+            if not open_brackets and position < len(text) - 1:
+                return None  # the object closed before the end: something else is wrong
+    if escaped or "[" in open_brackets:
+        return None  # half an escape, or an array: more than closing braces is missing
+    return ('"' if in_string else "") + "}" * len(open_brackets)
 
 
 def _scan(text: str, *, fences: bool) -> Iterator[ProposedBlock]:

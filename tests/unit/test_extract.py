@@ -6,7 +6,12 @@ import json
 
 import pytest
 
-from orchestrator.llm.extract import ProposedBlock, extract_blocks, parse_tool_arguments
+from orchestrator.llm.extract import (
+    ProposedBlock,
+    extract_blocks,
+    parse_tool_arguments,
+    repair_tool_arguments,
+)
 
 
 def md(language: str, code: str, *, unterminated: bool = False) -> ProposedBlock:
@@ -229,6 +234,60 @@ TOOL_ARGUMENT_CASES: list[tuple[str, str, str, ProposedBlock | None]] = [
     ("another tool is not ours", "web_search", '{"query": "x"}', None),
 ]
 
+# vLLM's hermes parser drops the closing brace(s) of Qwen3-2507's streamed arguments (vLLM
+# issue 22885): put back when only closers are missing and the result parses.
+DROPPED_BRACE_CASES: list[tuple[str, str, str, ProposedBlock | None]] = [
+    (
+        "closing brace dropped",
+        "execute",
+        '{"language": "python", "code": "print(1)"',
+        ProposedBlock("python", "print(1)", "tool_call", "call-1"),
+    ),
+    (
+        "closing brace dropped, whitespace after",
+        "execute",
+        '{"language": "bash", "code": "ls"\n ',
+        ProposedBlock("bash", "ls", "tool_call", "call-1"),
+    ),
+    (
+        "two closing braces dropped after a nested object",
+        "execute",
+        '{"language": "python", "code": "print(2)", "options": {"timeout": 5',
+        ProposedBlock("python", "print(2)", "tool_call", "call-1"),
+    ),
+    (
+        "closing quote and brace dropped",
+        "execute",
+        '{"language": "bash", "code": "ls -la',
+        ProposedBlock("bash", "ls -la", "tool_call", "call-1"),
+    ),
+    (
+        "closing quote and two braces dropped",
+        "execute",
+        '{"language": "sh", "code": "pwd", "env": {"A": "b',
+        ProposedBlock("sh", "pwd", "tool_call", "call-1"),
+    ),
+    (
+        "braces and quotes inside the code are not closers",
+        "execute",
+        '{"language": "python", "code": "d = {\\"k\\": [1, {2}]}\nprint(d)"',
+        ProposedBlock("python", 'd = {"k": [1, {2}]}\nprint(d)', "tool_call", "call-1"),
+    ),
+    (
+        "closing brace dropped, raw newline in the code",
+        "execute",
+        '{"language": "python", "code": "a = 1\nprint(a)"',
+        ProposedBlock("python", "a = 1\nprint(a)", "tool_call", "call-1"),
+    ),
+    (
+        "closing brace dropped after a list of lines",
+        "execute",
+        '{"language": "python", "code": ["a = 1", "print(a)"]',
+        ProposedBlock("python", "a = 1\nprint(a)", "tool_call", "call-1"),
+    ),
+]
+TOOL_ARGUMENT_CASES += DROPPED_BRACE_CASES
+
 
 @pytest.mark.parametrize(
     ("name", "arguments", "expected"),
@@ -242,8 +301,18 @@ def test_parse_tool_arguments(name: str, arguments: str, expected: ProposedBlock
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ('{"language": "python", "code": "print(1)"', "not valid JSON"),
         ("", "not valid JSON"),
+        # Near misses of the dropped-brace repair: more than closers is missing, or other
+        # text is wrong; each must still be refused.
+        ('{"language": "python", "code": ["a", "b"', "not valid JSON"),  # an array left open
+        ('{"language": "python", "code":', "not valid JSON"),  # a value missing
+        ('{"language": "python", "code": "x",', "not valid JSON"),  # a dangling comma
+        ('{"language": "python", "co', "not valid JSON"),  # cut inside a key
+        ('{"language": "python", "code": "a\\', "not valid JSON"),  # half an escape
+        ('{"language": "python" "code": "x"', "not valid JSON"),  # a comma missing too
+        ('{"language": "python", "code": "x" oops', "not valid JSON"),  # text after the cut
+        ('args: {"language": "python", "code": "x"', "not valid JSON"),  # text before it
+        ('{"language": "python", "code": tru', "not valid JSON"),  # a literal cut in half
         ('["python", "print(1)"]', "not valid JSON"),
         ('{"code": "print(1)"}', 'no "language"'),
         ('{"language": "python"}', 'no "code"'),
@@ -256,3 +325,40 @@ def test_unusable_execute_arguments_explain_the_format(arguments: str, message: 
         parse_tool_arguments("execute", arguments)
     # The message goes back to the model: it must show the expected shape.
     assert '{"language": "python", "code": "..."}' in str(caught.value)
+
+
+def test_dropped_brace_is_not_repaired_when_the_caller_says_the_reply_was_cut() -> None:
+    """A reply cut by the token limit looks the same; the caller passes repair=False then."""
+    arguments = '{"language": "python", "code": "import os\nprint(os.getc'
+    assert parse_tool_arguments("execute", arguments) == ProposedBlock(
+        "python", "import os\nprint(os.getc", "tool_call"
+    )
+    with pytest.raises(ValueError, match="not valid JSON"):
+        parse_tool_arguments("execute", arguments, repair=False)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "repaired"),
+    [
+        ('{"a": 1', '{"a": 1}'),
+        ('  {"a": {"b": "c', '{"a": {"b": "c"}}'),
+        ('{"a": 1}', None),  # nothing is missing
+        ('{"a": [1', None),
+        ("", None),
+        ('"{\\"a\\": 1"', None),  # not an object
+        ('{"a": 1}, {"b": 2', None),  # two objects
+    ],
+)
+def test_repair_tool_arguments(arguments: str, repaired: str | None) -> None:
+    assert repair_tool_arguments(arguments) == repaired
+
+
+@pytest.mark.parametrize(
+    ("name", "arguments"),
+    [c[1:3] for c in DROPPED_BRACE_CASES],
+    ids=[c[0] for c in DROPPED_BRACE_CASES],
+)
+def test_control_dropped_brace_rows_fail_without_the_repair(name: str, arguments: str) -> None:
+    """Positive control: each repaired row really is broken JSON."""
+    with pytest.raises(ValueError, match="not valid JSON"):
+        parse_tool_arguments(name, arguments, repair=False)
