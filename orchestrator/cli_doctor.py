@@ -109,7 +109,8 @@ def _doctor_model(settings: Settings, report: Report) -> None:
     the sandbox (oi exec) works without a model."""
     from orchestrator.wiring import model_client  # noqa: PLC0415
 
-    client = model_client(settings.model_copy(update={"request_timeout": 15.0}))
+    quick = {"request_timeout": 15.0, "first_token_timeout": 15.0, "retry_attempts": 1}
+    client = model_client(settings.model_copy(update=quick))  # a check, not a conversation
     try:
         served = client.list_models()
     except OiError as exc:  # the message already says what to do

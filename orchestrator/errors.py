@@ -13,12 +13,16 @@
     │   └── RuntimeMissingError     an isolation runtime (gVisor) is asked for but not installed
     ├── ModelError               the model endpoint failed us                       (exit 1)
     │   ├── ModelUnavailableError   nothing answers at the API base URL
+    │   │   └── ModelTimeoutError      no answer within a bound (names the setting) [llm]
     │   ├── ModelNotFoundError      the server does not serve that model
-    │   └── ContextOverflowError    the conversation does not fit the model's context
+    │   ├── ContextOverflowError    the conversation does not fit the model's context
+    │   ├── ToolsUnsupportedError   the server refuses tool calls (auto falls back) [llm]
+    │   └── MalformedReplyError     a reply not in OpenAI's streaming format        [llm]
     └── RecordWriteError         a session record could not be written whole        (exit 1)
                                  (disk full, quota, I/O error); the record is left
                                  ending at a whole line
 
+``[llm]``: defined in ``orchestrator/llm/types.py``, beside the client that raises them.
 Failed *user code* is never an exception: it is data in an ``ExecResult``.
 Third-party errors (docker, openai) are converted at exactly one boundary each
 (``sandbox/docker.py``, ``llm/client.py``) with ``raise Mapped(...) from exc``.

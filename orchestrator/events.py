@@ -47,6 +47,16 @@ class ModelText(Event):
 
 
 @dataclass(frozen=True)
+class ModelRestarted(Event):
+    """The model's reply was cut mid-stream and is asked for again from the start: the text
+    shown so far (``partial_text``) is not part of the conversation."""
+
+    kind: ClassVar[str] = "model_restarted"
+    partial_text: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class ModelReply(Event):
     """The model's whole reply, once it ended."""
 

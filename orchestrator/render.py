@@ -38,6 +38,7 @@ from orchestrator.events import (
     Decision,
     Event,
     ModelReply,
+    ModelRestarted,
     ModelText,
     ModelWaiting,
     Notice,
@@ -133,6 +134,12 @@ class HumanRenderer:
             self._stop_live()
             if not self.markdown and event.text and not event.text.endswith("\n"):
                 self.out.file.write("\n")
+        elif isinstance(event, ModelRestarted):
+            self._stop_live()
+            if not self.markdown and event.partial_text and not event.partial_text.endswith("\n"):
+                self.out.file.write("\n")
+            self._reply = ""
+            self.err.print(oi_line(f"the reply was cut ({event.reason}); asking again", "yellow"))
         elif isinstance(event, CodeProposed):
             self.err.print(approval_panel(event))
         elif isinstance(event, Decision):

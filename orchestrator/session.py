@@ -38,6 +38,7 @@ from orchestrator.events import (
     EndStatus,
     Event,
     ModelReply,
+    ModelRestarted,
     ModelText,
     ModelWaiting,
     Notice,
@@ -45,7 +46,13 @@ from orchestrator.events import (
     TokenUsage,
 )
 from orchestrator.languages import Language, parse_language
-from orchestrator.llm.client import Finished, TextDelta, ToolsUnsupportedError, Usage
+from orchestrator.llm.client import (
+    Finished,
+    StreamRestarted,
+    TextDelta,
+    ToolsUnsupportedError,
+    Usage,
+)
 from orchestrator.llm.extract import ProposedBlock, extract_blocks, parse_tool_arguments
 from orchestrator.llm.prompts import (
     EXECUTE_TOOL,
@@ -444,6 +451,9 @@ class Session:
             for item in stream:
                 if isinstance(item, TextDelta):
                     yield ModelText(item.text)
+                elif isinstance(item, StreamRestarted):
+                    # The reply was cut and is asked for again: what was shown is void.
+                    yield from self._emit(ModelRestarted(item.partial_text, item.reason))
                 elif isinstance(item, Usage):
                     totals = self.totals
                     totals.prompt_tokens += item.prompt_tokens
@@ -476,7 +486,14 @@ class Session:
         for call in reply.tool_calls:
             stub = ProposedBlock("?", "", "tool_call", call.id)
             try:
-                block = parse_tool_arguments(call.name, call.arguments, tool_call_id=call.id)
+                # A reply cut by the token limit is not the parser's dropped brace: never
+                # "repair" a truncated program into one that runs.
+                block = parse_tool_arguments(
+                    call.name,
+                    call.arguments,
+                    tool_call_id=call.id,
+                    repair=reply.finish_reason != "length",
+                )
             except ValueError as exc:
                 proposals.append((stub, f"not run: {exc}"))
                 continue

@@ -278,7 +278,7 @@ class Settings(BaseSettings):
         600.0,
         trust="any",
         policy="harmless: a wait on the model server, not sandbox time",
-        description="seconds for one model reply",
+        description="bound on one whole model reply, in seconds",
         gt=0,
     )
     auto_run: bool = _setting(
@@ -288,35 +288,58 @@ class Settings(BaseSettings):
         description="run blocks without asking",
     )
 
-    # --- model server faults (model-faults branch) ---
-    # Time bounds and retries of the model client (orchestrator/llm/client.py, whose module
-    # docstring tells what each bounds; its defaults match these). request_timeout above stays
-    # the bound on one whole reply.
-    connect_timeout: float = Field(
-        default=5.0, gt=0, description="seconds to open a connection to the model server"
+    # --- model server faults: time bounds and retries of the model client ----------------
+    # (orchestrator/llm/client.py's docstring tells what each bounds; its defaults match.)
+    connect_timeout: float = _setting(
+        5.0,
+        trust="any",
+        policy="harmless: a wait on the model server, not sandbox time",
+        description="seconds to open a connection to the model server",
+        gt=0,
     )
-    first_token_timeout: float = Field(
-        default=60.0, gt=0, description="seconds from sending a request to the reply's first chunk"
+    first_token_timeout: float = _setting(
+        60.0,
+        trust="any",
+        policy="harmless: a wait on the model server, not sandbox time",
+        description="seconds from sending a request to the reply's first chunk",
+        gt=0,
     )
-    stream_idle_timeout: float = Field(
-        default=60.0, gt=0, description="longest silence, in seconds, between two reply chunks"
+    stream_idle_timeout: float = _setting(
+        60.0,
+        trust="any",
+        policy="harmless: a wait on the model server, not sandbox time",
+        description="longest silence, in seconds, between two reply chunks",
+        gt=0,
     )
-    models_timeout: float = Field(
-        default=10.0, gt=0, description="seconds for GET /v1/models (context length, oi doctor)"
+    models_timeout: float = _setting(
+        10.0,
+        trust="any",
+        policy="harmless: a wait on the model server, not sandbox time",
+        description="seconds for GET /v1/models (context length, oi doctor)",
+        gt=0,
     )
-    retry_attempts: int = Field(
-        default=4,
+    retry_attempts: int = _setting(
+        4,
+        trust="any",
+        policy="harmless: retries of a model request, bounded by retry_deadline",
+        description="tries of a model request on HTTP 429/5xx or a refused or dropped connection",
         ge=1,
         le=20,
-        description="tries of a model request on HTTP 429/5xx or a refused or dropped connection",
     )
-    retry_deadline: float = Field(
-        default=30.0, ge=0, description="seconds after a request's first try when no try starts"
+    retry_deadline: float = _setting(
+        30.0,
+        trust="any",
+        policy="harmless: a wait on the model server, not sandbox time",
+        description="seconds after a request's first try when no try starts",
+        ge=0,
     )
-    retry_backoff: float = Field(
-        default=0.5, ge=0, description="first wait between tries; doubled each time, with jitter"
+    retry_backoff: float = _setting(
+        0.5,
+        trust="any",
+        policy="harmless: a wait on the model server, not sandbox time",
+        description="first wait between tries; doubled each time, with jitter",
+        ge=0,
     )
-    # --- end of model server faults ---
 
     # --- records ----------------------------------------------------------------------------
     data_dir: Path = _setting(

@@ -25,8 +25,32 @@ from orchestrator.transcript import (
 
 
 def model_client(settings: Settings) -> ModelClient:
-    """The client for ``settings.api_base`` / ``settings.model`` with Qwen's sampling."""
-    return ModelClient.from_settings(settings)
+    """The production model client: ``settings.api_base`` / ``settings.model`` with Qwen's
+    sampling and the fault bounds of the settings (the SDK's own retries off)."""
+    import openai  # noqa: PLC0415 - the SDK only when a model is talked to
+
+    client = openai.OpenAI(
+        base_url=settings.api_base,
+        api_key=settings.api_key,
+        timeout=openai.Timeout(settings.request_timeout, connect=settings.connect_timeout),
+        max_retries=0,
+    )
+    return ModelClient(
+        client,
+        model=settings.model,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        top_k=settings.top_k,
+        max_tokens=settings.max_tokens,
+        connect_timeout=settings.connect_timeout,
+        first_token_timeout=settings.first_token_timeout,
+        stream_idle_timeout=settings.stream_idle_timeout,
+        request_timeout=settings.request_timeout,
+        models_timeout=settings.models_timeout,
+        retry_attempts=settings.retry_attempts,
+        retry_deadline=settings.retry_deadline,
+        retry_backoff=settings.retry_backoff,
+    )
 
 
 def record_header(

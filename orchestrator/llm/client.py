@@ -57,14 +57,22 @@ from orchestrator.errors import (
     ModelUnavailableError,
 )
 from orchestrator.llm.chunks import ChunkParts, ChunkShapeError, parse_chunk
-from orchestrator.llm.extract import repair_tool_arguments
 from orchestrator.llm.pump import Ended, StreamPump
 from orchestrator.llm.retry import RETRYABLE_STATUSES, NextTry, RetryPolicy, next_try, retry_after_s
+from orchestrator.llm.types import (
+    Finished,
+    MalformedReplyError,
+    ModelTimeoutError,
+    StreamEvent,
+    StreamRestarted,
+    TextDelta,
+    ToolCallComplete,
+    ToolsUnsupportedError,
+    Usage,
+)
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolUnionParam
-
-    from orchestrator.settings import Settings
 
 # Defaults; Settings repeats them (a test checks they agree).
 CONNECT_TIMEOUT_S = 5.0  # a local server accepts at once
@@ -102,97 +110,6 @@ _TOOLS_MARKERS = (
     "does not support tools",
 )
 _MESSAGE_LIMIT = 300
-
-
-class ToolsUnsupportedError(ModelError):
-    """The server refuses tool calls (vLLM started without ``--enable-auto-tool-choice``).
-
-    In tool mode "auto" the session catches this and continues with markdown fences.
-    """
-
-
-class ModelTimeoutError(ModelUnavailableError):
-    """The server did not answer within one of the client's bounds; ``setting`` names it."""
-
-    def __init__(self, message: str, setting: str) -> None:
-        super().__init__(message)
-        self.setting = setting
-
-
-class MalformedReplyError(ModelError):
-    """The server's reply is not OpenAI's streaming format (a chunk oi cannot read)."""
-
-
-@dataclass(frozen=True)
-class TextDelta:
-    """A piece of the reply's text, as it streams in."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class ToolCallComplete:
-    """One tool call, assembled from its streamed fragments. ``arguments`` is raw JSON text."""
-
-    id: str
-    name: str
-    arguments: str
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Token counts the server reported for the whole request."""
-
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass(frozen=True)
-class Finished:
-    """The end of a reply: why it stopped, its whole text and its complete tool calls."""
-
-    finish_reason: str
-    text: str
-    tool_calls: tuple[ToolCallComplete, ...] = ()
-
-    def assistant_message(self) -> dict[str, Any]:
-        """The reply as a chat message, to append to the conversation history.
-
-        Tool-call arguments missing only the closing braces vLLM's hermes parser drops get
-        them back (``repair_tool_arguments``): vLLM parses the arguments of earlier calls as
-        JSON, and refuses the whole next request when they are not.
-        """
-        message: dict[str, Any] = {"role": "assistant", "content": self.text}
-        if self.tool_calls:
-            message["content"] = self.text or None
-            message["tool_calls"] = [
-                {
-                    "id": call.id,
-                    "type": "function",
-                    "function": {
-                        "name": call.name,
-                        "arguments": repair_tool_arguments(call.arguments) or call.arguments,
-                    },
-                }
-                for call in self.tool_calls
-            ]
-        return message
-
-
-@dataclass(frozen=True)
-class StreamRestarted:
-    """The reply was cut mid-stream and is being asked for again, from the start.
-
-    Every event this ``stream_chat`` call yielded before this one belongs to the abandoned
-    reply; ``partial_text`` is its text (the ``TextDelta``s joined), already shown to the
-    person. ``reason`` says in one line what happened to the connection.
-    """
-
-    partial_text: str
-    reason: str
-
-
-StreamEvent = TextDelta | ToolCallComplete | Usage | Finished | StreamRestarted
 
 
 @dataclass
@@ -273,7 +190,7 @@ class ModelClient:
     Takes a ready ``openai.OpenAI`` client, so tests point it at a fake server (its own
     retries are turned off: this class owns the loop); does no I/O until a method is called.
     The time bounds and retry settings are described in the module docstring; ``sleep`` and
-    ``jitter`` (a number in [0, 1)) are seams for tests. ``from_settings`` is the production
+    ``jitter`` (a number in [0, 1)) are seams for tests. ``wiring.model_client`` is the production
     factory.
     """
 
@@ -311,32 +228,6 @@ class ModelClient:
         self.retry = RetryPolicy(max(1, retry_attempts), retry_deadline, retry_backoff)
         self._sleep = sleep
         self._jitter = jitter
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ModelClient:
-        """The client for ``settings.api_base`` / ``settings.model`` with Qwen's sampling."""
-        client = openai.OpenAI(
-            base_url=settings.api_base,
-            api_key=settings.api_key,
-            timeout=openai.Timeout(settings.request_timeout, connect=settings.connect_timeout),
-            max_retries=0,
-        )
-        return cls(
-            client,
-            model=settings.model,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            top_k=settings.top_k,
-            max_tokens=settings.max_tokens,
-            connect_timeout=settings.connect_timeout,
-            first_token_timeout=settings.first_token_timeout,
-            stream_idle_timeout=settings.stream_idle_timeout,
-            request_timeout=settings.request_timeout,
-            models_timeout=settings.models_timeout,
-            retry_attempts=settings.retry_attempts,
-            retry_deadline=settings.retry_deadline,
-            retry_backoff=settings.retry_backoff,
-        )
 
     @property
     def api_base(self) -> str:
@@ -767,3 +658,17 @@ def _server_message(exc: openai.APIError) -> str:
 def _one_line(text: str, limit: int = _MESSAGE_LIMIT) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+__all__ = [
+    "Finished",
+    "MalformedReplyError",
+    "ModelClient",
+    "ModelTimeoutError",
+    "StreamEvent",
+    "StreamRestarted",
+    "TextDelta",
+    "ToolCallComplete",
+    "ToolsUnsupportedError",
+    "Usage",
+]

@@ -28,6 +28,7 @@ from orchestrator.llm.client import (
 from orchestrator.llm.extract import ProposedBlock, extract_blocks, parse_tool_arguments
 from orchestrator.llm.prompts import EXECUTE_TOOL
 from orchestrator.settings import Settings
+from orchestrator.wiring import model_client
 from tests.fake_vllm import (
     ErrorReply,
     ErrorShape,
@@ -166,7 +167,7 @@ def test_sampling_parameters_and_key_reach_the_server(fake_vllm: FakeVllm) -> No
     )
     fake_vllm.script(Reply(text="ok"))
 
-    run(ModelClient.from_settings(settings))
+    run(model_client(settings))
 
     body = fake_vllm.chat_requests[0]
     assert body["model"] == fake_vllm.model

@@ -34,7 +34,10 @@ from orchestrator.llm.client import (
 )
 from orchestrator.llm.prompts import EXECUTE_TOOL
 from orchestrator.llm.retry import RetryPolicy
+from orchestrator.loading import load
+from orchestrator.policy import Policy
 from orchestrator.settings import Settings
+from orchestrator.wiring import model_client
 from tests.fake_vllm import (
     MALFORMED_CHUNKS,
     ErrorReply,
@@ -591,7 +594,7 @@ def test_settings_and_client_defaults_agree() -> None:
     assert settings.retry_backoff == client_module.RETRY_BACKOFF_S
 
 
-def test_from_settings_passes_every_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_production_client_gets_every_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     values = {
         "OI_CONNECT_TIMEOUT": "1.5",
         "OI_FIRST_TOKEN_TIMEOUT": "12",
@@ -604,7 +607,7 @@ def test_from_settings_passes_every_bound(monkeypatch: pytest.MonkeyPatch) -> No
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
-    client = ModelClient.from_settings(Settings())
+    client = model_client(load({}, policy=Policy()).settings)
     assert (
         client.connect_timeout,
         client.first_token_timeout,

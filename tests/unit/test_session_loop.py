@@ -324,3 +324,51 @@ def test_the_system_prompt_states_the_sandbox(tmp_path: Path) -> None:
     Script().run(session.send("go"))
     system = model.requests[0]["messages"][0]["content"]
     assert "60 s, 1 GiB memory" in system and str(tmp_path) in system  # the runner's words
+
+
+class _CutOnce(ScriptedModel):
+    """A model whose first reply is cut mid-stream and asked for again (llm.client's
+    ``StreamRestarted`` contract)."""
+
+    def stream_chat(self, messages: Any, tools: Any = None) -> Any:
+        from orchestrator.llm.client import StreamRestarted, TextDelta
+
+        if len(self.requests) == 0:
+            yield TextDelta("Here is the pl")
+            yield StreamRestarted("Here is the pl", "the connection was reset")
+        yield from super().stream_chat(messages, tools)
+
+
+def test_a_cut_reply_restarts_and_only_the_second_reply_counts(tmp_path: Path) -> None:
+    from orchestrator.events import ModelReply, ModelRestarted
+
+    model = _CutOnce("Here is the plan, all done.")
+    session = Session(
+        model=model, runner=FakeRunner(workdir=tmp_path), settings=Settings(workdir=tmp_path)
+    )
+    script = Script()
+    assert script.run(session.send("go")) == "finished"
+    (restart,) = script.of(ModelRestarted)
+    assert restart.partial_text == "Here is the pl" and "reset" in restart.reason
+    (reply,) = script.of(ModelReply)
+    assert reply.text == "Here is the plan, all done."
+    assert session.messages[-1] == {"role": "assistant", "content": "Here is the plan, all done."}
+
+
+def test_a_tool_call_cut_by_the_token_limit_is_not_repaired(tmp_path: Path) -> None:
+    cut = Say(
+        calls=(("execute", '{"language": "python", "code": "print(1)"'),),
+        finish_reason="length",
+    )
+    session, _, runner = make(cut, "ok", tmp_path=tmp_path, tool_mode="tools", auto_run=True)
+    Script().run(session.send("go"))
+    assert runner.runs == []  # a truncated program never runs
+    brace, _, brace_runner = make(
+        Say(calls=(("execute", '{"language": "python", "code": "print(1)"'),)),
+        "ok",
+        tmp_path=tmp_path,
+        tool_mode="tools",
+        auto_run=True,
+    )
+    Script().run(brace.send("go"))
+    assert brace_runner.runs == [(Language.PYTHON, "print(1)")]
