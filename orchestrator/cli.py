@@ -23,6 +23,7 @@ from orchestrator.cli_common import (
     err_console,
     errors,
     image_catalog,
+    install_signal_handlers,
     load_flags,
     plain,
     say,
@@ -430,6 +431,7 @@ _register_extensions()
 
 def main() -> None:
     """Console-script entry point."""
+    install_signal_handlers()
     app()
 
 

@@ -47,9 +47,27 @@ def plain(message: str, style: str = "") -> None:
     err_console.print(Text(clean_line(message), style=style))
 
 
+EXIT_INTERRUPTED = 3
+"""Stopped before finishing: Ctrl-C, SIGTERM or SIGHUP (never 130/143: those are a block's)."""
+
+
+def _stop(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM and SIGHUP stop oi as Ctrl-C does: blocks killed, containers removed, records
+    closed, batch reports written."""
+    import signal  # noqa: PLC0415
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop)
+
+
 @contextlib.contextmanager
 def errors() -> Iterator[None]:
-    """Turn oi errors into one line on stderr and the error's exit code."""
+    """Turn oi errors into one line on stderr and the error's exit code; a Ctrl-C (or SIGTERM)
+    that reaches here ends the command with ``EXIT_INTERRUPTED``."""
     try:
         yield
     except OiError as exc:
@@ -57,6 +75,9 @@ def errors() -> Iterator[None]:
             err_console.print_exception()
         err_console.print(error_line(exc))
         raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err_console.print(Text("oi: interrupted", style="yellow"))
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 def usage(message: str) -> OiError:

@@ -62,7 +62,7 @@ from orchestrator.llm.prompts import (
     format_result_for_model,
 )
 from orchestrator.protocols import BlockRunner, ChatModel
-from orchestrator.sandbox.runner import ExecResult
+from orchestrator.sandbox.runner import ExecResult, signals_deferred
 from orchestrator.settings import Settings
 from orchestrator.transcript import Transcript
 
@@ -149,6 +149,7 @@ class Session:
         self.messages: list[dict[str, Any]] = []
         self.totals = Totals()
         self.interrupt_reason = "interrupted by the user (Ctrl-C)"  # an adapter may say why
+        self._interrupted_again = False
         self._max_model_len: int | None = None
         self._block_index = 0
         self._likely_language = Language.PYTHON
@@ -609,8 +610,14 @@ class Session:
                 if text:
                     yield BlockOutput(index, stream, text)  # type: ignore[arg-type]
         except KeyboardInterrupt:
-            self.runner.cancel()
-            worker.join(timeout=30)
+            # Kill the block and wait for its container to go; a second Ctrl-C (or a SIGTERM)
+            # meanwhile must not cut that short: it is held, and raised once the result is
+            # recorded (``_report``).
+            held: list[int] = []
+            with signals_deferred(held):
+                self.runner.cancel()
+                worker.join(timeout=30)
+            self._interrupted_again = bool(held)
             return None
         except GeneratorExit:
             self.runner.cancel()
@@ -631,6 +638,9 @@ class Session:
             yield from self._emit(
                 BlockResult(index, language.value, sha, None, False, False, 0.0, True, for_model)
             )
+            if self._interrupted_again:
+                self._interrupted_again = False
+                raise KeyboardInterrupt
             return _Outcome(for_model, interrupted=True)
         if result.code_sha256 != sha:  # the product rule: what runs is what was approved
             raise ConfigError(

@@ -572,9 +572,10 @@ def open_pool_stats() -> PoolStats:
 def close_all() -> None:
     """Close every open pool and reaper: run at interpreter exit, after Ctrl-C too."""
     if threading.current_thread() is threading.main_thread():
-        # The process is ending: a second Ctrl-C must not cut the cleanup short.
-        with contextlib.suppress(ValueError):
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # The process is ending: a second Ctrl-C (or SIGTERM) must not cut the cleanup short.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            with contextlib.suppress(ValueError):
+                signal.signal(sig, signal.SIG_IGN)
     for _ in range(3):  # a pool closing hands containers to a reaper: go round again
         with _open_lock:
             pools = [r for r in _open if isinstance(r, ContainerPool)]

@@ -163,23 +163,32 @@ class DirectLauncher:
 
 def remove_container(api: docker.APIClient, container_id: str) -> None:
     """Force-remove a container; never raises (the sweep catches what this misses)."""
-    with contextlib.suppress(Exception), _sigint_deferred():
+    with contextlib.suppress(Exception), signals_deferred():
         api.remove_container(container_id, force=True, v=True)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""The signals that stop oi (Ctrl-C, a kill, a closed terminal): all end like Ctrl-C."""
+
+
 @contextlib.contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Hold Ctrl-C while cleaning up so that a second Ctrl-C cannot leak a container."""
+def signals_deferred(received: list[int] | None = None) -> Iterator[None]:
+    """Hold the stop signals while cleaning up, so that a second Ctrl-C (or a SIGTERM) cannot
+    leak a container. Afterwards a held signal is raised as ``KeyboardInterrupt``, or, when the
+    caller passes ``received``, only noted there."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    held: list[int] = [] if received is None else received
+    previous = {
+        sig: signal.signal(sig, lambda signum, _frame: held.append(signum)) for sig in STOP_SIGNALS
+    }
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if received:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if held and received is None:
             raise KeyboardInterrupt
 
 
