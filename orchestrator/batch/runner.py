@@ -154,6 +154,7 @@ class TaskLog:
 
 DockerFactory = Callable[[], "docker.DockerClient"]
 ModelFactory = Callable[["Settings"], "ChatModel"]
+ENGINE_WAIT_S = 120.0  # how long a task waits for a Docker engine that went away (a restart)
 STOP_GRACE_S = 20.0  # how long Ctrl-C waits for running tasks to stop before forcing cleanup
 _POLL_S = 0.2
 
@@ -173,6 +174,7 @@ class BatchRunner:
         docker_factory: DockerFactory,
         model_factory: ModelFactory | None = None,
         tasks_file: str = "",
+        engine_wait_s: float = ENGINE_WAIT_S,
     ) -> None:
         self.tasks = list(tasks)
         self.out_dir = out_dir
@@ -181,6 +183,7 @@ class BatchRunner:
         self._model_factory = model_factory
         self._tasks_file = tasks_file
         self._done: queue.Queue[tuple[str, str, Any]] = queue.Queue()
+        self.engine_wait_s = engine_wait_s
 
     # --- the main loop (runs on the caller's thread) ----------------------------------------
 
@@ -281,6 +284,40 @@ class BatchRunner:
             )
         return results
 
+    def _engine(self, control: _Control) -> Any:
+        """A Docker client that answers: when the engine is down (restarting), wait for it,
+        bounded by ``engine_wait_s`` and the task's stop, instead of failing the whole queue
+        in no time."""
+        from orchestrator.errors import EngineUnavailableError, SandboxError  # noqa: PLC0415
+        from orchestrator.sandbox.docker import engine_errors  # noqa: PLC0415
+
+        waited_since: float | None = None
+        while True:
+            try:
+                client = self._docker_factory()
+                with engine_errors("reaching the Docker engine"):
+                    client.ping()
+                return client
+            except SandboxError as exc:
+                now = time.monotonic()
+                if waited_since is None:
+                    waited_since = now
+                    self._done.put(
+                        (
+                            "notice",
+                            control.planned.spec.id,
+                            f"the Docker engine does not answer ({_first_line(exc)}); tasks wait "
+                            f"up to {self.engine_wait_s:g} s for it to come back",
+                        )
+                    )
+                if now - waited_since >= self.engine_wait_s or control.stopped is not None:
+                    raise EngineUnavailableError(
+                        f"the Docker engine did not come back within {self.engine_wait_s:g} s "
+                        f"({_first_line(exc)}); start it (sudo systemctl start docker) and "
+                        "rerun with --resume"
+                    ) from None
+                time.sleep(min(2.0, self.engine_wait_s / 10))
+
     def _remove_containers(self, control: _Control) -> None:
         if control.session_id is None:
             return
@@ -345,7 +382,7 @@ class BatchRunner:
             write_inline_files(workdir, spec.files, owner=planned.owner)
             log = TaskLog(task_dir / "log.txt")
             log.write(f"# task {spec.id}\n{spec.prompt}\n")
-            client = self._docker_factory()
+            client = self._engine(control)
             status, session_reason, blocks = self._run_session(
                 control, client, session_id, task_dir, log
             )
@@ -468,3 +505,8 @@ class BatchRunner:
         return CheckOutcome(
             result.exit_code, result.timed_out, result.oom_killed, control.planned.settings.timeout
         )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
