@@ -56,9 +56,12 @@ def check_relative(name: str, where: str) -> tuple[str, ...]:
 
 
 @contextlib.contextmanager
-def open_dir_beneath(root: Path, parts: Iterable[str], *, create: bool = False) -> Iterator[int]:
+def open_dir_beneath(
+    root: Path, parts: Iterable[str], *, create: bool = False, dir_mode: int = 0o700
+) -> Iterator[int]:
     """A descriptor of ``root/parts...`` reached without following a symlink on the way
-    (``root`` itself is opened with O_NOFOLLOW too); folders are made (0700) with ``create``."""
+    (``root`` itself is opened with O_NOFOLLOW too); folders are made (``dir_mode``) with
+    ``create``."""
     try:
         fd = os.open(root, _DIR)
     except OSError as exc:
@@ -67,7 +70,7 @@ def open_dir_beneath(root: Path, parts: Iterable[str], *, create: bool = False) 
         for part in parts:
             if create:
                 with contextlib.suppress(FileExistsError):
-                    os.mkdir(part, 0o700, dir_fd=fd)
+                    os.mkdir(part, dir_mode, dir_fd=fd)
             try:
                 child = os.open(part, _DIR, dir_fd=fd)
             except OSError as exc:
@@ -127,11 +130,13 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600, *, dir_fd: int | No
         raise ConfigError(f"cannot write {path}: {exc.strerror}; check the folder") from None
 
 
-def write_beneath(root: Path, relative: str, data: bytes, mode: int = 0o600) -> Path:
+def write_beneath(
+    root: Path, relative: str, data: bytes, mode: int = 0o600, dir_mode: int = 0o700
+) -> Path:
     """Write ``root/relative`` atomically, reaching its folder without following symlinks and
-    making missing folders. Returns the path written."""
+    making missing folders (``dir_mode``). Returns the path written."""
     *parents, leaf = check_relative(relative, str(root))
-    with open_dir_beneath(root, parents, create=True) as fd:
+    with open_dir_beneath(root, parents, create=True, dir_mode=dir_mode) as fd:
         try:
             info = os.stat(leaf, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:

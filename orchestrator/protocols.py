@@ -36,6 +36,14 @@ class ChatModel(Protocol):
         ...
 
 
+class OutputStore(Protocol):
+    """Keeps a block's whole output when the model is given only part of it."""
+
+    def save(self, name: str, data: bytes) -> str | None:
+        """Store ``data`` as ``name``; the path a later block sees it at (None: not kept)."""
+        ...
+
+
 class BlockRunner(Protocol):
     """Runs one block of code at a time, each in a fresh sandbox."""
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import codecs
 import contextlib
 import hashlib
-import json
 import queue
 import threading
 import time
@@ -23,6 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.approval import Approval
+from orchestrator.context import (
+    MIN_RESULT_CHARS,
+    RESULT_PREFIX,
+    estimate_tokens,
+    fit_context,
+    result_room,
+)
 from orchestrator.errors import (
     ConfigError,
     ContextOverflowError,
@@ -61,7 +67,7 @@ from orchestrator.llm.prompts import (
     format_language_error,
     format_result_for_model,
 )
-from orchestrator.protocols import BlockRunner, ChatModel
+from orchestrator.protocols import BlockRunner, ChatModel, OutputStore
 from orchestrator.sandbox.runner import ExecResult, signals_deferred
 from orchestrator.settings import Settings
 from orchestrator.transcript import Transcript
@@ -71,10 +77,8 @@ LANGUAGE_NOTES: tuple[tuple[str, str], ...] = (
     ("javascript", "Node.js, built-in modules only"),
     ("shell", "bash with coreutils, find, tar, gzip, jq, curl"),
 )
-RESULT_PREFIX = "[oi] "
-TRIMMED_OUTPUT = "[oi] output of this block removed to fit the context window"
 LOOP_GUARD_REPEATS = 3
-CHARS_PER_TOKEN = 3.0  # conservative for code; vLLM counts real tokens, we only need a bound
+KEEP_OUTPUT_BYTES = 8 << 20  # the most of a stream kept for the model to read back in full
 NOT_RUN_STOPPED = "not run: the user stopped the session"
 
 SessionEvents = Generator[Event, "Approval | None", EndStatus]
@@ -121,13 +125,6 @@ def code_sha256(code: str) -> str:
     return hashlib.sha256(code.encode()).hexdigest()
 
 
-def estimate_tokens(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> int:
-    size = sum(len(json.dumps(m, ensure_ascii=False)) for m in messages)
-    if tools:
-        size += len(json.dumps(tools))
-    return int(size / CHARS_PER_TOKEN) + 8 * len(messages)
-
-
 class Session:
     """One conversation with the model, whose code runs through ``runner``."""
 
@@ -139,8 +136,10 @@ class Session:
         settings: Settings,
         transcript: Transcript | None = None,
         history: list[dict[str, Any]] | None = None,
+        outputs: OutputStore | None = None,
     ) -> None:
         self.model = model
+        self.outputs = outputs
         self.runner = runner
         self.settings = settings
         self.transcript = transcript
@@ -150,6 +149,7 @@ class Session:
         self.totals = Totals()
         self.interrupt_reason = "interrupted by the user (Ctrl-C)"  # an adapter may say why
         self._interrupted_again = False
+        self._whole = {"stdout": _Kept(), "stderr": _Kept()}
         self._max_model_len: int | None = None
         self._block_index = 0
         self._likely_language = Language.PYTHON
@@ -362,48 +362,7 @@ class Session:
 
     def _fit_context(self, budget: int) -> list[str]:
         """Trim the history to ``budget`` tokens: old outputs first, then old exchanges."""
-        notes: list[str] = []
-        tools = self._tools()
-        if estimate_tokens(self.messages, tools) <= budget:
-            return notes
-        # 1. Old block outputs, oldest first (the newest result stays whole).
-        results = [
-            i
-            for i, m in enumerate(self.messages)
-            if (m.get("role") == "tool" or str(m.get("content", "")).startswith(RESULT_PREFIX))
-            and m.get("content") != TRIMMED_OUTPUT
-        ]
-        trimmed = 0
-        for index in results[:-1]:
-            if estimate_tokens(self.messages, tools) <= budget:
-                break
-            self.messages[index] = {**self.messages[index], "content": TRIMMED_OUTPUT}
-            trimmed += 1
-        if trimmed:
-            notes.append(f"removed the output of {trimmed} old block(s) to fit the context")
-        # 2. Whole old exchanges after the task, keeping tool calls paired with their answers.
-        dropped = 0
-        first_user = next(
-            (i for i, m in enumerate(self.messages) if m.get("role") == "user"), len(self.messages)
-        )
-        while estimate_tokens(self.messages, tools) > budget:
-            start = first_user + 1
-            if start >= len(self.messages) - 1:
-                break
-            end = start + 1
-            while end < len(self.messages) and self.messages[end].get("role") == "tool":
-                end += 1
-            del self.messages[start:end]
-            dropped += end - start
-        if dropped:
-            notes.append(f"dropped {dropped} old message(s) to fit the context")
-        if estimate_tokens(self.messages, tools) > budget:
-            raise ContextOverflowError(
-                f"the conversation does not fit the model's context (about {budget} tokens "
-                "left for it) even after trimming; start over (%reset in chat) or raise "
-                "--max-model-len on the server"
-            )
-        return notes
+        return fit_context(self.messages, self._tools(), budget)
 
     def _ask_model(self, turn: int) -> Generator[Event, Approval | None, Finished]:
         shrink_retry = True
@@ -595,6 +554,7 @@ class Session:
 
         worker = threading.Thread(target=work, name=f"oi-block-{index}", daemon=True)
         worker.start()
+        self._whole = {"stdout": _Kept(), "stderr": _Kept()}
         decoders = {
             name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("stdout", "stderr")
         }
@@ -606,6 +566,7 @@ class Session:
                 if kind == "status":
                     yield from self._emit(Notice(stream))
                     continue
+                self._whole[stream].add(data)
                 text = decoders[stream].decode(data)
                 if text:
                     yield BlockOutput(index, stream, text)  # type: ignore[arg-type]
@@ -629,6 +590,29 @@ class Session:
         result: ExecResult = box["result"]
         return result
 
+    def _result_room(self) -> int:
+        return result_room(self.messages, self._tools(), self._budget())
+
+    def _keep_whole_output(self, index: int, result: ExecResult, max_chars: int) -> str:
+        """When the model gets only part of a stream, keep the whole of it where a later block
+        can read it, and say where (a note appended to the result)."""
+        notes: list[str] = []
+        for stream, text, cut in (
+            ("stdout", result.stdout, result.stdout_cut),
+            ("stderr", result.stderr, result.stderr_cut),
+        ):
+            if len(text) <= max_chars and not cut:
+                continue
+            kept = self._whole[stream]
+            where = None
+            if self.outputs is not None and kept.data:
+                session = self.transcript.path.stem if self.transcript else "session"
+                where = self.outputs.save(f"{session}-block{index}.{stream}", bytes(kept.data))
+            if where:
+                more = f" (its first {len(kept.data)} bytes)" if kept.dropped else ""
+                notes.append(f"the whole {stream}{more} is in {where}")
+        return ("\n[oi] " + "; ".join(notes)) if notes else ""
+
     def _report(
         self, index: int, language: Language, sha: str, result: ExecResult | None
     ) -> Generator[Event, Approval | None, _Outcome]:
@@ -647,6 +631,8 @@ class Session:
                 f"internal error: block {index} ran code that differs from the approved hash"
             )
         box = self.runner.describe(language)
+        per_stream = self._result_room() // (2 if result.stdout and result.stderr else 1)
+        max_chars = max(MIN_RESULT_CHARS // 2, min(self.settings.max_output, per_stream))
         for_model = format_result_for_model(
             exit_code=result.exit_code,
             stdout=result.stdout,
@@ -657,8 +643,9 @@ class Session:
             timeout_s=box.timeout_s,
             oom_killed=result.oom_killed,
             memory_str=box.memory,
-            max_chars=self.settings.max_output,
+            max_chars=max_chars,
         )
+        for_model += self._keep_whole_output(index, result, max_chars)
         yield from self._emit(
             BlockResult(
                 index,
@@ -683,3 +670,16 @@ class Session:
             result.stderr,
         )
         return _Outcome(for_model, failure_key=key if failed else None)
+
+
+class _Kept:
+    """A stream's bytes as they arrive, up to ``KEEP_OUTPUT_BYTES``."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.dropped = 0
+
+    def add(self, chunk: bytes) -> None:
+        room = KEEP_OUTPUT_BYTES - len(self.data)
+        self.data += chunk[: max(0, room)]
+        self.dropped += max(0, len(chunk) - max(0, room))

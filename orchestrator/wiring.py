@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import __version__
+from orchestrator.errors import OiError
+from orchestrator.fsafe import write_beneath
 from orchestrator.llm.client import ModelClient
 from orchestrator.loading import Loaded
 from orchestrator.protocols import ChatModel
@@ -73,6 +75,28 @@ def record_header(
         settings=settings.model_dump(mode="json", exclude={"api_key"}),
         **(extra or {}),
     )
+
+
+OUTPUT_DIR = ".oi/output"
+"""Where, in the workdir, a block's whole output is kept when the model got only part of it."""
+
+
+@dataclass(frozen=True)
+class WorkdirOutputs:
+    """Keeps whole outputs in the workdir, where a later block can read them
+    (``/workspace/.oi/output/...``); the folder ignores itself for git. Never through a link
+    a block planted (``fsafe.write_beneath``)."""
+
+    workdir: Path
+
+    def save(self, name: str, data: bytes) -> str | None:
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:120]
+        try:
+            write_beneath(self.workdir, ".oi/.gitignore", b"*\n", 0o644, dir_mode=0o755)
+            write_beneath(self.workdir, f"{OUTPUT_DIR}/{safe}", data, 0o644, dir_mode=0o755)
+        except OiError:
+            return None  # keeping it is a courtesy: the model still gets its part
+        return f"/workspace/{OUTPUT_DIR}/{safe}"
 
 
 @dataclass
@@ -149,6 +173,7 @@ def open_session(
                 settings=settings,
                 transcript=transcript,
                 history=history,
+                outputs=WorkdirOutputs(settings.workdir),
             )
         except BaseException:
             sandbox.close()

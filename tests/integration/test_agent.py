@@ -328,6 +328,32 @@ def test_long_outputs_are_trimmed_to_fit_a_small_context(
         assert sum(len(json.dumps(m)) for m in last["messages"]) < 3000 * 4
 
 
+@pytest.mark.parametrize("max_model_len", [4096, 2048])
+def test_three_200_kb_outputs_at_a_small_context_finish(
+    workdir: Path, agent_env: dict[str, str], max_model_len: int
+) -> None:
+    """The seed's recommended context (vLLM --max-model-len 4096, or 2048): one block printing
+    about 8 KB used to end the run. Now every request fits, the run finishes, and the model
+    learns where the whole output is."""
+    with FakeVllm(max_model_len=max_model_len) as fake:
+        env = {**agent_env, "OI_API_BASE": fake.base_url}
+        rows = "seq -f 'row %06g xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx' 1 5000"  # ~200 KB
+        fake.script(
+            *[Reply(text=fence("sh", rows + f" # {i}")) for i in range(3)], Reply(text="Done.")
+        )
+        proc = oi_run(workdir, env, "print the rows", "-y")
+        assert proc.returncode == 0, proc.stderr
+        assert len(fake.chat_requests) == 4  # no request was refused as too long
+        for request in fake.chat_requests:
+            assert sum(len(json.dumps(m)) for m in request["messages"]) < max_model_len * 4
+        last = last_user_content(fake.chat_requests[-1])
+        assert "row 000001" in last and "row 005000" in last and "cut" in last
+        kept = sorted((workdir / ".oi" / "output").iterdir())
+        assert len(kept) == 3 and "row 005000" in kept[-1].read_text()
+        assert f"/workspace/.oi/output/{kept[-1].name}" in last
+        assert (workdir / ".oi" / ".gitignore").read_text() == "*\n"
+
+
 def test_auto_mode_falls_back_to_markdown_when_tools_are_refused(
     workdir: Path, agent_env: dict[str, str]
 ) -> None:

@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "orchestrator.loading": 3,
     "orchestrator.transcript": 3,
     "orchestrator.records": 3,
+    "orchestrator.context": 3,
     # 4: the loop
     "orchestrator.protocols": 4,
     "orchestrator.session": 4,

@@ -372,3 +372,44 @@ def test_a_tool_call_cut_by_the_token_limit_is_not_repaired(tmp_path: Path) -> N
     )
     Script().run(brace.send("go"))
     assert brace_runner.runs == [(Language.PYTHON, "print(1)")]
+
+
+class _Outputs:
+    def __init__(self) -> None:
+        self.saved: dict[str, bytes] = {}
+
+    def save(self, name: str, data: bytes) -> str:
+        self.saved[name] = data
+        return f"/workspace/.oi/output/{name}"
+
+
+@pytest.mark.parametrize("max_len", [4096, 2048])
+def test_large_outputs_fit_a_small_context_and_are_kept_whole(
+    tmp_path: Path, max_len: int
+) -> None:
+    """Three blocks each printing 200 KB at a 4k (and 2k) context: every request fits, the
+    run finishes, and the model is told where the whole output is."""
+    from orchestrator.context import estimate_tokens
+
+    big = "".join(f"row {i:06d} " + "x" * 40 + "\n" for i in range(4000))  # ~200 KB
+
+    def noisy(language: Language, code: str) -> tuple[int, str, str]:
+        return 0, big, ""
+
+    replies = [fence(f"print_rows({i})") for i in range(3)] + ["All three printed."]
+    model = ScriptedModel(*replies, max_len=max_len)
+    outputs = _Outputs()
+    session = Session(
+        model=model,
+        runner=FakeRunner(behaviour=noisy, workdir=tmp_path),
+        settings=Settings(workdir=tmp_path, auto_run=True, tool_mode="markdown"),
+        outputs=outputs,
+    )
+    assert Script().run(session.send("print the rows three times")) == "finished"
+    budget = session._budget()
+    for request in model.requests:
+        assert estimate_tokens(request["messages"], request["tools"]) <= budget
+    last = model.requests[-1]["messages"][-1]["content"]
+    assert "characters cut" in last and "/workspace/.oi/output/" in last
+    assert "row 000000" in last and "row 003999" in last  # head and tail of the newest
+    assert len(outputs.saved) == 3 and all(len(v) == len(big) for v in outputs.saved.values())

@@ -9,7 +9,8 @@ import pytest
 
 from orchestrator.approval import parse_answer
 from orchestrator.errors import ConfigError, ContextOverflowError
-from orchestrator.session import TRIMMED_OUTPUT, LoopGuard, Session, estimate_tokens
+from orchestrator.context import TRIMMED_OUTPUT, estimate_tokens
+from orchestrator.session import LoopGuard, Session
 from orchestrator.settings import Settings
 from orchestrator.transcript import (
     Transcript,

@@ -1,0 +1,82 @@
+"""Fitting a conversation into the model's context window (pure).
+
+Older block outputs are condensed first, then whole old exchanges go (tool calls stay paired
+with their answers), and the newest result is cut to what is left (``result_room``), so a run
+never ends because one output was large: oi must work at ``--max-model-len`` 4096 and 2048.
+Token counts are estimated (characters / 3, conservative for code); the server's own count is
+the real bound, and a context error from it makes the session trim harder and retry once.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from orchestrator.errors import ContextOverflowError
+
+RESULT_PREFIX = "[oi] "
+TRIMMED_OUTPUT = "[oi] output of this block removed to fit the context window"
+CHARS_PER_TOKEN = 3.0  # conservative for code; vLLM counts real tokens, we only need a bound
+MIN_RESULT_CHARS = 400  # the least of a block's output the model is given, however small
+Messages = list[dict[str, Any]]
+
+
+def estimate_tokens(messages: Messages, tools: list[dict[str, Any]] | None) -> int:
+    size = sum(len(json.dumps(m, ensure_ascii=False)) for m in messages)
+    if tools:
+        size += len(json.dumps(tools))
+    return int(size / CHARS_PER_TOKEN) + 8 * len(messages)
+
+
+def is_result(message: dict[str, Any]) -> bool:
+    return message.get("role") == "tool" or str(message.get("content", "")).startswith(
+        RESULT_PREFIX
+    )
+
+
+def fit_context(messages: Messages, tools: list[dict[str, Any]] | None, budget: int) -> list[str]:
+    """Trim ``messages`` in place to ``budget`` tokens; notes of what was trimmed."""
+    notes: list[str] = []
+    if estimate_tokens(messages, tools) <= budget:
+        return notes
+    # 1. Old block outputs, oldest first (the newest result stays whole).
+    results = [
+        i for i, m in enumerate(messages) if is_result(m) and m.get("content") != TRIMMED_OUTPUT
+    ]
+    trimmed = 0
+    for index in results[:-1]:
+        if estimate_tokens(messages, tools) <= budget:
+            break
+        messages[index] = {**messages[index], "content": TRIMMED_OUTPUT}
+        trimmed += 1
+    if trimmed:
+        notes.append(f"removed the output of {trimmed} old block(s) to fit the context")
+    # 2. Whole old exchanges after the task, keeping tool calls paired with their answers.
+    dropped = 0
+    first_user = next((i for i, m in enumerate(messages) if m.get("role") == "user"), len(messages))
+    while estimate_tokens(messages, tools) > budget:
+        start = first_user + 1
+        if start >= len(messages) - 1:
+            break
+        end = start + 1
+        while end < len(messages) and messages[end].get("role") == "tool":
+            end += 1
+        del messages[start:end]
+        dropped += end - start
+    if dropped:
+        notes.append(f"dropped {dropped} old message(s) to fit the context")
+    if estimate_tokens(messages, tools) > budget:
+        raise ContextOverflowError(
+            f"the conversation does not fit the model's context (about {budget} tokens "
+            "left for it) even after trimming; start over (%reset in chat) or raise "
+            "--max-model-len on the server"
+        )
+    return notes
+
+
+def result_room(messages: Messages, tools: list[dict[str, Any]] | None, budget: int) -> int:
+    """Characters the next block's result may take: the budget less what the conversation
+    needs once its older outputs are condensed (``fit_context`` does that first)."""
+    condensed = [{**m, "content": TRIMMED_OUTPUT} if is_result(m) else m for m in messages]
+    left = budget - estimate_tokens(condensed, tools) - 64
+    return max(MIN_RESULT_CHARS, int(left * CHARS_PER_TOKEN * 0.8))
