@@ -384,9 +384,7 @@ class _Outputs:
 
 
 @pytest.mark.parametrize("max_len", [4096, 2048])
-def test_large_outputs_fit_a_small_context_and_are_kept_whole(
-    tmp_path: Path, max_len: int
-) -> None:
+def test_large_outputs_fit_a_small_context_and_are_kept_whole(tmp_path: Path, max_len: int) -> None:
     """Three blocks each printing 200 KB at a 4k (and 2k) context: every request fits, the
     run finishes, and the model is told where the whole output is."""
     from orchestrator.context import estimate_tokens

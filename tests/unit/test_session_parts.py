@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from orchestrator.approval import parse_answer
-from orchestrator.errors import ConfigError, ContextOverflowError
 from orchestrator.context import TRIMMED_OUTPUT, estimate_tokens
+from orchestrator.errors import ConfigError, ContextOverflowError
 from orchestrator.session import LoopGuard, Session
 from orchestrator.settings import Settings
 from orchestrator.transcript import (
