@@ -10,15 +10,28 @@ small *wrapper* that:
    sent);
 3. runs the program with stdin at /dev/null, its interpreter's start-up paid before the block
    arrives where that is costly: Python in a forked child of the already started interpreter,
-   as ``__main__`` with the file's name (~15 ms saved); Node started with the container, waiting
-   in a ``-r`` preload (``sandbox-images/node/oi-preload.js``) until the program is written, then
-   running it as its main module (~60 ms saved; what still tells it apart from
+   as ``__main__`` with the file's name (~15 ms saved; what tells it apart from
+   ``python3 -u /tmp/main.py``: ``sys.flags`` says isolated, and multiprocessing's spawned
+   children get ``-I`` too); Node started with the container, waiting in a ``-r`` preload
+   (``sandbox-images/node/oi-preload.js``) until the program is written, then running it as its
+   main module (~60 ms saved; what still tells it apart from
    ``node /tmp/main.js``: ``process.uptime()`` counts from the container's start, and
    ``require.cache`` lists the preload); ``bash /tmp/main.sh`` as a plain child. SIGTERM (a
    timeout) is forwarded to the program;
 4. when the program exits, SIGKILLs every other process of the sandbox user (as the container's
    end would) and writes an end marker carrying the nonce on stdout and, with the exit status, on
    stderr.
+
+Nothing runs before approval (SECURITY.md, item 41): the workdir may be a hostile repository,
+and a pre-started interpreter waits while a person decides, or the model proposes no code at all.
+So until the program starts, no wrapper or waiting interpreter looks at the workdir: the
+container starts in ``START_DIR`` (``/``, read-only), Python runs isolated (``-I``: no cwd, script
+dir, PYTHON* variables or user site on ``sys.path``), bash reads no start-up file (``--posix``),
+and Node's preload loads only built-in modules, by their ``node:`` names. Only the program's process
+enters ``/workspace``, so the program sees the cwd, ``sys.path``, ``$PWD``, ``process.cwd()`` it
+would see started there. Where the environment carries interpreter settings that are read at
+start and may name workdir files (PYTHON* beyond oi's own, NODE_OPTIONS and the like), the
+interpreter is started with the program instead, as today, rather than ignoring them.
 
 The markers let oi report a block as soon as it ends, instead of waiting ~25-40 ms for Docker to
 tear the container down; the container is removed afterwards, off the hot path. Each marker is
@@ -54,10 +67,25 @@ NONCE_HEX = 32
 SIZE_DIGITS = 12
 HEADER_LEN = NONCE_HEX + 1 + SIZE_DIGITS + 1
 WRAPPER_NAME = "oi-bootstrap"  # $0 of the bash wrapper, so `ps` says what it is
+START_DIR = "/"
+"""The containers' working dir: read-only and not the workdir, so that nothing a wrapper or a
+waiting interpreter does can find the workdir's files."""
+WORKSPACE = "/workspace"
+"""Where the workdir is mounted (``spec.WORKSPACE``): the program's cwd once it starts."""
+PYTHON_ENV = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+"""``spec.BASE_ENVIRONMENT``'s PYTHON* variables, which -u and -B reproduce under -I."""
+NODE_CA = "/etc/ssl/certs/oi-ca-bundle.crt"
+"""``spec.CA_IN_SANDBOX``: the one NODE_* setting of oi's own (read at start, not in the
+workdir)."""
 
-# Runs as `python3 -u -c <this> /tmp/main.py`. The parent supervises; only the forked child
-# returns from _oi_wrapper() and runs the program at top level, so that a traceback loses exactly
-# one frame (this one) and looks like `python3 -u /tmp/main.py`'s.
+# Runs as `python3 -I -B -u -c <this> /tmp/main.py` in /. The parent supervises; only the forked
+# child returns from _oi_wrapper() and runs the program at top level, so that a traceback loses
+# exactly one frame (this one) and looks like `python3 -u /tmp/main.py`'s. -I: nothing of the
+# workdir (cwd, script dir, PYTHON* variables, user site) is on sys.path while the interpreter
+# waits; -B stands in for PYTHONDONTWRITEBYTECODE, which -I ignores. The child enters the
+# workdir and puts the program's folder first on sys.path, as `python3 /tmp/main.py` would; if
+# the environment holds PYTHON* variables beyond oi's own (which -u and -B reproduce), only a
+# fresh interpreter would honour them as today, so the child becomes `python3 -u /tmp/main.py`.
 _PYTHON_WRAPPER = """\
 import os, sys
 
@@ -94,6 +122,16 @@ def _oi_wrapper():
     if child == 0:
         header[:] = bytes(len(header))
         prctl(4, 1, 0, 0, 0)
+        os.chdir(@WORKSPACE@)
+        if any(
+            name.startswith("PYTHON") and @PYTHON_ENV@.get(name) != value
+            for name, value in os.environ.items()
+        ):
+            try:
+                os.execv(sys.executable, ["python3", "-u", path])
+            except OSError:
+                os.write(2, b"oi: cannot start " + sys.executable.encode() + b"\\n")
+                os._exit(127)
         main = type(sys)("__main__")
         main.__dict__.update(
             __annotations__={}, __builtins__=builtins, __cached__=None, __file__=path,
@@ -101,7 +139,7 @@ def _oi_wrapper():
         )
         sys.modules["__main__"] = main
         sys.argv[:] = [path]
-        sys.path[0] = os.path.dirname(path)
+        sys.path.insert(0, os.path.dirname(path))  # under -I, entry 0 is the stdlib's
         return path, program, main.__dict__
 
     def forward(signum, frame):
@@ -145,14 +183,17 @@ for _name, _value in {
     "NONCE_LEN": str(NONCE_HEX),
     "SIZE_FROM": str(NONCE_HEX + 1),
     "SIZE_TO": str(NONCE_HEX + 1 + SIZE_DIGITS),
+    "WORKSPACE": repr(WORKSPACE),
+    "PYTHON_ENV": repr(PYTHON_ENV),
 }.items():
     _PYTHON_WRAPPER = _PYTHON_WRAPPER.replace(f"@{_name}@", _value)
 
-# Runs as `bash -c <this> oi-bootstrap /tmp/main.<ext> <interpreter...>`. The program runs in the
-# background so that `wait` can be interrupted to forward SIGTERM (a timeout) to it. @START_EARLY@
-# and @START@ are filled in below: the interpreter starts after the program has arrived, or (Node)
-# before, waiting until it has.
-_BASH_TEMPLATE = r"""path=$1; shift
+# Runs as `bash --posix -c <this> oi-bootstrap /tmp/main.<ext> <interpreter...>` in /. --posix:
+# bash reads no start-up file (BASH_ENV) before the wrapper's first line turns POSIX mode off
+# again. The program runs in the background so that `wait` can be interrupted to forward SIGTERM
+# (a timeout) to it. @START_EARLY@ and @START@ are filled in below: the interpreter starts after
+# the program has arrived, or (Node) before, waiting until it has.
+_BASH_TEMPLATE = r"""set +o posix; path=$1; shift
 @START_EARLY@printf '\0oi-ready\n'
 IFS=' ' read -r nonce size || exit 125
 head -c "$size" > "$path" || exit 125
@@ -167,13 +208,20 @@ printf '\0oi-end:%s\n' "$nonce"
 printf '\0oi-end:%s:%d\n' "$nonce" "$code" >&2
 exit "$code"
 """
+# The program's process starts in the workdir, with $PWD as if it had started there (cd would
+# also export OLDPWD, which a program started in /workspace does not see).
+_ENTER_WORKSPACE = f"cd {WORKSPACE} && unset OLDPWD || exit 125\n"
 _BASH_WRAPPER = _BASH_TEMPLATE.replace("@START_EARLY@", "").replace(
-    "@START@", '"$@" "$path" </dev/null &\nchild=$!\n'
+    "@START@", _ENTER_WORKSPACE + '"$@" "$path" </dev/null &\nchild=$!\n'
 )
 
 NODE_PRELOAD = "/opt/oi/node-preload.js"
 """Where the node image keeps ``sandbox-images/node/oi-preload.js`` (read-only, like the image)."""
-# Runs as `bash -c <this> oi-bootstrap /tmp/main.js`. Two FIFOs next to the program:
+# Runs as `bash --posix -c <this> oi-bootstrap /tmp/main.js`. Node starts early, in /, unless the
+# environment has settings Node reads at start (NODE_* but oi's CA bundle, OPENSSL_CONF): those
+# may name workdir files, so Node then starts only with the program, as `node /tmp/main.js` in
+# the workdir. $PWD tells the preload where to go once released (and the program sees it as if
+# Node had started there). Two FIFOs next to the program:
 # - .oi-loaded, Node's fd 4: Node writes a byte once loaded, and only then does the wrapper greet.
 #   If Node dies first, the read sees end of file and the wrapper ends: no container is handed
 #   out whose interpreter is gone.
@@ -183,16 +231,30 @@ NODE_PRELOAD = "/opt/oi/node-preload.js"
 #   and exits 125 without running anything.
 _NODE_WRAPPER = _BASH_TEMPLATE.replace(
     "@START_EARLY@",
-    f"""dir=${{path%/*}}
-mkfifo -m 600 "$dir/.oi-start" "$dir/.oi-loaded" && exec 3<>"$dir/.oi-start" || exit 125
-node -r {NODE_PRELOAD} "$path" </dev/null 3>&- 4>"$dir/.oi-loaded" &
-child=$!
-exec 4<"$dir/.oi-loaded"
-IFS= read -r -n 1 -u 4 _ || exit 125
-exec 4<&-
-rm -f "$dir/.oi-start" "$dir/.oi-loaded"
+    f"""dir=${{path%/*}} early=1
+for name in ${{!NODE_@}} OPENSSL_CONF; do
+  case $name=${{!name-}} in NODE_EXTRA_CA_CERTS={NODE_CA} | OPENSSL_CONF=) ;; *) early= ;; esac
+done
+if [ -n "$early" ]; then
+  mkfifo -m 600 "$dir/.oi-start" "$dir/.oi-loaded" && exec 3<>"$dir/.oi-start" || exit 125
+  PWD={WORKSPACE} node -r {NODE_PRELOAD} "$path" </dev/null 3>&- 4>"$dir/.oi-loaded" &
+  child=$!
+  exec 4<"$dir/.oi-loaded"
+  IFS= read -r -n 1 -u 4 _ || exit 125
+  exec 4<&-
+  rm -f "$dir/.oi-start" "$dir/.oi-loaded"
+fi
 """,
-).replace("@START@", "printf 1 >&3\n")
+).replace(
+    "@START@",
+    f"""if [ -n "$early" ]; then
+  printf 1 >&3
+else
+  {_ENTER_WORKSPACE}  node "$path" </dev/null &
+  child=$!
+fi
+""",
+)
 
 
 def bootstrap_command(language: Language) -> list[str]:
@@ -200,19 +262,26 @@ def bootstrap_command(language: Language) -> list[str]:
     info = LANGUAGES[language]
     path = f"/tmp/{info.filename}"
     if language is Language.PYTHON:
-        return [*info.interpreter, "-c", _PYTHON_WRAPPER, path]
+        python, *flags = info.interpreter
+        return [python, "-I", "-B", *flags, "-c", _PYTHON_WRAPPER, path]
     if language is Language.JAVASCRIPT:
-        return ["/bin/bash", "-c", _NODE_WRAPPER, WRAPPER_NAME, path]
-    return ["/bin/bash", "-c", _BASH_WRAPPER, WRAPPER_NAME, path, *info.interpreter]
+        return ["/bin/bash", "--posix", "-c", _NODE_WRAPPER, WRAPPER_NAME, path]
+    return ["/bin/bash", "--posix", "-c", _BASH_WRAPPER, WRAPPER_NAME, path, *info.interpreter]
 
 
 def plain_command(language: Language) -> list[str]:
-    """Read the program from stdin until its end into /tmp, then run it (no greeting, no
-    markers: the exit status comes from Docker once the container has stopped)."""
+    """Read the program from stdin until its end into /tmp, then run it in the workdir (no
+    greeting, no markers: the exit status comes from Docker once the container has stopped).
+    Nothing starts in the workdir before the program: ``sh`` reads no start-up file when not
+    interactive."""
     info = LANGUAGES[language]
     path = f"/tmp/{info.filename}"
     interpreter = " ".join(info.interpreter)
-    return ["/bin/sh", "-c", f"cat > {path} && exec {interpreter} {path} </dev/null"]
+    return [
+        "/bin/sh",
+        "-c",
+        f"cat > {path} && cd {WORKSPACE} && unset OLDPWD && exec {interpreter} {path} </dev/null",
+    ]
 
 
 def speaks_protocol(command: list[str], language: Language) -> bool:

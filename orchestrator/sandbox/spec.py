@@ -15,7 +15,7 @@ from typing import Any
 
 from orchestrator.errors import ConfigError
 from orchestrator.languages import Language
-from orchestrator.sandbox.bootstrap import bootstrap_command
+from orchestrator.sandbox.bootstrap import START_DIR, bootstrap_command
 from orchestrator.sandbox.config import SandboxConfig
 from orchestrator.sandbox.seccomp import docker_security_opt
 
@@ -118,7 +118,9 @@ class ContainerSpec:
     environment: dict[str, str]
     labels: dict[str, str]
     host_config: dict[str, Any] = field(default_factory=dict)
-    working_dir: str = WORKSPACE
+    # Not the workdir: the wrappers and the interpreters waiting for their block start outside it
+    # and only the program's process enters /workspace (bootstrap.py: nothing before approval).
+    working_dir: str = START_DIR
 
     def create_kwargs(self) -> dict[str, Any]:
         """Arguments for ``APIClient.create_container`` (minus ``host_config``)."""

@@ -46,6 +46,14 @@ PROGRAMS = {
         "raise KeyboardInterrupt",
         "import subprocess\nsubprocess.Popen(['sleep', '60'])\nprint('left a child')",
         "# coding: latin-1\nprint('caf\xe9')",
+        # the program runs in the workdir, imports from its own folder, writes no bytecode
+        "import os, sys\nopen('rel.txt', 'w').write('x')\n"
+        "print(os.getcwd(), os.path.exists('/workspace/rel.txt'), sys.path[0], sys.path.count(''))\n"
+        "open('/tmp/helper.py', 'w').write('VALUE = 42')\nimport helper\n"
+        "print(helper.VALUE, sys.dont_write_bytecode, os.path.exists('/tmp/__pycache__'))",
+        # spawned children (started with the interpreter's flags) find the program again
+        "import multiprocessing as mp\nif __name__ == '__main__':\n"
+        "    with mp.get_context('spawn').Pool(1) as pool:\n        print(pool.map(abs, [-3]))",
     ],
     "javascript": [
         "console.log('out'); console.error('err'); process.exit(4)",
@@ -62,12 +70,19 @@ PROGRAMS = {
         "w.on('exit', () => require('child_process').fork('/tmp/child.js')"
         ".on('exit', c => console.log('fork exit', c)));",
         "setTimeout(() => { console.log('timer'); process.exitCode = 6; }, 50)",
+        # the program runs in the workdir; modules resolve from its own folder
+        "const fs = require('fs'); fs.writeFileSync('rel.txt', 'x');\n"
+        "console.log(process.cwd(), process.env.PWD, fs.existsSync('/workspace/rel.txt'),"
+        " require('path').resolve('a'), module.paths);\n"
+        "fs.writeFileSync('/tmp/h.mjs', 'export default 42');\n"
+        "import('./h.mjs').then(m => console.log(m.default));",
     ],
     "shell": [
         "echo out; echo err >&2; exit 5",
         'echo "$0" "$#"; cat; echo "stdin done"',
         "sleep 60 & echo backgrounded",
         "kill -TERM $$",
+        'echo "$PWD" "$(pwd)" "${OLDPWD-unset}"; touch rel.txt && ls /workspace/rel.txt',
     ],
 }
 
@@ -115,6 +130,52 @@ def test_pooled_results_equal_fresh_and_plain_bootstrap_results(
             expected = comparable(plain.run(language, code))
             assert comparable(from_pool) == expected, code
             assert comparable(fresh.run(language, code)) == expected, code
+    finally:
+        plain.close()
+
+
+# Interpreter settings read at start (bootstrap.py): with them, the interpreter starts with the
+# program instead of waiting for it; its results must be the plain ones too.
+LATE_SETTINGS = {
+    "python": {"PYTHONHASHSEED": "0"},
+    "javascript": {"NODE_OPTIONS": "--max-old-space-size=200"},
+}
+
+
+@pytest.mark.parametrize("language", sorted(LATE_SETTINGS))
+def test_interpreters_started_with_their_program_give_the_plain_results(
+    make_sandbox: SandboxFactory, docker_client: docker.DockerClient, language: str
+) -> None:
+    env, host_env = sorted(LATE_SETTINGS[language]), LATE_SETTINGS[language]
+    pooled = make_sandbox(pool=True, timeout=20, env=env, host_env=host_env)
+    plain_config = make_config(workdir=pooled.config.workdir, pool=False, timeout=20, env=env)
+    plain = Sandbox(
+        docker_client,
+        plain_config,
+        catalog(docker_client, plain_config),
+        current_identity(plain_config.workdir),
+        session_id=pooled.session_id,
+        host_env=host_env,
+        launcher=PlainLauncher(docker_client.api),
+    )
+    try:
+        for code in PROGRAMS[language][:4]:
+            pre_started = warm_and_wait(pooled, language)
+            from_pool = pooled.run(language, code)
+            assert from_pool.container_id in pre_started
+            assert comparable(from_pool) == comparable(plain.run(language, code)), code
+        # ... and it was the late start: no isolated interpreter, no preload (early: 1 and 2)
+        check = {
+            "python": "import sys; print(sys.flags.isolated)",
+            "javascript": "console.log(Object.keys(require.cache).length)",
+        }[language]
+        warm_and_wait(pooled, language)
+        assert (
+            pooled.run(language, check).stdout == {"python": "0\n", "javascript": "1\n"}[language]
+        )
+        early = make_sandbox(pool=True)
+        warm_and_wait(early, language)
+        assert early.run(language, check).stdout == {"python": "1\n", "javascript": "2\n"}[language]
     finally:
         plain.close()
 
@@ -180,7 +241,20 @@ def test_a_pooled_container_killed_while_waiting_is_not_used(
 
 def test_a_node_that_cannot_start_fails_its_block_at_once(make_sandbox: SandboxFactory) -> None:
     """Node starts before its block; if it dies first, the wrapper must not greet (or the pool
-    would wait for a greeting until its start timeout, 60 s): the block fails with Node's words."""
+    would wait for a greeting until its start timeout, 60 s): the block fails with Node's words.
+    Too few open files make the early Node abort (libuv cannot make its loop), not bash."""
+    sandbox = make_sandbox(pool=True, nofile=12)
+    sandbox.warm(Language.JAVASCRIPT)
+    started = time.monotonic()
+    result = sandbox.run("javascript", "console.log('ran')")
+    assert time.monotonic() - started < 30
+    assert result.exit_code == 125 and "ran" not in result.stdout
+    assert "uv_loop_init" in result.stderr
+
+
+def test_node_options_start_node_with_its_program(make_sandbox: SandboxFactory) -> None:
+    """NODE_OPTIONS are read at start and may name workdir files, so with them Node starts only
+    with the program (as `node /tmp/main.js` in /workspace) and reports a bad one at once."""
     sandbox = make_sandbox(
         pool=True, env=["NODE_OPTIONS"], host_env={"NODE_OPTIONS": "--no-such-flag"}
     )
@@ -188,8 +262,18 @@ def test_a_node_that_cannot_start_fails_its_block_at_once(make_sandbox: SandboxF
     started = time.monotonic()
     result = sandbox.run("javascript", "console.log('ran')")
     assert time.monotonic() - started < 30
-    assert result.exit_code == 125 and "ran" not in result.stdout
+    assert result.exit_code == 9 and "ran" not in result.stdout
     assert "--no-such-flag is not allowed in NODE_OPTIONS" in result.stderr
+    sandbox = make_sandbox(
+        pool=True, env=["NODE_OPTIONS"], host_env={"NODE_OPTIONS": "--max-old-space-size=200"}
+    )
+    warm_and_wait(sandbox, "javascript")
+    code = "console.log(process.execArgv, process.env.NODE_OPTIONS, process.cwd(), __filename)"
+    result = sandbox.run("javascript", code)
+    assert (result.exit_code, result.stdout) == (
+        0,
+        "[] --max-old-space-size=200 /workspace /tmp/main.js\n",
+    )
 
 
 def test_oom_in_a_pooled_container_is_reported(make_sandbox: SandboxFactory) -> None:

@@ -71,7 +71,8 @@ def test_01_host_config_by_inspect(
     assert not any("docker.sock" in b for b in binds)
     config = info["Config"]
     assert config["Labels"]["oi.managed"] == "1"
-    assert config["User"] and config["WorkingDir"] == "/workspace"
+    # the container starts outside the workdir; only the program enters it (item 41)
+    assert config["User"] and config["WorkingDir"] == "/"
 
 
 def test_02_no_capabilities_no_new_privs_seccomp(

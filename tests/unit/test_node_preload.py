@@ -23,7 +23,7 @@ class Started:
     """Node started as the wrapper starts it: fd 4 is the FIFO .oi-loaded, and .oi-start is
     already open read-write on our side."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, workdir: Path | None) -> None:
         self.program = folder / "main.js"
         start, loaded = folder / ".oi-start", folder / ".oi-loaded"
         os.mkfifo(start, 0o600)
@@ -34,8 +34,9 @@ class Started:
             [
                 "/bin/sh",
                 "-c",
-                'exec "$@" 4>"$0"',
+                'exec env "$@" 4>"$0"',
                 str(loaded),
+                f"PWD={workdir}" if workdir else "-uPWD",
                 NODE,
                 "-r",
                 str(PRELOAD),
@@ -44,6 +45,7 @@ class Started:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            cwd="/",  # Node waits elsewhere, and the wrapper's $PWD says where the program runs
         )
         self.loaded = os.open(loaded, os.O_RDONLY)  # meets Node's open, as the wrapper's does
 
@@ -57,12 +59,23 @@ class Started:
 
 
 @pytest.fixture
-def started(tmp_path: Path) -> Iterator[Started]:
-    node = Started(tmp_path)
-    yield node
+def workdir(tmp_path: Path) -> Path:
+    path = tmp_path / "work"
+    path.mkdir()
+    return path
+
+
+def _stop(node: Started) -> None:
     if node.proc.poll() is None:
         node.proc.kill()
         node.proc.wait()
+
+
+@pytest.fixture
+def started(tmp_path: Path, workdir: Path) -> Iterator[Started]:
+    node = Started(tmp_path, workdir)
+    yield node
+    _stop(node)
 
 
 def test_node_says_it_is_loaded_then_runs_the_program_once_released(started: Started) -> None:
@@ -71,12 +84,36 @@ def test_node_says_it_is_loaded_then_runs_the_program_once_released(started: Sta
     assert started.proc.poll() is None
     started.program.write_text(
         "console.log(require.main === module, process.argv.length, process.execArgv);\n"
+        "console.log(process.cwd(), process.env.PWD, require('fs').readFileSync('rel.txt', 'utf8'));\n"
         "process.exitCode = 7;\n"
     )
+    (started.program.parent / "work" / "rel.txt").write_text("relative")
     os.write(started.start, b"1")
     code, out, err = started.finish()
     os.close(started.start)
-    assert (code, out, err) == (7, "true 2 []\n", "")
+    work = started.program.parent / "work"
+    assert (code, out, err) == (7, f"true 2 []\n{work} {work} relative\n", "")
+
+
+def test_node_waits_outside_the_workdir(started: Started) -> None:
+    assert started.wait_loaded() == b"1"
+    assert os.readlink(f"/proc/{started.proc.pid}/cwd") == "/"
+    os.close(started.start)
+    started.finish()
+
+
+def test_nothing_runs_without_a_workdir_to_enter(tmp_path: Path) -> None:
+    """Released but told no directory ($PWD unset), the preload runs nothing."""
+    node = Started(tmp_path, None)
+    try:
+        assert node.wait_loaded() == b"1"
+        node.program.write_text("console.log('ran')\n")
+        os.write(node.start, b"1")
+        code, out, _ = node.finish()
+        os.close(node.start)
+    finally:
+        _stop(node)
+    assert code == 125 and "ran" not in out
 
 
 def test_nothing_runs_when_the_wrapper_goes_away(started: Started) -> None:

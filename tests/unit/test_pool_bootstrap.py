@@ -138,8 +138,9 @@ def test_frame_program_refuses_a_bad_nonce(nonce: bytes) -> None:
 
 def test_python_wrapper_is_valid_python_with_the_protocol_constants() -> None:
     command = bootstrap_command(Language.PYTHON)
-    assert command[:3] == ["python3", "-u", "-c"] and command[4] == "/tmp/main.py"
-    source = command[3]
+    # isolated (-I) and writing no bytecode (-B), since -I ignores PYTHONDONTWRITEBYTECODE
+    assert command[:5] == ["python3", "-I", "-B", "-u", "-c"] and command[6] == "/tmp/main.py"
+    source = command[5]
     ast.parse(source)
     assert repr(READY) in source and repr(END) in source and f"bytearray({HEADER_LEN})" in source
     assert "@READY@" not in source and "@END@" not in source  # every placeholder filled
@@ -156,12 +157,14 @@ def test_bash_wrapper_parses_and_gets_its_path_as_argument(
     language: Language, path: str, started_by: str
 ) -> None:
     command = bootstrap_command(language)
-    assert command[:2] == ["/bin/bash", "-c"] and command[3:5] == [WRAPPER_NAME, path]
-    assert command[2].count(started_by) == 1
+    # --posix: no BASH_ENV before the wrapper's first line, which leaves POSIX mode
+    assert command[:3] == ["/bin/bash", "--posix", "-c"] and command[4:6] == [WRAPPER_NAME, path]
+    assert command[3].startswith("set +o posix;")
+    assert command[3].count(started_by) == 1
     # -n only parses: the wrapper is never run on the host (it ends with kill -9 -1); and with
     # no input, its first `read` would end it anyway.
     check = subprocess.run(
-        ["bash", "-n", "-c", command[2]],
+        ["bash", "-n", "-c", command[3]],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -171,7 +174,7 @@ def test_bash_wrapper_parses_and_gets_its_path_as_argument(
 
 
 def test_node_wrapper_starts_node_with_the_preload_the_image_ships() -> None:
-    wrapper = bootstrap_command(Language.JAVASCRIPT)[2]
+    wrapper = bootstrap_command(Language.JAVASCRIPT)[3]
     assert f"node -r {NODE_PRELOAD} " in wrapper
     dockerfile = (REPO / "sandbox-images" / "node" / "Dockerfile").read_text()
     assert f"COPY oi-preload.js {NODE_PRELOAD}" in dockerfile
@@ -192,5 +195,41 @@ def test_plain_command_is_the_classic_bootstrap() -> None:
     assert plain_command(Language.PYTHON) == [
         "/bin/sh",
         "-c",
-        "cat > /tmp/main.py && exec python3 -u /tmp/main.py </dev/null",
+        "cat > /tmp/main.py && cd /workspace && unset OLDPWD"
+        " && exec python3 -u /tmp/main.py </dev/null",
     ]
+
+
+def test_wrappers_agree_with_the_spec_on_paths_and_environment() -> None:
+    """bootstrap.py cannot import spec.py (spec imports it): its copies must match."""
+    from orchestrator.sandbox import bootstrap, spec
+
+    assert bootstrap.WORKSPACE == spec.WORKSPACE
+    assert bootstrap.NODE_CA == spec.CA_IN_SANDBOX
+    assert {
+        name: value for name, value in spec.BASE_ENVIRONMENT.items() if name.startswith("PYTHON")
+    } == bootstrap.PYTHON_ENV
+    assert bootstrap.START_DIR == "/" and bootstrap.START_DIR != bootstrap.WORKSPACE
+
+
+@pytest.mark.parametrize("language", list(Language))
+def test_only_the_program_enters_the_workdir(language: Language) -> None:
+    """Each wrapper changes to /workspace once, after the program has been written, and right
+    before the program's own process starts (Node: the preload, told by $PWD)."""
+    script = bootstrap_command(language)[-2 if language is Language.PYTHON else 3]
+    if language is Language.PYTHON:
+        assert script.count("os.chdir(") == 1
+        assert script.index("fh.write(program)") < script.index("os.fork()")
+        assert script.index("os.fork()") < script.index("os.chdir(") < script.index("return path")
+        return
+    enter = "cd /workspace && unset OLDPWD || exit 125"
+    assert script.index("head -c") < script.index(enter)
+    if language is Language.JAVASCRIPT:
+        assert script.count(enter) == 1 and "PWD=/workspace node -r" in script
+        preload = (REPO / "sandbox-images" / "node" / "oi-preload.js").read_text()
+        assert preload.count("process.chdir(workdir)") == 1
+        assert preload.index("readSync(start") < preload.index("process.chdir(workdir)")
+        # built-ins by their node: names only, which no node_modules folder shadows
+        assert 'require("node:fs")' in preload and 'require("fs")' not in preload
+    else:
+        assert script.count(enter) == 1

@@ -59,7 +59,7 @@ def test_defaults_follow_security_md(tmp_path: Path) -> None:
     assert hc["binds"] == {str(tmp_path): {"bind": "/workspace", "mode": "rw"}}
     assert "runtime" not in hc
     assert spec.user == "1000:1000"
-    assert spec.working_dir == "/workspace"
+    assert spec.working_dir == "/"  # only the program's process enters /workspace
     kwargs = spec.create_kwargs()
     assert kwargs["stdin_open"] and not kwargs["detach"] and not kwargs["tty"]
     assert kwargs["use_config_proxy"] is False
