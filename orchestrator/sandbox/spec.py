@@ -240,10 +240,22 @@ def resolve_identity(
     )
 
 
+START_HOOK_PREFIXES = ("LD_", "BASH_FUNC_", "GCONV_PATH", "MALLOC_")
+"""Variables the dynamic linker, libc or bash act on as a process starts: passed in, they would
+run code in the pre-started wrappers before anything is approved."""
+
+
 def sandbox_environment(allowlist: list[str], host_env: Mapping[str, str]) -> dict[str, str]:
-    """The base environment plus only the host variables named in ``allowlist``."""
+    """The base environment plus only the host variables named in ``allowlist`` (never one
+    that acts at process start, see ``START_HOOK_PREFIXES``)."""
     env = dict(BASE_ENVIRONMENT)
     for name in allowlist:
+        if name.startswith(START_HOOK_PREFIXES):
+            raise ConfigError(
+                f"--env {name}: variables the dynamic linker, libc or bash act on at start "
+                f"({', '.join(p + '*' for p in START_HOOK_PREFIXES)}) are never passed into a "
+                "sandbox; set it inside the block instead"
+            )
         if name in host_env:
             env[name] = host_env[name]
     return env

@@ -321,3 +321,10 @@ def test_extra_mounts_are_read_only_by_default(tmp_path: Path) -> None:
         extra_mounts=(ExtraMount(Path("/srv/data"), "/mnt/data", True),),
     )
     assert spec.host_config["binds"]["/srv/data"] == {"bind": "/mnt/data", "mode": "ro"}
+
+
+@pytest.mark.parametrize("name", ["LD_PRELOAD", "LD_LIBRARY_PATH", "BASH_FUNC_ls%%", "GCONV_PATH"])
+def test_start_hooks_are_never_passed_in(tmp_path: Path, name: str) -> None:
+    """They would act in the pre-started wrappers before any block is approved."""
+    with pytest.raises(ConfigError, match=f"--env {name}"):
+        sandbox_environment([name], {name: "/workspace/evil.so"})
