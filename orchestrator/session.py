@@ -73,9 +73,13 @@ from orchestrator.settings import Settings
 from orchestrator.transcript import Transcript
 
 LANGUAGE_NOTES: tuple[tuple[str, str], ...] = (
-    ("python", "python3 with numpy, pandas, matplotlib"),
+    (
+        "python",
+        "python3 with numpy, pandas, matplotlib, scipy, sklearn, seaborn, sympy, requests, "
+        "bs4, lxml, openpyxl, PIL, yaml, tabulate",
+    ),
     ("javascript", "Node.js, built-in modules only"),
-    ("shell", "bash with coreutils, find, tar, gzip, jq, curl"),
+    ("shell", "bash; python3 (same libraries), node, npm, git, sqlite3, zip, jq, curl, make"),
 )
 LOOP_GUARD_REPEATS = 3
 KEEP_OUTPUT_BYTES = 8 << 20  # the most of a stream kept for the model to read back in full

@@ -32,6 +32,9 @@ BOOTSTRAP_BASE = "oi-base:bookworm"
 LANGUAGE_IMAGES = tuple(info.image for info in LANGUAGES.values())
 PROXY_IMAGE = "proxy"
 ALL_IMAGES = (*LANGUAGE_IMAGES, PROXY_IMAGE)
+PARENTS: dict[str, str] = {"shell": "python"}
+"""Images built on another sandbox image (its tag is their ``BASE``): the shell sandbox is the
+python one plus Node and the command-line tools, so a shell block can run the same Python."""
 
 
 def _quiet(_: str) -> None:
@@ -94,7 +97,11 @@ class ImageCatalog:
         return f"{self._prefix}-{name}"
 
     def expected_tag(self, name: str) -> str:
-        digest = context_hash(self._root / name, self._base_image)
+        """``<prefix>-<name>:<hash>`` of the build context and of what it is built on (the
+        base image, or its parent sandbox image's own tag): a change below rebuilds above."""
+        parent = PARENTS.get(name)
+        below = self.expected_tag(parent) if parent else self._base_image
+        digest = context_hash(self._root / name, below)
         return f"{self.repository(name)}:{digest[:12]}"
 
     def resolve(self, language: Language) -> ResolvedImage:
@@ -211,16 +218,24 @@ class ImageCatalog:
         progress: Progress = _quiet,
     ) -> list[ImageStatus]:
         """Build the missing (or all, with ``force``) images; return the new status."""
-        wanted = names or list(ALL_IMAGES)
-        todo = [s for s in self.status() if s.name in wanted and (force or not s.present)]
+        wanted = set(names or ALL_IMAGES)
+        for child in list(wanted):  # a parent that is missing is built first
+            while child in PARENTS:
+                child = PARENTS[child]  # noqa: PLW2901 - walking up the chain
+                wanted.add(child)
+        statuses = {s.name: s for s in self.status()}
+        todo = [n for n in ALL_IMAGES if n in wanted and (force or not statuses[n].present)]
+        todo.sort(key=lambda n: n in PARENTS)  # parents (no parent) before children
         if not todo:
             progress("all sandbox images are up to date")
             return self.status()
         base = self.ensure_base(progress)
-        for status in todo:
-            progress(f"building {status.tag} (base {base}) ...")
-            self._build_one(status.name, status.tag, base, progress)
-            progress(f"built {status.tag}")
+        for name in todo:
+            tag = statuses[name].tag
+            below = statuses[PARENTS[name]].tag if name in PARENTS else base
+            progress(f"building {tag} (base {below}) ...")
+            self._build_one(name, tag, below, progress)
+            progress(f"built {tag}")
         self._resolved.clear()
         return self.status()
 

@@ -315,3 +315,37 @@ def test_sandbox_from_config_refuses_home(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="home"):
         Sandbox.from_config(SandboxConfig(workdir=Path.home()))
+
+
+def test_the_shell_sandbox_has_the_toolbox_and_the_pythons_libraries(
+    make_sandbox: SandboxFactory, workdir: Path
+) -> None:
+    """Models call `python3 script.py`, `node x.js`, git, sqlite3, unzip from shell blocks."""
+    (workdir / "script.py").write_text(
+        "import pandas, sklearn, bs4\nprint('py', pandas.__name__)\n"
+    )
+    (workdir / "x.js").write_text("console.log('js', 1 + 1)\n")
+    code = (
+        "set -e\npython3 script.py\nnode x.js\nnpm --version >/dev/null && echo npm\n"
+        "git --version | cut -d' ' -f1\nsqlite3 :memory: 'select 6*7'\n"
+        "echo hi > a.txt && zip -q a.zip a.txt && unzip -l a.zip | grep -c a.txt\n"
+        "echo '2^10' | bc\nxz --version | head -1 | cut -d' ' -f1\nfile a.txt | cut -d: -f2\n"
+        "make --version | head -1 | cut -d' ' -f1-2\nless --version | head -1 | cut -d' ' -f1\n"
+    )
+    result = make_sandbox(timeout=60).run("sh", code)
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.split()
+    for expected in ("py", "pandas", "js", "2", "npm", "git", "42", "1", "1024", "xz", "GNU"):
+        assert expected in lines, (expected, result.stdout)
+
+
+def test_the_python_sandbox_has_what_a_code_interpreter_is_expected_to_have(
+    make_sandbox: SandboxFactory,
+) -> None:
+    code = (
+        "import requests, bs4, lxml, scipy, sklearn, openpyxl, PIL, seaborn, sympy, yaml, tabulate\n"
+        "print(bs4.BeautifulSoup('<p>ok</p>', 'lxml').p.text, sympy.sqrt(16))\n"
+    )
+    result = make_sandbox(timeout=60).run("python", code)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.split() == ["ok", "4"]

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from orchestrator.errors import UnknownLanguageError
@@ -67,3 +69,19 @@ def test_unknown_language_names_the_supported_ones(name: str) -> None:
         parse_language(name)
     message = str(info.value)
     assert "python" in message and "javascript" in message and "shell" in message
+
+
+def test_child_images_are_tagged_by_their_parents_tag_too(tmp_path: Path) -> None:
+    """The shell sandbox is built on the python one: changing python's context rebuilds both."""
+    from orchestrator.sandbox.images import PARENTS, ImageCatalog
+
+    for name in ("python", "node", "shell", "proxy"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "Dockerfile").write_text(f"FROM scratch # {name}\n")
+    catalog = ImageCatalog(None, root=tmp_path)  # type: ignore[arg-type]
+    before = {name: catalog.expected_tag(name) for name in ("python", "node", "shell")}
+    (tmp_path / "python" / "Dockerfile").write_text("FROM scratch # python, changed\n")
+    after = {name: catalog.expected_tag(name) for name in ("python", "node", "shell")}
+    assert PARENTS["shell"] == "python"
+    assert after["python"] != before["python"] and after["shell"] != before["shell"]
+    assert after["node"] == before["node"]
