@@ -1,0 +1,120 @@
+"""A session's Python state across its throwaway containers. Runs only inside the sandbox.
+
+Every block runs in a fresh container; what a person expects to keep - the variables, functions,
+classes and imports of the Python blocks before - is saved after each Python block into the
+session's environment (``$OI_STATE_DIR``, a folder of the session mounted read-write) and
+restored in the next Python block's process before its code runs (after it was approved: the
+pre-started interpreter never reads the state). Values are pickled with cloudpickle (functions
+and classes defined in the blocks by value, importable ones by reference); imported modules are
+kept as names and imported again. What cannot be kept (open files, sockets, threads,
+generators, locks, objects over the size cap) is named on stderr so the model learns it:
+``[oi] not kept: f (open file), t (thread)``.
+
+The host never loads any of it: oi only mounts the folder.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import os
+import pickle
+import sys
+import threading
+import types
+from typing import Any
+
+STATE_FILE = "python.state"
+MAX_BYTES = int(os.environ.get("OI_STATE_MAX_BYTES", str(512 << 20)))
+_SKIP = {"__name__", "__builtins__", "__file__", "__loader__", "__cached__", "__spec__", "__doc__"}
+_SKIP |= {"__annotations__", "__package__"}
+_KINDS: tuple[tuple[type | tuple[type, ...], str], ...] = (
+    (io.IOBase, "open file"),
+    (threading.Thread, "thread"),
+    (types.GeneratorType, "generator"),
+    (types.CoroutineType, "coroutine"),
+    (types.FrameType, "frame"),
+)
+
+
+def _kind(value: Any) -> str:
+    import socket  # noqa: PLC0415
+
+    if isinstance(value, socket.socket):
+        return "socket"
+    for types_, name in _KINDS:
+        if isinstance(value, types_):
+            return name
+    if type(value).__name__ in ("lock", "RLock", "_thread.lock", "_thread.RLock"):
+        return "lock"
+    return type(value).__name__
+
+
+def _path() -> str | None:
+    folder = os.environ.get("OI_STATE_DIR")
+    return os.path.join(folder, STATE_FILE) if folder else None
+
+
+def restore(namespace: dict[str, Any]) -> list[str]:
+    """Put the kept state into ``namespace``; what could not come back, named."""
+    path = _path()
+    if path is None or not os.path.isfile(path):
+        return []
+    problems: list[str] = []
+    try:
+        with open(path, "rb") as fh:
+            kept = pickle.load(fh)  # noqa: S301 - the session's own state, inside its sandbox
+    except Exception as exc:  # a state a killed block left half-written, or unreadable
+        return [f"the kept state ({type(exc).__name__})"]
+    for name, module in kept.get("modules", {}).items():
+        try:
+            namespace[name] = importlib.import_module(module)
+        except Exception as exc:
+            problems.append(f"{name} (import {module}: {type(exc).__name__})")
+    for name, payload in kept.get("values", {}).items():
+        try:
+            namespace[name] = pickle.loads(payload)  # noqa: S301 - as above
+        except Exception as exc:
+            problems.append(f"{name} ({type(exc).__name__})")
+    return problems
+
+
+def save(namespace: dict[str, Any]) -> list[str]:
+    """Keep what can be kept of ``namespace``; what could not, named with why."""
+    path = _path()
+    if path is None:
+        return []
+    import cloudpickle  # noqa: PLC0415
+
+    modules: dict[str, str] = {}
+    values: dict[str, bytes] = {}
+    not_kept: list[str] = []
+    total = 0
+    for name, value in list(namespace.items()):
+        if name in _SKIP or name.startswith("_oi_"):
+            continue
+        if isinstance(value, types.ModuleType):
+            modules[name] = value.__name__
+            continue
+        try:
+            payload = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            not_kept.append(f"{name} ({_kind(value)})")
+            continue
+        if total + len(payload) > MAX_BYTES:
+            not_kept.append(f"{name} (over the {MAX_BYTES >> 20} MiB state limit)")
+            continue
+        total += len(payload)
+        values[name] = payload
+    temp = f"{path}.{os.getpid()}.tmp"
+    with open(temp, "wb") as fh:
+        pickle.dump({"v": 1, "modules": modules, "values": values}, fh, protocol=5)
+    os.replace(temp, path)  # whole or not at all: a block killed mid-save keeps the old state
+    return not_kept
+
+
+def report(problems: list[str], verb: str) -> None:
+    if problems:
+        shown = ", ".join(problems[:20]) + (f" and {len(problems) - 20} more" if len(problems) > 20 else "")
+        sys.stderr.write(f"[oi] {verb}: {shown}\n")
+        sys.stderr.flush()
