@@ -171,7 +171,7 @@ class HumanRenderer:
         if event.interrupted:
             self.err.print(f"[yellow]block {event.index} interrupted: its container was killed[/]")
             return
-        if event.timed_out or event.oom_killed:
+        if event.timed_out or event.oom_killed or event.result.get("workdir_exceeded"):
             self.err.print(f"[red]block {event.index}: {event.for_model.splitlines()[0]}[/]")
         elif event.exit_code == 0:
             self.err.print(f"[dim]block {event.index}: exit 0 · {event.duration_s:.2f} s[/]")

@@ -631,6 +631,7 @@ class Session:
             oom_killed=result.oom_killed,
             memory_str=box.memory,
             max_chars=self.settings.max_output,
+            workdir_overrun=result.workdir_overrun,
         )
         yield from self._emit(
             BlockResult(
@@ -646,12 +647,18 @@ class Session:
                 result.to_dict(),
             )
         )
-        failed = result.exit_code != 0 or result.timed_out or result.oom_killed
+        failed = (
+            result.exit_code != 0
+            or result.timed_out
+            or result.oom_killed
+            or result.workdir_exceeded
+        )
         key = (
             sha,
             result.exit_code,
             result.timed_out,
             result.oom_killed,
+            result.workdir_exceeded,
             result.stdout,
             result.stderr,
         )
