@@ -11,10 +11,11 @@ size-limited scratch filesystem synced back would copy every byte a block writes
 job pays it twice), break in-place appends to big files and hold the data in memory (tmpfs).
 So oi watches:
 
-- **O(1) trigger.** During a block, every 50 ms (down to 2 ms when little is left), ``statvfs`` of
-  the workdir's filesystem(s). The drop in free blocks and inodes since the last exact count
-  is an upper bound of what the workdir grew by (anyone's writes on the filesystem lower it).
-  While the last count plus that drop stays under the limit, nothing else happens.
+- **O(1) trigger.** During a block, every 50 ms (down to 2 ms when little is left), the
+  session's watcher thread reads ``statvfs`` of the workdir's filesystem(s). The drop in free
+  blocks and inodes since the last exact count is an upper bound of what the workdir grew by
+  (anyone's writes on the filesystem lower it). While the last count plus that drop stays
+  under the limit, nothing else happens.
 - **Exact confirmation.** When it might be over, the block's container is frozen (``docker
   pause``: a frozen block writes, renames and deletes nothing, so the walk sees one state), the
   workdir is walked (bytes and entries), the deleted files the block's processes still hold
@@ -28,7 +29,7 @@ So oi watches:
   or, if the session is already past it, no further than where the block began (so a block
   that deletes files can run).
 
-What it guarantees and what not is written in the README (Limits: workdir quota). Pure parts
+What it guarantees and what not is in the README ("Workdir quota"). Pure parts
 (``Usage``, ``WorkdirLimits``, ``Ledger``, ``poll_interval``) are table-tested; I/O sits behind
 ``Walker``, ``FreeReader`` and ``BlockControl``.
 """
