@@ -102,7 +102,8 @@ def exec_command(
     *,
     flags: SettingFlags,
 ) -> None:
-    """Run one block of code in a fresh sandbox; exit with its exit code (124 timeout, 137 OOM)."""
+    """Run one block of code in a fresh sandbox; exit with its exit code (124 timeout, 137 OOM,
+    73 workdir limit)."""
     from orchestrator.render import passthrough, reset_terminal  # noqa: PLC0415
     from orchestrator.sandbox.runner import Sandbox  # noqa: PLC0415
 
@@ -139,6 +140,7 @@ def _read_code(file: str) -> bytes:
 
 
 def _report_limits(result: ExecResult, loaded: Loaded) -> None:
+    from orchestrator.llm.prompts import workdir_limit_words  # noqa: PLC0415
     from orchestrator.units import format_size  # noqa: PLC0415
 
     settings = loaded.settings
@@ -146,6 +148,8 @@ def _report_limits(result: ExecResult, loaded: Loaded) -> None:
         err_console.print(f"oi: timed out after {settings.timeout:g} s (wall-clock limit)")
     elif result.oom_killed:
         err_console.print(f"oi: killed: memory limit {format_size(settings.memory)}")
+    elif result.workdir_overrun is not None:
+        say(workdir_limit_words(result.workdir_overrun), "red")
     if result.truncated:
         err_console.print(
             f"oi: output kept in the result was capped at {settings.max_output} bytes per stream "

@@ -31,6 +31,20 @@ MaxOutputOpt = Annotated[
     int | None,
     typer.Option("--max-output", help="Bytes of each stream kept, head + tail (default: 8192)."),
 ]
+WorkdirMaxBytesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--workdir-max-bytes",
+        help="Bytes the session's blocks may add to the workdir, e.g. 10g (default: 4g).",
+    ),
+]
+WorkdirMaxFilesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workdir-max-files",
+        help="Files the session's blocks may add to the workdir (default: 100000).",
+    ),
+]
 WorkdirOpt = Annotated[
     Path | None,
     typer.Option("--workdir", "-w", help="Folder mounted at /workspace (default: current dir)."),
@@ -121,6 +135,8 @@ SETTING_FLAGS: Mapping[str, FlagSpec] = {
     "pids": FlagSpec(PidsOpt, "pids"),
     "timeout": FlagSpec(TimeoutOpt, "timeout"),
     "max_output": FlagSpec(MaxOutputOpt, "max_output"),
+    "workdir_max_bytes": FlagSpec(WorkdirMaxBytesOpt, "workdir_max_bytes"),
+    "workdir_max_files": FlagSpec(WorkdirMaxFilesOpt, "workdir_max_files"),
     "workdir": FlagSpec(WorkdirOpt, "workdir"),
     "env": FlagSpec(EnvOpt, "env", convert=_list),
     "isolation": FlagSpec(IsolationOpt, "isolation"),
@@ -131,7 +147,9 @@ SETTING_FLAGS: Mapping[str, FlagSpec] = {
     "no_pool": FlagSpec(NoPoolOpt, "pool", False, lambda value: False if value else None),
 }
 MODEL_FLAGS = ("api_base", "model", "api_key", "tool_mode", "max_turns", "temperature")
-LIMIT_FLAGS = ("memory", "cpus", "pids", "timeout", "max_output")
+LIMIT_FLAGS = (
+    "memory", "cpus", "pids", "timeout", "max_output", "workdir_max_bytes", "workdir_max_files",
+)  # fmt: skip
 SANDBOX_FLAGS = ("workdir", "env", "isolation", "network", "allow_host", "ca_bundle", "mount")
 
 

@@ -360,6 +360,8 @@ def sandbox_config(settings: Settings, policy: Policy) -> SandboxConfig:
         tmp_size=settings.tmp_size,
         max_file_size=settings.max_file_size,
         nofile=settings.nofile,
+        workdir_max_bytes=settings.workdir_max_bytes,
+        workdir_max_files=settings.workdir_max_files,
         kill_grace=settings.kill_grace,
         env=tuple(settings.env),
         network=settings.network,

@@ -56,6 +56,12 @@ class PolicyFile(BaseModel):
     max_tmp_size: int | None = Field(None, description="largest /tmp of a sandbox")
     max_file_size: int | None = Field(None, description="largest file a block may write")
     max_nofile: int | None = Field(None, gt=0, description="most open files per process")
+    max_workdir_bytes: int | None = Field(
+        None, description="most bytes a session may add to its workdir"
+    )
+    max_workdir_files: int | None = Field(
+        None, gt=0, description="most files a session may add to its workdir"
+    )
     max_pool_size: int | None = Field(
         None, ge=1, description="most pre-started containers per shape"
     )
@@ -98,7 +104,9 @@ class PolicyFile(BaseModel):
     audit_log: str | None = Field(None, description="file receiving one JSON audit line per block")
     image_prefix: str | None = Field(None, description="sandbox image names; system file only")
 
-    @field_validator("max_memory", "max_tmp_size", "max_file_size", mode="before")
+    @field_validator(
+        "max_memory", "max_tmp_size", "max_file_size", "max_workdir_bytes", mode="before"
+    )
     @classmethod
     def _parse_size(cls, value: Any) -> Any:
         return None if value is None else _size(value)
@@ -280,6 +288,8 @@ NUMBER_CAPS: tuple[tuple[str, str, Any], ...] = (
     ("max_tmp_size", "tmp_size", format_size),
     ("max_file_size", "max_file_size", format_size),
     ("max_nofile", "nofile", lambda v: f"{v} open files"),
+    ("max_workdir_bytes", "workdir_max_bytes", format_size),
+    ("max_workdir_files", "workdir_max_files", lambda v: f"{v} files"),
     ("max_pool_size", "pool_size", lambda v: f"{v} containers"),
 )
 """(policy key, setting, how to show a value): settings capped by a number."""

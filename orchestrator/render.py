@@ -210,7 +210,7 @@ class HumanRenderer:
                 Text(f"block {event.index} interrupted: its container was killed", style="yellow")
             )
             return
-        if event.timed_out or event.oom_killed:
+        if event.timed_out or event.oom_killed or event.result.get("workdir_exceeded"):
             first = event.for_model.splitlines()[0] if event.for_model else "killed"
             self.err.print(Text(f"block {event.index}: {clean_line(first)}", style="red"))
         elif event.exit_code == 0:

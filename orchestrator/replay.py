@@ -47,6 +47,8 @@ LIMIT_KEYS: tuple[str, ...] = (
     "tmp_size",
     "max_file_size",
     "nofile",
+    "workdir_max_bytes",
+    "workdir_max_files",
 )
 """Recorded settings that replay reuses (they shape results and the captured output), as an
 untrusted layer: a recorded limit above the replaying person's own is not applied. The

@@ -648,6 +648,7 @@ class Session:
             oom_killed=result.oom_killed,
             memory_str=box.memory,
             max_chars=max_chars,
+            workdir_overrun=result.workdir_overrun,
         )
         for_model += self._keep_whole_output(index, result, max_chars)
         yield from self._emit(
@@ -664,12 +665,18 @@ class Session:
                 result.to_dict(),
             )
         )
-        failed = result.exit_code != 0 or result.timed_out or result.oom_killed
+        failed = (
+            result.exit_code != 0
+            or result.timed_out
+            or result.oom_killed
+            or result.workdir_exceeded
+        )
         key = (
             sha,
             result.exit_code,
             result.timed_out,
             result.oom_killed,
+            result.workdir_exceeded,
             result.stdout,
             result.stderr,
         )

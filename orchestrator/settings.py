@@ -122,6 +122,19 @@ class Settings(BaseSettings):
     nofile: int = _setting(
         D.nofile, trust="narrow", policy="cap max_nofile", description="open files", gt=0
     )
+    workdir_max_bytes: int = _setting(
+        D.workdir_max_bytes,
+        trust="narrow",
+        policy="cap max_workdir_bytes",
+        description="bytes the session's blocks may add to the workdir",
+    )
+    workdir_max_files: int = _setting(
+        D.workdir_max_files,
+        trust="narrow",
+        policy="cap max_workdir_files",
+        description="files the session's blocks may add to the workdir",
+        gt=0,
+    )
     kill_grace: float = _setting(
         D.kill_grace,
         trust="narrow",
@@ -349,7 +362,7 @@ class Settings(BaseSettings):
         default_factory=default_data_dir,
     )
 
-    @field_validator("memory", "tmp_size", "max_file_size", mode="before")
+    @field_validator("memory", "tmp_size", "max_file_size", "workdir_max_bytes", mode="before")
     @classmethod
     def _parse_size(cls, value: Any) -> int:
         if isinstance(value, str | int) and not isinstance(value, bool):

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from orchestrator.languages import LANGUAGES, Language, supported_names
+
+if TYPE_CHECKING:
+    from orchestrator.sandbox.workdir_quota import WorkdirOverrun
 
 NetworkTier = Literal["none", "allowlist", "open"]
 
@@ -123,25 +126,32 @@ def format_result_for_model(
     memory_str: str = "",
     declined: bool = False,
     max_chars: int | None = None,
+    workdir_overrun: WorkdirOverrun | None = None,
 ) -> str:
     """The short plain text the model receives about one block.
 
     A status line ("exit code 1", "timed out after 60 s (wall-clock limit)", "killed: memory
-    limit 1 GiB", or "declined by the user: the block was not run"), then the non-empty
-    streams. ``*_cut_bytes`` are bytes the sandbox dropped from the middle of a stream; when
-    its text does not already say so, the section title does. ``max_chars`` further trims
-    each stream with ``trim_middle`` to protect the model's context.
+    limit 1 GiB", "stopped: the workdir limit of 4 GiB was reached (...)", or "declined by the
+    user: the block was not run"), then the non-empty streams. ``*_cut_bytes`` are bytes the
+    sandbox dropped from the middle of a stream; when its text does not already say so, the
+    section title does. ``max_chars`` further trims each stream with ``trim_middle`` to
+    protect the model's context.
     """
     if declined:
         return "declined by the user: the block was not run."
+    workdir = workdir_limit_words(workdir_overrun) if workdir_overrun is not None else ""
     if timed_out:
         status = f"timed out after {_number(timeout_s)} s (wall-clock limit); the block was killed"
+    elif workdir_overrun is not None and workdir_overrun.stopped:
+        status, workdir = workdir, ""
     elif oom_killed:
         status = f"killed: memory limit {memory_str}".rstrip() + "; use less memory"
     elif exit_code is None:
         status = "no exit code"
     else:
         status = f"exit code {exit_code}"
+    if workdir:  # it ended by itself (or timed out) after passing the bound
+        status = f"{status}; {workdir}"
     parts = [status]
     for name, raw, cut in (
         ("stdout", stdout, stdout_cut_bytes),
@@ -157,6 +167,46 @@ def format_result_for_model(
     if len(parts) == 1:
         parts.append("(no output)")
     return "\n".join(parts)
+
+
+def workdir_limit_words(overrun: WorkdirOverrun) -> str:
+    """Plain words for a block that took the workdir past the session's limit, e.g. "stopped:
+    the workdir limit of 4 GiB was reached (the block added 4.1 GiB); the block was killed.
+    Delete files you do not need, or write less." """
+    show = _amount if overrun.kind == "bytes" else _files
+    if overrun.earlier_blocks:
+        # The bound is the session's: say so, since this block may have added only a part.
+        earlier = overrun.earlier_blocks
+        added = (
+            f"the workdir grew by {show(overrun.grown)} in this session: this block and "
+            f"{earlier} before it"
+        )
+        limit = f"the workdir limit of {show(overrun.limit)} for this session"
+    else:
+        added = f"the block added {show(overrun.grown)}"
+        limit = f"the workdir limit of {show(overrun.limit)}"
+    if overrun.stopped:
+        return (
+            f"stopped: {limit} was reached ({added}); the block was killed. "
+            "Delete files you do not need, or write less."
+        )
+    return f"{limit} was passed ({added}). Delete files you do not need before writing more."
+
+
+def _amount(num_bytes: int) -> str:
+    """2254857830 -> "2.1 GiB", 67108864 -> "64 MiB": one decimal, for people and models."""
+    if abs(num_bytes) < 1024:
+        return f"{num_bytes} B"
+    value = num_bytes / 1024
+    units = ["KiB", "MiB", "GiB", "TiB"]
+    while abs(value) >= 1024 and len(units) > 1:
+        value /= 1024
+        units.pop(0)
+    return f"{value:.1f}".removesuffix(".0") + f" {units[0]}"
+
+
+def _files(count: int) -> str:
+    return f"{count:,} file" + ("" if count == 1 else "s")
 
 
 def format_language_error(language: str) -> str:

@@ -28,7 +28,8 @@ class SandboxConfig:
 
     ``allow_hosts`` are host names, already expanded from presets by the layer above;
     ``egress_ranges`` are the private ranges the admin lets the proxy reach. ``quota_*`` are
-    the admin's caps on concurrent sandboxes (None: no cap).
+    the admin's caps on concurrent sandboxes (None: no cap). ``workdir_max_*`` bound how much
+    the workdir may grow over the session (``workdir_quota.py``; None: not bounded).
     """
 
     workdir: Path = field(default_factory=Path.cwd)
@@ -39,6 +40,11 @@ class SandboxConfig:
     max_output: int = 8192
     tmp_size: int = 256 * MiB
     max_file_size: int = 1 * GiB
+    # A session may grow the workdir by this much: room for the reference CSV job (a cleaned
+    # copy of a 1.8 GB file and its outputs), while a block left alone writes 54 GiB in its
+    # 60 s; 100,000 files is a large node_modules, and it also bounds how long a walk takes.
+    workdir_max_bytes: int | None = 4 * GiB
+    workdir_max_files: int | None = 100_000
     nofile: int = 1024
     kill_grace: float = 1.0
     env: tuple[str, ...] = ()

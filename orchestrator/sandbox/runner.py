@@ -50,6 +50,14 @@ from orchestrator.sandbox.spec import (
     current_identity,
     parse_mount,
 )
+from orchestrator.sandbox.workdir_quota import (
+    WORKDIR_EXIT,
+    BlockWatch,
+    DockerBlockControl,
+    WorkdirOverrun,
+    WorkdirQuota,
+    quota_for,
+)
 from orchestrator.units import format_size
 
 OutputCallback = Callable[[str, bytes], None]
@@ -69,6 +77,8 @@ def _outcome(result: ExecResult) -> str:
         return "timed_out"
     if result.oom_killed:
         return "oom_killed"
+    if result.workdir_exceeded:
+        return "workdir_limit"
     return "ok" if result.exit_code == 0 else "failed"
 
 
@@ -95,23 +105,32 @@ class ExecResult:
     image: str
     image_id: str
     code_sha256: str
+    workdir_overrun: WorkdirOverrun | None = None  # the workdir passed its session limit
 
     @property
     def truncated(self) -> bool:
         return bool(self.stdout_cut or self.stderr_cut)
 
     @property
+    def workdir_exceeded(self) -> bool:
+        return self.workdir_overrun is not None
+
+    @property
     def shell_exit_code(self) -> int:
-        """The exit code a shell would show: 124 on timeout, 137 on OOM, else the block's."""
+        """The exit code a shell would show: 124 on timeout, 137 on OOM, 73 when the workdir
+        limit stopped the block (or it passed it), else the block's."""
         if self.timed_out:
             return TIMEOUT_EXIT
         if self.oom_killed:
             return OOM_EXIT
+        if self.workdir_exceeded:
+            return WORKDIR_EXIT
         return self.exit_code
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["truncated"] = self.truncated
+        data["workdir_exceeded"] = self.workdir_exceeded
         return data
 
 
@@ -217,6 +236,7 @@ class Sandbox:
         egress: EgressManager | None = None,
         audit: AuditLog | None = None,
         quota: QuotaGate | None = None,
+        workdir_quota: WorkdirQuota | None = None,
     ) -> None:
         self.config = config
         self.session_id = session_id or new_session_id()
@@ -231,6 +251,9 @@ class Sandbox:
         self._egress = egress
         self._audit = audit
         self._quota = quota
+        self._workdir = workdir_quota or quota_for(
+            config.workdir, config.workdir_max_bytes, config.workdir_max_files
+        )
         self._attachment: NetworkAttachment | None = None
         self._specs: dict[Language, ContainerSpec] = {}
         self._runtime_checked = False
@@ -488,6 +511,8 @@ class Sandbox:
         on_output: OutputCallback | None,
         on_status: Callable[[str], None] | None,
     ) -> ExecResult:
+        if self._workdir is not None:
+            self._workdir.prepare()  # the session's baseline walk, while the container starts
         live = self._launch(spec, on_status)
         with self._running_lock:
             self._running.add(live.id)
@@ -554,6 +579,9 @@ class Sandbox:
             nonce = secrets.token_hex(16).encode()
             scanner = OutputScanner(nonce, expect_greeting=not live.greeted)
             message = frame_program(nonce, program)
+        watch: BlockWatch | None = None
+        if self._workdir is not None:
+            watch = self._workdir.watch(DockerBlockControl(self._api, live.id))
         # The clock starts when the program is sent, not when the container was made.
         started = time.monotonic()
         deadline = started + config.timeout
@@ -564,28 +592,15 @@ class Sandbox:
             raise SandboxError(
                 f"sending the program to sandbox {live.id[:12]} failed: {exc}"
             ) from exc
-        timed_out = False
-        data = live.preread
-        while True:
-            for stream, payload in decoder.feed(data):
-                if stream in buffers:
-                    deliver(stream, scanner.feed(stream, payload) if scanner else payload)
-            if scanner is not None and scanner.finished:
-                break
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                timed_out = True
-                break
-            ready, _, _ = select.select([live.sock], [], [], min(remaining, 1.0))
-            if not ready:
-                data = b""
-                continue
-            try:
-                data = live.sock.recv(65536)
-            except OSError:
-                break
-            if not data:
-                break
+        if watch is not None:
+            watch.start()
+        try:
+            timed_out = self._stream(live, scanner, decoder, deliver, deadline)
+        finally:
+            if watch is not None:
+                watch.stop()  # before stopping or waiting for the container: no freeze then
+        if watch is not None and watch.stopped_the_block:
+            timed_out = False  # the workdir limit, not the clock, ended it
         if scanner is not None:
             for stream in (STDOUT, STDERR):
                 deliver(stream, scanner.flush(stream))
@@ -599,6 +614,9 @@ class Sandbox:
         else:
             exit_code, oom_killed = self._finish(live.id, timed_out)
             live.ended = not timed_out  # Docker saw it exit: nothing of it runs any more
+        overrun = watch.result() if watch is not None else None
+        if overrun is not None and overrun.stopped:
+            oom_killed = False  # its SIGKILL came from oi
         duration = time.monotonic() - started
         out, err = buffers[STDOUT], buffers[STDERR]
         return ExecResult(
@@ -617,7 +635,41 @@ class Sandbox:
             image=image,
             image_id=image_id,
             code_sha256=hashlib.sha256(program).hexdigest(),
+            workdir_overrun=overrun,
         )
+
+    @staticmethod
+    def _stream(
+        live: LiveContainer,
+        scanner: OutputScanner | None,
+        decoder: FrameDecoder,
+        deliver: Callable[[int, bytes], None],
+        deadline: float,
+    ) -> bool:
+        """Read the block's output until it ends; True if the deadline passed first."""
+        timed_out = False
+        data = live.preread
+        while True:
+            for stream, payload in decoder.feed(data):
+                if stream in (STDOUT, STDERR):
+                    deliver(stream, scanner.feed(stream, payload) if scanner else payload)
+            if scanner is not None and scanner.finished:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            ready, _, _ = select.select([live.sock], [], [], min(remaining, 1.0))
+            if not ready:
+                data = b""
+                continue
+            try:
+                data = live.sock.recv(65536)
+            except OSError:
+                break
+            if not data:
+                break
+        return timed_out
 
     def _finish(self, container_id: str, timed_out: bool) -> tuple[int, bool]:
         """Stop the container if needed; return (exit code, killed by the OOM killer)."""

@@ -115,6 +115,7 @@ def save(namespace: dict[str, Any]) -> list[str]:
 
 def report(problems: list[str], verb: str) -> None:
     if problems:
-        shown = ", ".join(problems[:20]) + (f" and {len(problems) - 20} more" if len(problems) > 20 else "")
+        more = f" and {len(problems) - 20} more" if len(problems) > 20 else ""
+        shown = ", ".join(problems[:20]) + more
         sys.stderr.write(f"[oi] {verb}: {shown}\n")
         sys.stderr.flush()
