@@ -25,6 +25,7 @@ from orchestrator.cli_common import (
     image_catalog,
     install_signal_handlers,
     load_flags,
+    out,
     plain,
     say,
     state,
@@ -366,16 +367,20 @@ def gc_command() -> None:
 def config_show() -> None:
     """Print each effective setting with where it comes from (flag, OI_* variable, a config
     file, the admin policy, or the default)."""
-    from orchestrator.settings import project_config_path, user_config_path  # noqa: PLC0415
+    from orchestrator.settings import (  # noqa: PLC0415
+        project_config_path,
+        shown_value,
+        user_config_path,
+    )
 
     with errors():
         loaded = load_flags()
         for key, value in loaded.settings.model_dump().items():
-            shown = "***" if key == "api_key" and value not in ("", "EMPTY") else value
+            shown = shown_value(key, value)
             source = loaded.source_of(key)
-            typer.echo(f"{key} = {json.dumps(shown, default=str)}  # {source}")
+            out(f"{key} = {json.dumps(shown, default=str)}  # {source}")
         files = [user_config_path(), project_config_path()]
-        typer.echo(
+        out(
             "# config files: " + ", ".join(f"{p}{'' if p.exists() else ' (absent)'}" for p in files)
         )
 
@@ -400,7 +405,7 @@ def trust_command(
         if listing or file is None:
             entries = store.listed()
             for name, sha in sorted(entries.items()):
-                typer.echo(f"{sha[:16]}  {name}")
+                out(f"{sha[:16]}  {name}")
             if not entries:
                 plain(f"no trusted files ({store.path})")
             return
@@ -419,7 +424,7 @@ def policy_show() -> None:
 
     with errors():
         for line in describe(load_policy()):
-            typer.echo(line)
+            out(line)
 
 
 def _register_extensions() -> None:

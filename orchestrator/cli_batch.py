@@ -19,7 +19,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from orchestrator.cli_common import docker_client, err_console, errors, load_flags
+from orchestrator.cli_common import docker_client, err_console, errors, load_flags, out
 from orchestrator.cli_options import (
     LIMIT_FLAGS,
     MODEL_FLAGS,
@@ -165,21 +165,21 @@ def _announce(console: Console, plan: BatchPlan, concurrency: int) -> None:
         return
     first = planned[0].settings
     trust = (
-        "trusted: its tasks may set anything you may"
+        "the tasks file is trusted: its tasks may set anything you may"
         if plan.trusted
-        else ("its tasks may only narrow these")
+        else "a task may only narrow these"
     )
     say(
         "oi batch: auto-run is on: every block runs without asking, each in a throwaway "
         f"sandbox (network {first.network}, memory {format_size(first.memory)}, "
-        f"{first.timeout:g} s per block; the tasks file is {trust}, capped by policy); "
+        f"{first.timeout:g} s per block; {trust}, capped by policy); "
         f"budget {format_clock(plan.budget_s)} per task unless a task sets one"
     )
 
 
 def _say(console: Console) -> Callable[[str], None]:
     def say(text: str) -> None:
-        console.print(text, markup=False, highlight=False, soft_wrap=True)
+        console.print(Text(clean_line(text)), highlight=False, soft_wrap=True)
 
     return say
 
@@ -318,7 +318,7 @@ def _print_batch_summary(
 
     counts = count_outcomes(report.results)
     state = " (interrupted: partial report)" if report.interrupted else ""
-    typer.echo(
+    out(
         f"oi batch: {counts['total']} task(s): {counts['passed']} passed, {counts['failed']} "
         f"failed, {counts['error']} error(s), {counts['skipped']} skipped in "
         f"{format_clock(report.duration_s)}{state}"
@@ -326,11 +326,11 @@ def _print_batch_summary(
     for result in report.results:
         if result.outcome != "passed":
             mark = _MARKS[result.outcome][0]
-            typer.echo(f"  {mark} {clean_line(result.task_id)}: {clean_line(result.reason)}")
+            out(f"  {mark} {result.task_id}: {result.reason}")
     written = [f"{out_dir}/<task id>/ (workdir, session.jsonl, log.txt, result.json)"]
     written += [f"junit {junit}"] if junit else []
     written += [f"json {json_file}"] if json_file else []
-    typer.echo("oi batch: wrote " + "; ".join(written))
+    out("oi batch: wrote " + "; ".join(written))
 
 
 # --- oi replay ------------------------------------------------------------------------------------
@@ -391,9 +391,9 @@ def replay_command(
 def _print_replay_summary(totals: Any, total: int, interrupted: bool, kept: Path | None) -> None:
     state = " (interrupted)" if interrupted else ""
     not_run = f", {totals.not_run} not run" if totals.not_run else ""
-    typer.echo(
+    out(
         f"oi replay: {totals.matched} of {total} block(s) match, {totals.mismatched} "
         f"mismatch(es), {totals.not_compared} not compared{not_run}{state}"
     )
     if kept is not None:
-        typer.echo(f"oi replay: the files are in {kept}")
+        out(f"oi replay: the files are in {kept}")

@@ -47,6 +47,14 @@ def plain(message: str, style: str = "") -> None:
     err_console.print(Text(clean_line(message), style=style))
 
 
+def out(line: str) -> None:
+    """A line of ours on stdout that may quote untrusted parts (paths, names, task ids, policy
+    lines): shown with every control, bidi and invisible character escaped."""
+    from orchestrator.safe_text import clean_line  # noqa: PLC0415
+
+    typer.echo(clean_line(line))
+
+
 EXIT_INTERRUPTED = 3
 """Stopped before finishing: Ctrl-C, SIGTERM or SIGHUP (never 130/143: those are a block's)."""
 

@@ -152,6 +152,65 @@ def owned_private(info: os.stat_result) -> bool:
     return info.st_uid == os.geteuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
+def _only_writer(info: os.stat_result, owners: frozenset[int]) -> str | None:
+    """Why someone outside ``owners`` could change this file or folder, or None."""
+    if info.st_uid not in owners:
+        return f"it belongs to uid {info.st_uid}"
+    if info.st_mode & stat.S_IWOTH and not (stat.S_ISDIR(info.st_mode) and info.st_mode & 0o1000):
+        return f"anyone may write it (mode {stat.S_IMODE(info.st_mode):o})"
+    if info.st_mode & stat.S_IWGRP and not _private_group(info.st_gid, owners):
+        return f"its group (gid {info.st_gid}) may write it (mode {stat.S_IMODE(info.st_mode):o})"
+    return None
+
+
+def _private_group(gid: int, owners: frozenset[int]) -> bool:
+    """A group whose members are all owners (a user's own group, as with umask 002)."""
+    import grp  # noqa: PLC0415
+    import pwd  # noqa: PLC0415
+
+    try:
+        members = set(grp.getgrgid(gid).gr_mem)
+    except KeyError:
+        return False
+    members |= {entry.pw_name for entry in pwd.getpwall() if entry.pw_gid == gid}
+    names = set()
+    for uid in owners:
+        with contextlib.suppress(KeyError):
+            names.add(pwd.getpwuid(uid).pw_name)
+    return members <= names
+
+
+def read_owned(path: Path, *, owners: frozenset[int], what: str, limit: int = 1 << 20) -> bytes:
+    """The bytes of a file that only ``owners`` (and root) can have written: the file and every
+    folder above it (as OpenSSH checks ``authorized_keys``). A symlink is followed, and the
+    place it leads to is what is checked. ``FileNotFoundError`` when there is none; a
+    ``ConfigError`` naming the path, why and the fix when someone else could have written it."""
+    owners = owners | {0}
+    fd = os.open(path, O_READ & ~os.O_NOFOLLOW)
+    try:
+        info = _regular(fd, path)
+        problem = _only_writer(info, owners)
+        real = Path(os.path.realpath(path))
+        for folder in real.parents:
+            if problem is not None:
+                break
+            problem = _only_writer(os.lstat(folder), owners)
+            if problem is not None:
+                problem = f"its folder {folder}: {problem.removeprefix('it ')}"
+        if problem is not None:
+            raise ConfigError(
+                f"{what} {path} could have been written by another user ({problem}); oi will "
+                "not use it: make it and its folders yours and writable only by you "
+                "(chown, chmod go-w)"
+            )
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            if info.st_size > limit:
+                raise ConfigError(f"{what} {path} is larger than {limit} bytes")
+            return fh.read(limit + 1)[:limit]
+    finally:
+        os.close(fd)
+
+
 def private_dir(path: Path, mode: int = 0o700) -> Path:
     """A directory for oi's own state: created with ``mode`` (with missing parents 0700) when
     absent; refused when it is a link, not ours, or writable by group or others."""

@@ -10,6 +10,7 @@ policy once, and returns a ``Loaded``: the settings, the policy and the source o
 from __future__ import annotations
 
 import difflib
+import os
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -20,7 +21,7 @@ from pydantic import ValidationError
 from pydantic_settings import EnvSettingsSource
 
 from orchestrator.errors import ConfigError
-from orchestrator.fsafe import read_regular
+from orchestrator.fsafe import read_owned, read_regular
 from orchestrator.policy import Policy, apply_policy, load_policy
 from orchestrator.presets import expand_hosts
 from orchestrator.sandbox.config import NETWORK_ORDER, NetworkTier, SandboxConfig
@@ -29,6 +30,7 @@ from orchestrator.settings import (
     Settings,
     field_meta,
     project_config_path,
+    shown_value,
     user_config_path,
 )
 from orchestrator.trust import TrustStore
@@ -72,7 +74,10 @@ def _did_you_mean(key: str) -> str:
 def read_toml_layer(path: Path, kind: SourceKind) -> Layer | None:
     """A config file as a layer, or None when there is no file."""
     try:
-        content = read_regular(path, limit=1 << 20, follow=True)
+        if kind == "user config":  # yours: it may set everything, so only you may write it
+            content = read_owned(path, owners=frozenset({os.geteuid()}), what="user config")
+        else:
+            content = read_regular(path, limit=1 << 20, follow=True)
         text = content.decode("utf-8")
     except FileNotFoundError:
         return None
@@ -166,7 +171,8 @@ class Refusal:
 
     def message(self, fix: str) -> str:
         return (
-            f"{self.where} = {self.value!r} is refused: a project file may only narrow what "
+            f"{self.where} = {shown_value(self.key, self.value)!r} is refused: a project file "
+            "may only narrow what "
             f"you allow ({self._why()}); {fix}"
         )
 

@@ -19,13 +19,15 @@ import ipaddress
 import os
 import re
 import tomllib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from orchestrator.errors import PolicyError
+from orchestrator.errors import ConfigError, PolicyError
+from orchestrator.fsafe import read_owned
 from orchestrator.presets import expand_hosts
 from orchestrator.units import format_size, parse_size
 
@@ -175,6 +177,16 @@ class Policy:
         allowed = set.intersection(*({str(v) for v in rule.value} for rule in rules))
         return allowed, rules[-1]
 
+    def refusing(
+        self, key: str, member: str, expand: Callable[[list[str]], Iterable[str]] = list
+    ) -> PolicyRule:
+        """The rule for ``key`` whose list leaves out ``member`` (the one a refusal names)."""
+        rules = self.get(key)
+        for rule in rules:
+            if member not in set(expand([str(v) for v in rule.value])):
+                return rule
+        return rules[-1]
+
     def flag(self, key: str) -> tuple[bool, PolicyRule] | None:
         """A boolean permission: False if any file says False."""
         rules = self.get(key)
@@ -262,7 +274,13 @@ def load_policy() -> Policy:
     merged: dict[str, list[PolicyRule]] = {}
     for path, system in paths:
         try:
-            text = path.read_text(encoding="utf-8")
+            if system:  # the grants and caps of everyone: only root may have written them
+                data = read_owned(path, owners=frozenset({0}), what="admin policy")
+            else:
+                data = path.read_bytes()
+            text = data.decode("utf-8")
+        except ConfigError as exc:
+            raise PolicyError(str(exc)) from None
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
             raise PolicyError(f"cannot read policy {path}: {reason}") from None
@@ -359,25 +377,29 @@ def _cap_kill_grace(policy: Policy, asked: set[str], value: Any, updates: dict[s
 def _apply_sets(policy: Policy, asked: set[str], value: Any, updates: dict[str, Any]) -> None:
     networks = policy.allowed_set("allowed_networks")
     if networks is not None:
-        allowed, rule = networks
+        allowed, _ = networks
         if value("network") not in allowed:
             if "network" in asked or not allowed:
+                rule = policy.refusing("allowed_networks", value("network"))
                 raise _not_allowed(f"--network {value('network')}", rule)
             updates["network"] = next(t for t in ("none", "allowlist", "open") if t in allowed)
 
     hosts = policy.allowed_set("allowed_hosts")
     if hosts is not None and value("allow_hosts"):
-        allowed, rule = hosts
+        allowed, _ = hosts
         table = policy.presets()
         permitted = set(expand_hosts(sorted(allowed), table)) if allowed else set()
         for host in expand_hosts(list(value("allow_hosts")), table):
             if host not in permitted:
+                rule = policy.refusing(
+                    "allowed_hosts", host, lambda names: expand_hosts(names, table)
+                )
                 raise _not_allowed(f"--allow-host {host}", rule)
 
     required = policy.get("required_isolation")
     if required:
-        rule = required[-1]
-        wanted = "gvisor" if any(r.value == "gvisor" for r in required) else str(rule.value)
+        wanted = "gvisor" if any(r.value == "gvisor" for r in required) else str(required[-1].value)
+        rule = next(r for r in required if r.value == wanted)
         if value("isolation") != wanted:
             if "isolation" in asked:
                 raise _not_allowed(f"--isolation {value('isolation')}", rule)

@@ -33,6 +33,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from orchestrator.paths import xdg_dir
 from orchestrator.sandbox.config import (
     DEFAULTS,
     Isolation,
@@ -61,14 +62,12 @@ def user_config_path() -> Path:
     """``$OI_CONFIG_FILE``, else ``$XDG_CONFIG_HOME/oi/config.toml`` (~/.config by default)."""
     explicit = os.environ.get("OI_CONFIG_FILE")
     if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "oi" / "config.toml"
+        return Path(explicit).absolute()
+    return xdg_dir("XDG_CONFIG_HOME", ".config") / "oi" / "config.toml"
 
 
 def default_data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "oi"
+    return xdg_dir("XDG_DATA_HOME", ".local/share") / "oi"
 
 
 def project_config_path() -> Path:
@@ -81,7 +80,9 @@ D = DEFAULTS
 class Settings(BaseSettings):
     """Everything a person or admin can set. The model can set none of it."""
 
-    model_config = SettingsConfigDict(env_prefix="OI_", extra="forbid", validate_default=True)
+    model_config = SettingsConfigDict(
+        env_prefix="OI_", extra="forbid", validate_default=True, allow_inf_nan=False
+    )
 
     # --- sandbox limits -------------------------------------------------------------------
     memory: int = _setting(
@@ -91,7 +92,11 @@ class Settings(BaseSettings):
         description="memory limit (swap included)",
     )
     cpus: float = _setting(
-        D.cpus, trust="narrow", policy="cap max_cpus", description="CPU share, e.g. 0.5 or 2", gt=0
+        D.cpus,
+        trust="narrow",
+        policy="cap max_cpus",
+        description="CPU share, e.g. 0.5 or 2",
+        ge=0.01,  # Docker rounds less to a quota of 0: no limit at all
     )
     pids: int = _setting(
         D.pids, trust="narrow", policy="cap max_pids", description="max processes+threads", gt=0
@@ -417,6 +422,15 @@ def field_meta(name: str) -> tuple[Trust, str]:
     extra = Settings.model_fields[name].json_schema_extra
     assert isinstance(extra, dict), name
     return cast("Trust", extra["oi_trust"]), str(extra["oi_policy"])
+
+
+def shown_value(name: str, value: Any) -> Any:
+    """A value as it may be printed: a secret (a field declared with ``repr=False``, such as
+    ``api_key``) is masked unless it is empty or the placeholder ``EMPTY``."""
+    field = Settings.model_fields.get(name)
+    if field is not None and field.repr is False and value not in ("", "EMPTY", None):
+        return "***"
+    return value
 
 
 def keys_with_trust(*levels: Trust) -> tuple[str, ...]:

@@ -43,6 +43,7 @@ from typing import Any
 
 from orchestrator.errors import ConfigError, RecordWriteError
 from orchestrator.events import Event
+from orchestrator.fsafe import write_atomic, write_beneath
 from orchestrator.records import (
     EndRecord,
     MessageRecord,
@@ -534,9 +535,15 @@ def list_sessions(sessions_dir: Path) -> list[SessionInfo]:
 
 
 def find_session(sessions_dir: Path, session_id: str) -> Path:
-    """A session file by id, or a unique prefix of one."""
-    exact = session_path(sessions_dir, session_id) if _SAFE_ID.match(session_id) else None
-    if exact and exact.is_file():
+    """A session file by id, or a unique prefix of one (never a path: a record file from
+    elsewhere is replayed with ``oi replay FILE``, not continued)."""
+    if not _SAFE_ID.match(session_id) or session_id in (".", ".."):
+        raise ConfigError(
+            f"{session_id!r} is not a session id (ids look like 20260101T120000-ab12cd; "
+            "'oi sessions list' shows yours); a record file is re-run with 'oi replay FILE'"
+        )
+    exact = session_path(sessions_dir, session_id)
+    if exact.is_file():
         return exact
     matches = sorted(sessions_dir.glob(f"{glob_escape(session_id)}*.jsonl"))
     if len(matches) == 1:
@@ -555,8 +562,10 @@ def glob_escape(text: str) -> str:
     return re.sub(r"([*?\[\]])", r"[\1]", text)
 
 
-def save_markdown(messages: list[dict[str, Any]], path: Path) -> Path:
-    """Write a conversation as markdown; never follows a symlink at ``path``."""
+def save_markdown(messages: list[dict[str, Any]], path: Path, *, base: Path | None = None) -> Path:
+    """Write a conversation as markdown. A relative ``path`` is written below ``base`` (the
+    current folder) without following any symlink on the way - a block or a repository may have
+    planted one - and an absolute one never through a symlink at its last part."""
     lines: list[str] = []
     for message in messages:
         role = message.get("role", "?")
@@ -566,13 +575,10 @@ def save_markdown(messages: list[dict[str, Any]], path: Path) -> Path:
         lines.append(str(message.get("content") or "").rstrip() + "\n")
         for call in message.get("tool_calls") or []:
             lines.append(f"```json\n{call['function']['arguments']}\n```\n")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags, 0o600)
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        if not _is_regular(fh.fileno()):
-            raise ConfigError(f"{path} is not a regular file")
-        fh.write("\n".join(lines))
-    return path
+    data = "\n".join(lines).encode()
+    path = path.expanduser()
+    if path.is_absolute():
+        write_atomic(path, data, 0o600)
+        return path
+    root = base or Path.cwd()
+    return write_beneath(root, str(path), data, 0o600, dir_mode=0o755)

@@ -19,12 +19,13 @@ from typing import Literal
 
 from orchestrator.errors import ConfigError
 from orchestrator.fsafe import owned_private, private_dir, read_regular, write_atomic
+from orchestrator.paths import xdg_dir
 
 TrustStatus = Literal["trusted", "changed", "untrusted"]
 
 
 def config_home() -> Path:
-    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return xdg_dir("XDG_CONFIG_HOME", ".config")
 
 
 def digest(data: bytes) -> str:

@@ -65,32 +65,98 @@ fi
 
 register_runsc || true
 
-# A pid file left by a dockerd that was killed stops a new one from starting ("pid file found").
-for pidfile in /var/run/docker.pid /run/docker/containerd/containerd.pid; do
-  if [ -f "$pidfile" ]; then
-    pid=$(cat "$pidfile" 2>/dev/null || true)
-    if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
-      log "removing stale $pidfile (pid ${pid:-?} is not alive)"
-      rm -f "$pidfile"
+daemon_alive() { pgrep -x dockerd >/dev/null 2>&1 || pgrep -x containerd >/dev/null 2>&1; }
+
+# On this kind of machine /run is not a tmpfs: a machine that was stopped (or snapshotted) with
+# dockerd running keeps dockerd's runtime state - pid files, containerd's task and shim state,
+# network namespaces - which a new dockerd then tries to restore (and can hang on). A reboot
+# would have emptied these folders; with no dockerd or containerd alive, empty them the same way.
+clear_stale_runtime_state() {
+  daemon_alive && return 0
+  local stale=""
+  for pidfile in /var/run/docker.pid /run/docker/containerd/containerd.pid /run/containerd/containerd.pid; do
+    if [ -f "$pidfile" ]; then
+      pid=$(cat "$pidfile" 2>/dev/null || true)
+      # Stale if that pid is gone or is now another program (pids are reused after a restart).
+      comm=$(cat "/proc/${pid:-0}/comm" 2>/dev/null || true)
+      if [ -z "$pid" ] || { [ "$comm" != dockerd ] && [ "$comm" != containerd ]; }; then
+        log "removing stale $pidfile (pid ${pid:-?} is not a running dockerd or containerd)"
+        rm -f "$pidfile"
+        stale=1
+      fi
     fi
+  done
+  if [ -n "$stale" ] || [ "${1:-}" = force ]; then
+    for dir in /run/docker /run/containerd; do
+      [ -d "$dir" ] || continue
+      log "clearing stale runtime state in $dir (no dockerd or containerd is running)"
+      # Network namespaces left mounted would make rm fail on them: unmount first.
+      find "$dir" -depth -type f -path '*/netns/*' -exec umount -l {} \; 2>/dev/null || true
+      rm -rf "$dir" 2>/dev/null || log "could not remove all of $dir (continuing)"
+    done
+    rm -f /var/run/docker.sock
   fi
-done
+}
+
+start_dockerd() {
+  log "starting dockerd in the background (log: /var/log/dockerd.log)..."
+  setsid dockerd >>/var/log/dockerd.log 2>&1 < /dev/null &
+  DOCKERD_PID=$!
+}
+
+# Wait for the engine: progress every 15 s; stop early if dockerd exits.
+wait_for_engine() {
+  local limit=$1 waited=0
+  while [ "$waited" -lt "$limit" ]; do
+    if engine_answers; then
+      log "Docker engine is up: $(docker version --format '{{.Server.Version}}')"
+      return 0
+    fi
+    if [ -n "${DOCKERD_PID:-}" ] && ! kill -0 "$DOCKERD_PID" 2>/dev/null; then
+      log "dockerd exited after ${waited} s"
+      return 1
+    fi
+    sleep 1
+    waited=$((waited + 1))
+    if [ $((waited % 15)) -eq 0 ]; then
+      log "still waiting for dockerd (${waited} s of ${limit} s)..."
+    fi
+  done
+  log "dockerd did not answer within ${limit} s"
+  return 1
+}
+
+show_dockerd_log() {
+  log "the last lines of /var/log/dockerd.log:"
+  tail -n 25 /var/log/dockerd.log >&2 2>/dev/null || true
+}
+
+clear_stale_runtime_state
 
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
   log "starting docker with systemctl..."
   systemctl start docker || true
-fi
-if ! engine_answers; then
-  log "starting dockerd in the background (log: /var/log/dockerd.log)..."
-  setsid dockerd >>/var/log/dockerd.log 2>&1 < /dev/null &
+  wait_for_engine 60 && exit 0
 fi
 
-for _ in $(seq 1 60); do
-  if engine_answers; then
-    log "Docker engine is up: $(docker version --format '{{.Server.Version}}')"
-    exit 0
-  fi
+DOCKERD_PID=""
+if ! engine_answers; then
+  start_dockerd
+fi
+wait_for_engine 120 && exit 0
+show_dockerd_log
+
+# One more try from a clean runtime state, as after a reboot.
+if [ -n "$DOCKERD_PID" ]; then
+  children=$(pgrep -P "$DOCKERD_PID" 2>/dev/null || true)  # its own containerd
+  kill "$DOCKERD_PID" 2>/dev/null || true
+  for _ in $(seq 1 20); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 1; done
+  kill -9 "$DOCKERD_PID" $children 2>/dev/null || true
   sleep 1
-done
-log "dockerd did not answer within 60 s; see /var/log/dockerd.log"
+  clear_stale_runtime_state force
+  start_dockerd
+  wait_for_engine 120 && exit 0
+  show_dockerd_log
+fi
+log "fix: read /var/log/dockerd.log for why dockerd does not start, then run 'make setup' again"
 exit 1

@@ -4,6 +4,7 @@ session remains, and remove any that did (so one failure does not cascade)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -111,11 +112,17 @@ def make_sandbox(
     pooled = _pool_mode(request)
     made: list[Sandbox] = []
 
-    def factory(host_env: dict[str, str] | None = None, **overrides: Any) -> Sandbox:
+    def factory(
+        host_env: dict[str, str] | None = None,
+        sandbox_only: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> Sandbox:
+        """``overrides`` are settings-style values; ``sandbox_only`` are SandboxConfig fields
+        set afterwards (values no setting can give, such as no workdir quota)."""
         overrides.setdefault("workdir", workdir)
         if pooled:
             overrides["pool"] = True
-        config = make_config(**overrides)
+        config = dataclasses.replace(make_config(**overrides), **(sandbox_only or {}))
         sandbox = (PooledSandbox if pooled else Sandbox)(
             docker_client,
             config,

@@ -103,6 +103,12 @@ def plan_tasks(
     base_dir = Path(source).absolute().parent
     for spec in specs:
         budget = spec.budget or default_budget_s
+        if budget > default_budget_s and not trusted:
+            raise ConfigError(
+                f"{source}: task {spec.id!r}: budget {budget:g} s is more than --budget "
+                f"{default_budget_s:g} s allows: a tasks file may only narrow what you allow; "
+                f"pass a larger --budget, or trust the file with 'oi trust {source}'"
+            )
         workdir = out_dir / spec.id / "workdir"
         loaded = task_settings(spec, flags, workdir, budget, source, trusted=trusted, policy=policy)
         if spec.workdir is not None:

@@ -27,6 +27,7 @@ import docker
 
 from orchestrator.errors import ConfigError, OiError, RuntimeMissingError, SandboxError
 from orchestrator.languages import Language, parse_language
+from orchestrator.paths import home
 from orchestrator.sandbox.audit import AuditLog
 from orchestrator.sandbox.bootstrap import (
     OutputScanner,
@@ -67,8 +68,15 @@ TIMEOUT_EXIT = 124  # as timeout(1)
 OOM_EXIT = 137  # as Docker: 128 + SIGKILL
 
 
-def _home() -> Path:
-    return Path(os.environ.get("HOME") or Path.home())
+def _homes() -> list[Path]:
+    """Every folder that is this user's home: ``$HOME`` and the password database's (they can
+    differ, and neither may be mounted)."""
+    import pwd  # noqa: PLC0415
+
+    found = [home()]
+    with contextlib.suppress(KeyError):
+        found.append(Path(pwd.getpwuid(os.geteuid()).pw_dir))
+    return found
 
 
 def _outcome(result: ExecResult) -> str:
@@ -280,7 +288,8 @@ class Sandbox:
         client: docker.DockerClient | None = None,
     ) -> Sandbox:
         """The production wiring: checks the workdir, connects, and sets up audit and quota."""
-        check_workdir(config.workdir, home=_home())
+        for user_home in _homes():
+            check_workdir(config.workdir, home=user_home)
         client = client or connect()
         identity = current_identity(config.workdir)
         caps = QuotaCaps(config.quota_per_user, config.quota_total)
@@ -400,7 +409,13 @@ class Sandbox:
 
     def _extra_mounts(self) -> tuple[ExtraMount, ...]:
         if self._mounts is None:
-            self._mounts = tuple(parse_mount(m, _home()) for m in self.config.mounts)
+            homes = _homes()
+            self._mounts = tuple(parse_mount(m, homes[0]) for m in self.config.mounts)
+            for mount in self._mounts:
+                for user_home in homes[1:]:
+                    check_workdir(
+                        mount.host if mount.host.is_dir() else mount.host.parent, user_home
+                    )
         return self._mounts
 
     def _network_attachment(self) -> NetworkAttachment | None:

@@ -187,3 +187,17 @@ def test_resume_keeps_unchanged_passed_and_failed_results(tmp_path: Path) -> Non
     assert planned["new"].kept is None
     assert planned["changed"].kept is None  # the task changed since its result
     assert all(p.kept is None for p in plan(text, tmp_path, resume=False))
+
+
+@pytest.mark.parametrize("budget", ["301", "100h"])
+def test_an_untrusted_task_budget_cannot_outlast_the_command_lines(
+    tmp_path: Path, budget: str
+) -> None:
+    text = f"- id: slow\n  prompt: p\n  budget: {budget}\n"
+    with pytest.raises(ConfigError) as info:
+        plan(text, tmp_path)
+    assert "task 'slow'" in str(info.value) and "--budget 300 s" in str(info.value)
+    (trusted,) = plan(text, tmp_path, trusted=True)  # the user's own file may
+    assert trusted.budget_s > 300
+    (shorter,) = plan("- id: quick\n  prompt: p\n  budget: 299\n", tmp_path)
+    assert shorter.budget_s == 299

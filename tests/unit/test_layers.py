@@ -17,6 +17,7 @@ LAYERS: dict[str, int] = {
     "orchestrator.errors": 0,
     "orchestrator.units": 0,
     "orchestrator.languages": 0,
+    "orchestrator.paths": 0,
     # 1: the sandbox and the model client, each knowing nothing above it
     "orchestrator.sandbox": 1,
     "orchestrator.llm": 1,
