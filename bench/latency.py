@@ -36,7 +36,7 @@ from orchestrator.loading import sandbox_config
 from orchestrator.policy import Policy
 from orchestrator.sandbox.docker import connect
 from orchestrator.sandbox.images import ImageCatalog
-from orchestrator.sandbox.runner import Sandbox
+from orchestrator.sandbox.runner import Sandbox, grant_access
 from orchestrator.sandbox.spec import current_identity
 from orchestrator.settings import Settings
 
@@ -107,7 +107,7 @@ def sandbox(client: Any, workdir: Path, **overrides: Any) -> Iterator[Sandbox]:
         client,
         config,
         ImageCatalog(client),
-        current_identity(workdir),
+        grant_access(current_identity(workdir), config),
         session_id="bench",
     )
     try:

@@ -31,7 +31,7 @@ from orchestrator.policy import Policy
 from orchestrator.sandbox import workdir_quota as wq
 from orchestrator.sandbox.docker import connect
 from orchestrator.sandbox.images import ImageCatalog
-from orchestrator.sandbox.runner import Sandbox
+from orchestrator.sandbox.runner import Sandbox, grant_access
 from orchestrator.sandbox.spec import current_identity
 from orchestrator.settings import Settings
 from orchestrator.units import parse_size
@@ -91,7 +91,11 @@ def sandbox(client: Any, workdir: Path, quota: bool = True, **settings: Any) -> 
     if not quota:
         config = dataclasses.replace(config, workdir_max_bytes=None, workdir_max_files=None)
     box = Sandbox(
-        client, config, ImageCatalog(client), current_identity(workdir), session_id="bench-wq"
+        client,
+        config,
+        ImageCatalog(client),
+        grant_access(current_identity(workdir), config),
+        session_id="bench-wq",
     )
     try:
         yield box

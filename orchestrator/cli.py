@@ -19,7 +19,6 @@ from rich.table import Table
 from orchestrator import __version__
 from orchestrator.cli_common import (
     docker_client,
-    egress_manager,
     err_console,
     errors,
     image_catalog,
@@ -45,7 +44,7 @@ from orchestrator.languages import parse_language, supported_names
 if TYPE_CHECKING:
     from orchestrator.events import EndStatus
     from orchestrator.loading import Loaded
-    from orchestrator.sandbox.runner import ExecResult
+    from orchestrator.sandbox.container import ExecResult
     from orchestrator.session import SessionEvents
     from orchestrator.wiring import Opened
 
@@ -113,7 +112,7 @@ def exec_command(
         loaded = load_flags(flags)
         code = _read_code(file)
         config = loaded.sandbox_config()
-        with Sandbox.from_config(config, client=docker_client(loaded)) as sandbox:
+        with Sandbox.from_config(config, client=docker_client()) as sandbox:
             result = sandbox.run(
                 lang,
                 code,
@@ -164,7 +163,7 @@ def _report_limits(result: ExecResult, loaded: Loaded) -> None:
 def _open(loaded: Loaded, resume: str | None = None) -> Opened:
     from orchestrator.wiring import open_session  # noqa: PLC0415
 
-    opened = open_session(loaded, resume=resume, docker_client=docker_client(loaded))
+    opened = open_session(loaded, resume=resume, docker_client=docker_client())
     if opened.sandbox.identity.warning:
         say(opened.sandbox.identity.warning, "yellow")
     return opened
@@ -355,10 +354,9 @@ def gc_command() -> None:
     with errors():
         client = connect()
         result = sweep(client)
-        proxies = egress_manager(client).sweep_idle()
         typer.echo(
-            f"removed {len(result.removed)} orphaned container(s) and {len(proxies)} idle "
-            f"egress proxy(ies); {result.kept} container(s) belong to running oi processes"
+            f"removed {len(result.removed)} orphaned container(s) and {len(result.networks)} "
+            f"network(s); {result.kept} container(s) belong to running oi processes"
         )
 
 

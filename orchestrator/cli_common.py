@@ -108,7 +108,7 @@ def load_flags(
     return load(values, untrusted=untrusted)
 
 
-def docker_client(loaded: Loaded | None = None) -> Any:
+def docker_client() -> Any:
     """Connect to Docker and quietly sweep containers left by dead oi processes."""
     from orchestrator.sandbox.docker import connect  # noqa: PLC0415
     from orchestrator.sandbox.gc import sweep  # noqa: PLC0415
@@ -116,21 +116,7 @@ def docker_client(loaded: Loaded | None = None) -> Any:
     client = connect()
     with contextlib.suppress(OiError):
         sweep(client)
-        egress_manager(client, loaded).sweep_idle()
     return client
-
-
-def egress_manager(client: Any, loaded: Loaded | None = None) -> Any:
-    from orchestrator.sandbox.images import ImageCatalog  # noqa: PLC0415
-    from orchestrator.sandbox.network import EgressManager  # noqa: PLC0415
-
-    config = loaded.sandbox_config() if loaded is not None else None
-    catalog = ImageCatalog(
-        client,
-        prefix=config.image_prefix if config else "oi-sandbox",
-        base_image=config.base_image if config else "debian:bookworm-slim",
-    )
-    return EgressManager(client, catalog)
 
 
 def image_catalog(client: Any, loaded: Loaded) -> Any:

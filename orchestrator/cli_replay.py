@@ -52,7 +52,8 @@ class Replayer:
         out: Path | None,
         workdir_from: Path | None,
     ) -> None:
-        from orchestrator.sandbox.runner import Sandbox, new_session_id  # noqa: PLC0415
+        from orchestrator.sandbox.container import new_session_id  # noqa: PLC0415
+        from orchestrator.sandbox.runner import Sandbox  # noqa: PLC0415
 
         self.path = path
         self.records = records
@@ -67,7 +68,7 @@ class Replayer:
             self.sandbox = Sandbox.from_config(
                 self.loaded.sandbox_config(),
                 session_id=new_session_id() + "-replay",
-                client=docker_client(self.loaded),
+                client=docker_client(),
             )
         except BaseException:
             self._cleanup()

@@ -1,9 +1,12 @@
-"""Where a user's files are: the home and the XDG base directories, read from the environment
-with the care a tool run inside untrusted folders needs (no relative paths)."""
+"""Where a user's files are: the home, the XDG base directories and oi's run folder, read from
+the environment with the care a tool run inside untrusted folders needs (no relative paths)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
+import tempfile
 from pathlib import Path
 
 
@@ -22,3 +25,25 @@ def xdg_dir(variable: str, default: str) -> Path:
     """An XDG base directory; relative values are ignored, as the XDG spec says."""
     value = os.environ.get(variable, "")
     return Path(value) if value and os.path.isabs(value) else home() / default
+
+
+def run_dir() -> Path:
+    """oi's folder for this user's locks: private, so no other user can plant or hold anything
+    in it. ``$OI_RUN_DIR`` (absolute) if set; as root ``/run/oi`` (root's, 0755); otherwise
+    ``$XDG_RUNTIME_DIR/oi``, or ``/tmp/oi-UID`` (0700) when there is no runtime dir. The folder
+    is made, then checked: ours, a real folder, writable by nobody else."""
+    from orchestrator.fsafe import private_dir  # noqa: PLC0415
+
+    explicit = os.environ.get("OI_RUN_DIR", "")
+    uid = os.geteuid()
+    if explicit and os.path.isabs(explicit):
+        return private_dir(Path(explicit))
+    if uid == 0:
+        return private_dir(Path("/run/oi" if os.path.isdir("/run") else "/var/run/oi"), 0o755)
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if runtime and os.path.isabs(runtime):
+        with contextlib.suppress(OSError):
+            info = os.lstat(runtime)
+            if stat.S_ISDIR(info.st_mode) and info.st_uid == uid and not info.st_mode & 0o077:
+                return private_dir(Path(runtime) / "oi")
+    return private_dir(Path(tempfile.gettempdir()) / f"oi-{uid}")

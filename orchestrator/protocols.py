@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from orchestrator.languages import Language
 from orchestrator.llm.client import StreamEvent
 from orchestrator.sandbox.config import SandboxDescription
-from orchestrator.sandbox.runner import ExecResult
+from orchestrator.sandbox.container import ExecResult
 
 OutputCallback = Callable[[str, bytes], None]
 StatusCallback = Callable[[str], None]

@@ -68,7 +68,7 @@ from orchestrator.llm.prompts import (
     format_result_for_model,
 )
 from orchestrator.protocols import BlockRunner, ChatModel, OutputStore
-from orchestrator.sandbox.runner import ExecResult, signals_deferred
+from orchestrator.sandbox.container import ExecResult, signals_deferred
 from orchestrator.settings import Settings
 from orchestrator.transcript import Transcript
 

@@ -577,6 +577,8 @@ def save_markdown(messages: list[dict[str, Any]], path: Path, *, base: Path | No
             lines.append(f"```json\n{call['function']['arguments']}\n```\n")
     data = "\n".join(lines).encode()
     path = path.expanduser()
+    if (base or Path.cwd()).joinpath(path).is_symlink():
+        raise ConfigError(f"{path} is a symlink; oi does not write through it: choose another name")
     if path.is_absolute():
         write_atomic(path, data, 0o600)
         return path

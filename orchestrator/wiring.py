@@ -15,7 +15,8 @@ from orchestrator.llm.client import ModelClient
 from orchestrator.loading import Loaded
 from orchestrator.protocols import ChatModel
 from orchestrator.records import RECORD_VERSION
-from orchestrator.sandbox.runner import Sandbox, new_session_id
+from orchestrator.sandbox.container import new_session_id
+from orchestrator.sandbox.runner import Sandbox
 from orchestrator.session import Session
 from orchestrator.settings import Settings
 from orchestrator.transcript import (

@@ -12,7 +12,8 @@ DAEMON_JSON=/etc/docker/daemon.json
 
 register_runsc() {
   # Register gVisor as runtime "runsc" (no network inside the sandbox) and "runsc-host" (for
-  # networked tiers), keeping any other settings the file already holds. Returns 0 if changed.
+  # networked tiers), keeping any other settings the file already holds. Returns 0 if changed,
+  # 1 if it was already so (or runsc is not installed).
   local runsc
   runsc=$(command -v runsc || true)
   [ -n "$runsc" ] || return 1
@@ -25,9 +26,11 @@ try:
         conf = json.load(fh)
 except FileNotFoundError:
     conf = {}
+# --oci-seccomp: gVisor applies the container's seccomp profile to the sandboxed program
+# (oi's denies only setuid/setgid bits, which the gofer would write to the host).
 wanted = {
-    "runsc": {"path": runsc, "runtimeArgs": ["--network=none"]},
-    "runsc-host": {"path": runsc, "runtimeArgs": ["--network=host"]},
+    "runsc": {"path": runsc, "runtimeArgs": ["--network=none", "--oci-seccomp"]},
+    "runsc-host": {"path": runsc, "runtimeArgs": ["--network=host", "--oci-seccomp"]},
 }
 runtimes = conf.setdefault("runtimes", {})
 if all(runtimes.get(k) == v for k, v in wanted.items()):
@@ -41,6 +44,12 @@ PY
 }
 
 if engine_answers; then
+  # A running engine reloads its runtimes on SIGHUP: apply a changed registration now.
+  if [ "$(id -u)" = 0 ] && register_runsc && pid=$(pgrep -x dockerd | head -n 1); then
+    log "gVisor runtimes registered anew in $DAEMON_JSON; reloading dockerd (SIGHUP)"
+    kill -HUP "$pid"
+    sleep 1
+  fi
   exit 0
 fi
 

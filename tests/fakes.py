@@ -16,7 +16,7 @@ from typing import Any
 from orchestrator.languages import Language
 from orchestrator.llm.client import Finished, StreamEvent, TextDelta, ToolCallComplete, Usage
 from orchestrator.sandbox.config import SandboxDescription
-from orchestrator.sandbox.runner import ExecResult
+from orchestrator.sandbox.container import ExecResult
 
 
 @dataclass(frozen=True)

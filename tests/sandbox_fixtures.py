@@ -22,7 +22,7 @@ from orchestrator.policy import Policy
 from orchestrator.sandbox.config import SandboxConfig
 from orchestrator.sandbox.docker import connect
 from orchestrator.sandbox.images import ImageCatalog
-from orchestrator.sandbox.runner import Sandbox
+from orchestrator.sandbox.runner import Sandbox, grant_access
 from orchestrator.sandbox.spec import current_identity
 from orchestrator.settings import Settings
 
@@ -50,7 +50,11 @@ def session_id(docker_client: docker.DockerClient) -> Iterator[str]:
     leftovers = session_containers(docker_client, sid)
     for container in leftovers:
         docker_client.api.remove_container(container["Id"], force=True)
+    networks = docker_client.api.networks(filters={"label": f"oi.session={sid}"})
+    for network in networks:
+        docker_client.api.remove_network(network["Id"])
     assert not leftovers, f"containers of session {sid} left behind: {leftovers}"
+    assert not networks, f"networks of session {sid} left behind: {networks}"
 
 
 @pytest.fixture
@@ -127,7 +131,7 @@ def make_sandbox(
             docker_client,
             config,
             catalog(docker_client, config),
-            current_identity(config.workdir),
+            grant_access(current_identity(config.workdir), config),
             session_id=session_id,
             host_env=host_env,
         )

@@ -53,7 +53,8 @@ if TYPE_CHECKING:
     import docker
 
     from orchestrator.protocols import ChatModel
-    from orchestrator.sandbox.runner import ExecResult, Sandbox
+    from orchestrator.sandbox.container import ExecResult
+    from orchestrator.sandbox.runner import Sandbox
     from orchestrator.settings import Settings
 
 
@@ -349,7 +350,7 @@ class BatchRunner:
         self._done.put(("done", spec.id, result))
 
     def _run_task(self, control: _Control) -> TaskResult:
-        from orchestrator.sandbox.runner import new_session_id  # noqa: PLC0415
+        from orchestrator.sandbox.container import new_session_id  # noqa: PLC0415
 
         planned = control.planned
         spec = planned.spec

@@ -1,14 +1,15 @@
-"""Reaping orphans: containers labelled by an oi process that no longer runs.
+"""Reaping orphans: containers and networks labelled by an oi process that no longer runs.
 
-A container is an orphan when the process named by its ``oi.pid`` label is gone, or when that
-pid now belongs to another process (its start time differs from ``oi.pid_start``).
+A container (a sandbox or an allowlist proxy) or a network is an orphan when the process named
+by its ``oi.pid`` label is gone, or when that pid now belongs to another process (its start
+time differs from ``oi.pid_start``). Networks go after the containers that were on them.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import docker
 
@@ -44,6 +45,7 @@ def is_orphan(labels: dict[str, str], probe: ProcessProbe) -> bool:
 class SweepResult:
     removed: list[str]
     kept: int
+    networks: list[str] = field(default_factory=list)
 
 
 def sweep(client: docker.DockerClient, probe: ProcessProbe = probe_process) -> SweepResult:
@@ -54,8 +56,6 @@ def sweep(client: docker.DockerClient, probe: ProcessProbe = probe_process) -> S
     kept = 0
     for container in containers:
         labels = container.get("Labels") or {}
-        if labels.get("oi.role") == "proxy":
-            continue  # shared by many processes: network.EgressManager.sweep_idle decides
         if not is_orphan(labels, probe):
             kept += 1
             continue
@@ -63,4 +63,20 @@ def sweep(client: docker.DockerClient, probe: ProcessProbe = probe_process) -> S
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
             client.api.remove_container(container["Id"], force=True, v=True)
             removed.append(str(container["Id"]))
-    return SweepResult(removed, kept)
+    return SweepResult(removed, kept, _sweep_networks(client, probe))
+
+
+def _sweep_networks(client: docker.DockerClient, probe: ProcessProbe) -> list[str]:
+    with engine_errors("listing oi networks"):
+        networks = client.api.networks(filters={"label": f"{LABEL_MANAGED}=1"})
+    removed = []
+    for network in networks:
+        labels = network.get("Labels") or {}
+        if labels.get("oi.role") == "egress":
+            continue  # the proxies' shared way out: kept (one small network)
+        if is_orphan(labels, probe):
+            # Still in use (a container of a live process on it) or gone meanwhile: leave it.
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                client.api.remove_network(network["Id"])
+                removed.append(str(network.get("Name") or network["Id"]))
+    return removed

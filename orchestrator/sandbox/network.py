@@ -5,8 +5,8 @@ container (Squid) that allows exactly the named hosts.
 The proxy allows HTTP to port 80 and CONNECT to port 443 of the named hosts, refuses IP-literal
 targets, refuses destinations that resolve to private, loopback, link-local or other special
 addresses (unless an admin permits a range), denies everything else, and logs each decision.
-Proxy and network are created on demand, shared by every sandbox with the same allowlist (in
-any oi process), and removed when no oi process leases them any more.
+Each session (``EgressManager``) has its own network and proxy, created on first use and
+removed when it closes; nothing is shared between sessions or users.
 
 ``squid_config`` and host handling are pure and table-tested; ``EgressManager`` does the I/O.
 """
@@ -17,30 +17,36 @@ import base64
 import contextlib
 import hashlib
 import ipaddress
-import os
+import random
 import socket
+import threading
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
-from docker.types import LogConfig
+from docker.types import IPAMConfig, IPAMPool, LogConfig
 
 from orchestrator.errors import ConfigError, SandboxError
 from orchestrator.sandbox.docker import engine_errors
 from orchestrator.sandbox.images import PROXY_IMAGE, ImageCatalog
-from orchestrator.sandbox.quota import host_lock, run_dir
-from orchestrator.sandbox.spec import CA_IN_SANDBOX, LABEL_MANAGED, process_start_time
+from orchestrator.sandbox.spec import CA_IN_SANDBOX, LABEL_MANAGED
 
 PROXY_ALIAS = "oi-proxy"
 PROXY_PORT = 3128
 PROXY_URL = f"http://{PROXY_ALIAS}:{PROXY_PORT}"
-EGRESS_NETWORK = "oi-egress"
+OUTBOUND_NETWORK = "oi-egress"  # the proxies' way out: one plain bridge, kept
+ROLE_OUTBOUND = "egress"
 LABEL_ROLE = "oi.role"
 LABEL_EGRESS = "oi.egress"
+LABEL_NETWORK = "oi.network"
+INHIBIT_IPV4 = "com.docker.network.bridge.inhibit_ipv4"  # the host gets no address on it
+SUBNET_POOL = "198.18.0.0/15"
+SUBNET_TRIES = 20
 HOST_CA_CANDIDATES = (
     "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu
     "/etc/pki/tls/certs/ca-bundle.crt",  # Fedora, RHEL
@@ -134,50 +140,29 @@ class EgressRoute:
 
     network: str
     proxy_url: str
-    key: str
+    proxy: str  # the proxy container's name
 
 
-@dataclass
-class _Leases:
-    """Cross-process leases on an egress key: one file per oi process using it."""
-
-    root: Path = field(default_factory=run_dir)
-
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        with host_lock("egress.lock", self.root):
-            yield
-
-    def _dir(self, key: str) -> Path:
-        path = self.root / f"egress-{key}"
-        path.mkdir(exist_ok=True)
-        with contextlib.suppress(PermissionError):
-            path.chmod(0o1777)
-        return path
-
-    def take(self, key: str) -> None:
-        pid = os.getpid()
-        (self._dir(key) / f"{pid}-{process_start_time(pid)}").touch()
-
-    def drop(self, key: str) -> None:
-        pid = os.getpid()
-        (self._dir(key) / f"{pid}-{process_start_time(pid)}").unlink(missing_ok=True)
-
-    def live(self, key: str) -> int:
-        count = 0
-        for lease in self._dir(key).iterdir():
-            pid_text, _, start = lease.name.partition("-")
-            alive = pid_text.isdigit() and Path(f"/proc/{pid_text}").exists()
-            if alive and process_start_time(int(pid_text)) == start:
-                count += 1
-            else:
-                with contextlib.suppress(OSError):
-                    lease.unlink()
-        return count
+def allowlist_subnet(rng: random.Random) -> str:
+    """A /27 for one session's internal network, inside 198.18.0.0/15 (RFC 2544: reserved for
+    benchmarks, on no real network). The host never gets an address in it (the bridge has
+    none), so it may even overlap a LAN without harm; the proxy refuses it as special."""
+    pool = ipaddress.IPv4Network(SUBNET_POOL)
+    base = pool.network_address + rng.randrange(pool.num_addresses // 32) * 32
+    return f"{base}/27"
 
 
 class EgressManager:
-    """Creates, shares and removes allowlist networks and their proxies."""
+    """One session's allowlist networks and proxies: made on first use, removed by ``release``.
+
+    Each allowlist gets its own ``internal`` network (no route out) on which the bridge has no
+    address (``inhibit_ipv4``): a sandbox there reaches its proxy and nothing else - not the
+    Docker host, not another session's sandbox. The proxy is the only container on two
+    networks: that one and ``oi-egress``, a plain bridge all proxies share as their way out
+    (kept; on it a proxy could reach another proxy, which its own rules refuse: a private
+    address). Networks and proxies carry the owning oi process's labels, so a killed oi's are
+    removed by the next sweep (``gc``).
+    """
 
     def __init__(
         self,
@@ -185,50 +170,75 @@ class EgressManager:
         images: ImageCatalog,
         *,
         ca_bundle: Path | None = None,
-        leases: _Leases | None = None,
+        labels: Mapping[str, str] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
-        self._client = client
         self._api = client.api
         self._images = images
         self._ca_bundle = ca_bundle
-        self._leases = leases or _Leases()
-        self._held: set[str] = set()
+        self._labels = {LABEL_MANAGED: "1", **(labels or {})}
+        self._rng = rng or random.SystemRandom()
+        self._routes: dict[str, EgressRoute] = {}
+        self._lock = threading.Lock()
 
     def ensure(self, policy: EgressPolicy) -> EgressRoute:
-        """Network and running proxy for ``policy``, leased by this process."""
-        key = policy.key
-        internal = f"oi-allow-{key}"
-        with self._leases.locked():
-            self._leases.take(key)
-            self._held.add(key)
+        """Network and running proxy for ``policy`` (made once per manager)."""
+        with self._lock:
+            route = self._routes.get(policy.key)
+            if route is not None:
+                return route
+            suffix = uuid.uuid4().hex[:12]
+            network = f"oi-allow-{suffix}"
+            proxy = f"oi-proxy-{suffix}"
             with engine_errors("setting up the allowlist network"):
-                self._ensure_network(EGRESS_NETWORK, internal=False, key=None)
-                self._ensure_network(internal, internal=True, key=key)
-                self._ensure_proxy(policy, key, internal)
-        return EgressRoute(internal, PROXY_URL, key)
+                self._ensure_outbound()
+                self._create_network(network, policy.key)
+                route = EgressRoute(network, PROXY_URL, proxy)
+                self._routes[policy.key] = route
+                self._start_proxy(policy, route)
+            return route
 
-    def _ensure_network(self, name: str, *, internal: bool, key: str | None) -> None:
-        if self._api.networks(names=[name]):
+    def _ensure_outbound(self) -> None:
+        if self._api.networks(names=[OUTBOUND_NETWORK]):
             return
-        labels = {LABEL_MANAGED: "1", LABEL_ROLE: "internal" if internal else "egress"}
-        if key:
-            labels[LABEL_EGRESS] = key
-        with contextlib.suppress(docker.errors.APIError):  # created meanwhile by another oi
-            self._api.create_network(name, driver="bridge", internal=internal, labels=labels)
+        with contextlib.suppress(docker.errors.APIError):  # made meanwhile by another oi
+            self._api.create_network(
+                OUTBOUND_NETWORK,
+                driver="bridge",
+                labels={LABEL_MANAGED: "1", LABEL_ROLE: ROLE_OUTBOUND},
+                check_duplicate=True,
+            )
 
-    def _ensure_proxy(self, policy: EgressPolicy, key: str, internal: str) -> None:
-        name = f"oi-proxy-{key}"
-        existing = self._api.containers(all=True, filters={"name": f"^/{name}$"})
-        if existing and existing[0]["State"] == "running":
-            return
-        if existing:
-            self._api.remove_container(existing[0]["Id"], force=True)
+    def _create_network(self, name: str, key: str) -> None:
+        labels = {**self._labels, LABEL_ROLE: "internal", LABEL_EGRESS: key}
+        for _ in range(SUBNET_TRIES):
+            ipam = IPAMConfig(pool_configs=[IPAMPool(subnet=allowlist_subnet(self._rng))])
+            try:
+                self._api.create_network(
+                    name,
+                    driver="bridge",
+                    internal=True,
+                    options={INHIBIT_IPV4: "true"},
+                    ipam=ipam,
+                    labels=labels,
+                    check_duplicate=True,
+                )
+                return
+            except docker.errors.APIError as exc:
+                if "overlap" not in str(exc).lower():
+                    raise
+        raise SandboxError(
+            f"no free address range for an allowlist network in {SUBNET_POOL} after "
+            f"{SUBNET_TRIES} tries; remove unused networks ('oi gc', 'docker network prune')"
+        )
+
+    def _start_proxy(self, policy: EgressPolicy, route: EgressRoute) -> None:
         image = self._images.resolve_name(PROXY_IMAGE, "the allowlist egress proxy").tag
         binds: dict[str, Mapping[str, str]] = {}
         if self._ca_bundle:
             binds[str(self._ca_bundle)] = {"bind": CA_IN_SANDBOX, "mode": "ro"}
         host_config = self._api.create_host_config(
-            network_mode=EGRESS_NETWORK,
+            network_mode=OUTBOUND_NETWORK,
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             read_only=True,
@@ -249,15 +259,20 @@ class EgressManager:
         conf = base64.b64encode(squid_config(policy).encode()).decode()
         created = self._api.create_container(
             image,
-            name=name,
+            name=route.proxy,
             environment={"OI_SQUID_CONF": conf},
-            labels={LABEL_MANAGED: "1", LABEL_ROLE: "proxy", LABEL_EGRESS: key},
+            labels={
+                **self._labels,
+                LABEL_ROLE: "proxy",
+                LABEL_EGRESS: policy.key,
+                LABEL_NETWORK: route.network,
+            },
             host_config=host_config,
             detach=True,
             use_config_proxy=False,
         )
         proxy_id = str(created["Id"])
-        self._api.connect_container_to_network(proxy_id, internal, aliases=[PROXY_ALIAS])
+        self._api.connect_container_to_network(proxy_id, route.network, aliases=[PROXY_ALIAS])
         self._api.start(proxy_id)
         self._wait_ready(proxy_id)
 
@@ -268,7 +283,8 @@ class EgressManager:
             if not info["State"]["Running"]:
                 logs = self._api.logs(proxy_id, tail=20).decode(errors="replace")
                 raise SandboxError(f"the egress proxy failed to start:\n{logs}")
-            address = info["NetworkSettings"]["Networks"].get(EGRESS_NETWORK, {}).get("IPAddress")
+            networks = info["NetworkSettings"]["Networks"]
+            address = networks.get(OUTBOUND_NETWORK, {}).get("IPAddress")
             if address:
                 with (
                     contextlib.suppress(OSError),
@@ -279,40 +295,34 @@ class EgressManager:
         raise SandboxError(f"the egress proxy did not answer within {timeout:g} s")
 
     def release(self) -> None:
-        """Drop this process's leases; remove proxies and networks nobody leases any more."""
-        with self._leases.locked():
-            for key in list(self._held):
-                self._leases.drop(key)
-                self._held.discard(key)
-                if self._leases.live(key) == 0:
-                    self._remove(key)
-
-    def sweep_idle(self) -> list[str]:
-        """Remove proxies (and their networks) that no live oi process leases (``oi gc``)."""
-        removed = []
-        with self._leases.locked(), engine_errors("sweeping idle egress proxies"):
-            proxies = self._api.containers(
-                all=True, filters={"label": [f"{LABEL_MANAGED}=1", f"{LABEL_ROLE}=proxy"]}
-            )
-            keys = {str((c.get("Labels") or {}).get(LABEL_EGRESS)) for c in proxies}
-            networks = self._api.networks(filters={"label": [f"{LABEL_ROLE}=internal"]})
-            keys |= {str((n.get("Labels") or {}).get(LABEL_EGRESS)) for n in networks}
-            for key in sorted(keys):
-                if self._leases.live(key) == 0:
-                    self._remove(key)
-                    removed.append(key)
-        return removed
-
-    def _remove(self, key: str) -> None:
-        with contextlib.suppress(docker.errors.APIError, docker.errors.NotFound):
-            self._api.remove_container(f"oi-proxy-{key}", force=True)
-        with contextlib.suppress(docker.errors.APIError, docker.errors.NotFound):
-            self._api.remove_network(f"oi-allow-{key}")
+        """Remove this manager's proxies and networks (the sandboxes on them are gone)."""
+        with self._lock:
+            routes, self._routes = list(self._routes.values()), {}
+        for route in routes:
+            remove_route(self._api, route.proxy, route.network)
 
     def proxy_logs(self, policy: EgressPolicy, tail: int = 50) -> str:
         """The proxy's decision log (one line per request), for tests and ``oi doctor``."""
+        route = self._routes.get(policy.key)
+        if route is None:
+            return ""
         with engine_errors("reading the egress proxy log"):
-            return self._api.logs(f"oi-proxy-{policy.key}", tail=tail).decode(errors="replace")
+            return self._api.logs(route.proxy, tail=tail).decode(errors="replace")
+
+
+def remove_route(api: docker.APIClient, proxy: str | None, network: str) -> None:
+    """Remove a proxy and its internal network; never raises (the sweep retries)."""
+    if proxy is not None:
+        with contextlib.suppress(docker.errors.APIError, docker.errors.NotFound):
+            api.remove_container(proxy, force=True, v=True)
+    for _ in range(3):
+        try:
+            api.remove_network(network)
+            return
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError:  # a container still detaching: once more
+            time.sleep(0.2)
 
 
 def describe(route: Any) -> str:

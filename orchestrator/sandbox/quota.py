@@ -1,9 +1,14 @@
 """Quotas: how many sandboxes one user, and all users, may run at once on this host.
 
 The count is taken from the engine itself (containers labelled ``oi.managed``, by
-``oi.owner``), so it holds across every oi process. Counting and creating happen under one
-host-wide file lock, so two processes cannot both take the last slot. A block over the quota
-waits in line, and the caller is told that it waits.
+``oi.owner``), so it holds across every oi process. A user's own oi processes count and create
+one at a time, under a lock in that user's private run folder (``paths.run_dir``): no other
+user can hold it or plant anything there. Between users there is no shared lock (any shared
+file could be held by anyone, stalling every oi on the host); instead a new container is
+counted again once it exists, and if the host is then over its total, it is removed and the
+creation tried again after a random pause. Of two users racing for the last slot at least one
+sees the other's container, so the cap holds; the loser just waits its turn. A block over the
+quota waits in line, and the caller is told that it waits.
 """
 
 from __future__ import annotations
@@ -11,19 +16,22 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import docker
 
 from orchestrator.errors import SandboxError
+from orchestrator.paths import run_dir
 from orchestrator.sandbox.docker import engine_errors
 from orchestrator.sandbox.spec import LABEL_MANAGED, LABEL_OWNER, ContainerSpec
 
 ROLE_LABEL = "oi.role"
+Launched = TypeVar("Launched")
 
 
 class QuotaFullError(SandboxError):
@@ -52,26 +60,15 @@ def over_quota(mine: int, everyone: int, caps: QuotaCaps) -> str | None:
     return None
 
 
-def run_dir() -> Path:
-    """Host-wide state shared by all oi users (locks, leases): sticky and world-writable."""
-    path = Path(os.environ.get("OI_RUN_DIR", "/tmp/oi-run"))
-    path.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(PermissionError):
-        path.chmod(0o1777)
-    return path
-
-
 @contextlib.contextmanager
-def host_lock(name: str, directory: Path | None = None) -> Iterator[None]:
-    """An exclusive lock shared by every oi process on this host (``OI_RUN_DIR``)."""
+def user_lock(name: str, directory: Path | None = None) -> Iterator[None]:
+    """An exclusive lock among this user's oi processes (in the private run folder)."""
     fd = os.open(
         (directory or run_dir()) / name,
-        os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-        0o666,
+        os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+        0o600,
     )
     try:
-        with contextlib.suppress(PermissionError):
-            os.fchmod(fd, 0o666)
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
@@ -101,32 +98,37 @@ class QuotaGate:
         mine = sum(1 for c in sandboxes if c["Labels"].get(LABEL_OWNER) == str(self.owner_uid))
         return mine, len(sandboxes)
 
-    @contextlib.contextmanager
-    def admit(
+    def launch(
         self,
         spec: ContainerSpec,
+        launch: Callable[[ContainerSpec], Launched],
+        remove: Callable[[Launched], None],
         on_status: StatusCallback | None = None,
         make_room: Callable[[], bool] | None = None,
         *,
         wait: bool = True,
-    ) -> Iterator[None]:
-        """Hold the host lock while a container for ``spec`` is created, once there is room.
+    ) -> Launched:
+        """``launch(spec)`` once there is room, and return what it made.
 
-        ``make_room`` may free slots this process holds itself (idle pre-started
-        containers); it returns True if it freed any. With ``wait=False`` (pre-starting for a
-        pool) a full quota raises ``QuotaFullError`` instead of waiting in line.
+        ``make_room`` may free slots this process holds itself (idle pre-started containers);
+        it returns True if it freed any. With ``wait=False`` (pre-starting for a pool) a full
+        quota raises ``QuotaFullError`` instead of waiting in line.
         """
         if self.caps.unlimited:
-            yield
-            return
+            return launch(spec)
         told = False
         while True:
-            with host_lock("quota.lock"):
-                mine, everyone = self.counts()
-                reason = over_quota(mine, everyone, self.caps)
+            reason = None
+            with user_lock("quota.lock"):
+                reason = over_quota(*self.counts(), self.caps)
                 if reason is None:
-                    yield
-                    return
+                    made = launch(spec)
+                    mine, everyone = self.counts()
+                    # Counted with the new one: room for it means room for one less.
+                    reason = over_quota(mine - 1, everyone - 1, self.caps)
+                    if reason is None:
+                        return made
+                    remove(made)  # another user's oi took the slot at the same moment
             if not wait:
                 raise QuotaFullError(f"no sandbox slot free: {reason}")
             if make_room is not None and make_room():
@@ -134,16 +136,16 @@ class QuotaGate:
             if on_status is not None and not told:
                 on_status(f"waiting for a sandbox slot: {reason}")
                 told = True
-            time.sleep(self.poll_s)
+            time.sleep(self.poll_s * (0.5 + random.random()))  # noqa: S311  (jitter)
 
 
 class QuotaLauncher:
     """A launcher that creates containers only within the quota, never waiting (for pools)."""
 
-    def __init__(self, inner: Any, gate: QuotaGate) -> None:
+    def __init__(self, inner: Any, gate: QuotaGate, remove: Callable[[Any], None]) -> None:
         self._inner = inner
         self._gate = gate
+        self._remove = remove
 
     def launch(self, spec: ContainerSpec) -> Any:
-        with self._gate.admit(spec, wait=False):
-            return self._inner.launch(spec)
+        return self._gate.launch(spec, self._inner.launch, self._remove, wait=False)

@@ -13,15 +13,12 @@ import hashlib
 import os
 import secrets
 import select
-import signal
 import socket
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
 
 import docker
 
@@ -32,10 +29,27 @@ from orchestrator.sandbox.audit import AuditLog
 from orchestrator.sandbox.bootstrap import (
     OutputScanner,
     frame_program,
-    speaks_protocol,
 )
 from orchestrator.sandbox.config import SandboxConfig, SandboxDescription
+from orchestrator.sandbox.container import (
+    OOM_EXIT,
+    DirectLauncher,
+    ExecResult,
+    Launcher,
+    LiveContainer,
+    new_session_id,
+    remove_container,
+)
 from orchestrator.sandbox.docker import connect, engine_errors
+from orchestrator.sandbox.grant import SANDBOX_GID, SANDBOX_UID, check_dedicated, grant_workdir
+from orchestrator.sandbox.health import (
+    QUIET_PING_S,
+    SIGNALLED,
+    EngineLostError,
+    EngineProbe,
+    ended_from_outside,
+    lost,
+)
 from orchestrator.sandbox.images import ImageCatalog, ResolvedImage
 from orchestrator.sandbox.network import EgressManager, EgressPolicy, find_ca_bundle
 from orchestrator.sandbox.output import STDERR, STDOUT, CappedBuffer, FrameDecoder
@@ -49,13 +63,13 @@ from orchestrator.sandbox.spec import (
     build_spec,
     check_workdir,
     current_identity,
+    owner_labels,
     parse_mount,
 )
+from orchestrator.sandbox.watchdog import Watchdog, process_watchdog
 from orchestrator.sandbox.workdir_quota import (
-    WORKDIR_EXIT,
     BlockWatch,
     DockerBlockControl,
-    WorkdirOverrun,
     WorkdirQuota,
     quota_for,
 )
@@ -63,9 +77,6 @@ from orchestrator.units import format_size
 
 OutputCallback = Callable[[str, bytes], None]
 """Called with ("stdout" | "stderr", bytes) as output arrives, while the block runs."""
-
-TIMEOUT_EXIT = 124  # as timeout(1)
-OOM_EXIT = 137  # as Docker: 128 + SIGKILL
 
 
 def _homes() -> list[Path]:
@@ -79,6 +90,28 @@ def _homes() -> list[Path]:
     return found
 
 
+def grant_access(identity: Identity, config: SandboxConfig) -> Identity:
+    """When blocks run as ``SANDBOX_UID`` (oi is root, the workdir root's), let that uid write
+    the workdir and the read-write mounts through their group; say so the first time."""
+    if not identity.grant:
+        return identity
+    check_dedicated()
+    folders = [config.workdir] + [
+        Path(m.split(":")[0]).expanduser() for m in config.mounts if m.endswith(":rw")
+    ]
+    changed = sum(grant_workdir(folder).changed for folder in folders)
+    if not changed:
+        return identity
+    return replace(
+        identity,
+        warning=(
+            f"oi runs as root: blocks run as uid {SANDBOX_UID}, not root; {changed} file(s) and "
+            f"folder(s) of {config.workdir} now have its group ({SANDBOX_GID}) and group write "
+            "so blocks can change them (owners unchanged)"
+        ),
+    )
+
+
 def _outcome(result: ExecResult) -> str:
     """One word for the audit log."""
     if result.timed_out:
@@ -88,135 +121,6 @@ def _outcome(result: ExecResult) -> str:
     if result.workdir_exceeded:
         return "workdir_limit"
     return "ok" if result.exit_code == 0 else "failed"
-
-
-def new_session_id() -> str:
-    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-
-
-@dataclass(frozen=True)
-class ExecResult:
-    """What happened to one block. Failed user code is data here, never an exception."""
-
-    language: str
-    exit_code: int
-    stdout: str
-    stderr: str
-    stdout_cut: int  # bytes dropped from the middle of stdout (kept: head + tail)
-    stderr_cut: int
-    stdout_bytes: int
-    stderr_bytes: int
-    duration_s: float
-    timed_out: bool
-    oom_killed: bool
-    container_id: str
-    image: str
-    image_id: str
-    code_sha256: str
-    workdir_overrun: WorkdirOverrun | None = None  # the workdir passed its session limit
-
-    @property
-    def truncated(self) -> bool:
-        return bool(self.stdout_cut or self.stderr_cut)
-
-    @property
-    def workdir_exceeded(self) -> bool:
-        return self.workdir_overrun is not None
-
-    @property
-    def shell_exit_code(self) -> int:
-        """The exit code a shell would show: 124 on timeout, 137 on OOM, 73 when the workdir
-        limit stopped the block (or it passed it), else the block's."""
-        if self.timed_out:
-            return TIMEOUT_EXIT
-        if self.oom_killed:
-            return OOM_EXIT
-        if self.workdir_exceeded:
-            return WORKDIR_EXIT
-        return self.exit_code
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["truncated"] = self.truncated
-        data["workdir_exceeded"] = self.workdir_exceeded
-        return data
-
-
-@dataclass
-class LiveContainer:
-    """A started container whose stdin/stdout/stderr are attached, waiting for its program."""
-
-    id: str
-    sock: socket.socket
-    response: Any  # keeps the hijacked HTTP response (and so the socket) alive
-    framed: bool = False  # runs bootstrap.py's wrapper (else: plain program-on-stdin protocol)
-    greeted: bool = False  # the wrapper's greeting was already read (by the pool)
-    preread: bytes = b""  # attach-stream bytes read before the block was sent
-    ended: bool = False  # the block ended by itself and none of its processes is left
-
-
-class Launcher(Protocol):
-    """Hands out started, attached containers for a spec. A pool implements this too."""
-
-    def launch(self, spec: ContainerSpec) -> LiveContainer: ...
-
-
-class DirectLauncher:
-    """Creates, attaches and starts a container on demand."""
-
-    def __init__(self, api: docker.APIClient) -> None:
-        self._api = api
-
-    def launch(self, spec: ContainerSpec) -> LiveContainer:
-        with engine_errors(f"creating a {spec.language.value} sandbox from {spec.image}"):
-            host_config = self._api.create_host_config(**spec.host_config)
-            created = self._api.create_container(host_config=host_config, **spec.create_kwargs())
-        container_id = str(created["Id"])
-        try:
-            with engine_errors("attaching to the sandbox"):
-                raw = self._api.attach_socket(
-                    container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
-                )
-            sock: socket.socket = getattr(raw, "_sock", raw)
-            with engine_errors("starting the sandbox"):
-                self._api.start(container_id)
-        except BaseException:
-            remove_container(self._api, container_id)
-            raise
-        return LiveContainer(
-            container_id, sock, raw, framed=speaks_protocol(spec.command, spec.language)
-        )
-
-
-def remove_container(api: docker.APIClient, container_id: str) -> None:
-    """Force-remove a container; never raises (the sweep catches what this misses)."""
-    with contextlib.suppress(Exception), signals_deferred():
-        api.remove_container(container_id, force=True, v=True)
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-"""The signals that stop oi (Ctrl-C, a kill, a closed terminal): all end like Ctrl-C."""
-
-
-@contextlib.contextmanager
-def signals_deferred(received: list[int] | None = None) -> Iterator[None]:
-    """Hold the stop signals while cleaning up, so that a second Ctrl-C (or a SIGTERM) cannot
-    leak a container. Afterwards a held signal is raised as ``KeyboardInterrupt``, or, when the
-    caller passes ``received``, only noted there."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = [] if received is None else received
-    previous = {
-        sig: signal.signal(sig, lambda signum, _frame: held.append(signum)) for sig in STOP_SIGNALS
-    }
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if held and received is None:
-            raise KeyboardInterrupt
 
 
 class Sandbox:
@@ -245,6 +149,8 @@ class Sandbox:
         audit: AuditLog | None = None,
         quota: QuotaGate | None = None,
         workdir_quota: WorkdirQuota | None = None,
+        watchdog: Watchdog | None = None,
+        probe: EngineProbe | None = None,
     ) -> None:
         self.config = config
         self.session_id = session_id or new_session_id()
@@ -259,6 +165,9 @@ class Sandbox:
         self._egress = egress
         self._audit = audit
         self._quota = quota
+        self._watchdog = watchdog
+        self._probe = probe or EngineProbe()
+        self._engine_frozen = False  # then close() must not wait on the engine
         self._workdir = workdir_quota or quota_for(
             config.workdir, config.workdir_max_bytes, config.workdir_max_files
         )
@@ -270,7 +179,9 @@ class Sandbox:
         self.pool: ContainerPool[LiveContainer] | None = None
         if config.pool:
             # Pre-starting never waits in a quota line: a full quota just means no warm one.
-            prestart: Launcher = direct if quota is None else QuotaLauncher(direct, quota)
+            prestart: Launcher = (
+                direct if quota is None else QuotaLauncher(direct, quota, self._discard)
+            )
             self.pool = ContainerPool(
                 prestart, self._reaper, size=config.pool_size, idle=config.pool_idle
             )
@@ -290,8 +201,8 @@ class Sandbox:
         """The production wiring: checks the workdir, connects, and sets up audit and quota."""
         for user_home in _homes():
             check_workdir(config.workdir, home=user_home)
+        identity = grant_access(current_identity(config.workdir), config)
         client = client or connect()
-        identity = current_identity(config.workdir)
         caps = QuotaCaps(config.quota_per_user, config.quota_total)
         return cls(
             client,
@@ -301,6 +212,7 @@ class Sandbox:
             session_id=session_id,
             audit=AuditLog(config.audit_log) if config.audit_log else None,
             quota=None if caps.unlimited else QuotaGate(client, caps, identity.owner_uid),
+            watchdog=process_watchdog(),
         )
 
     def warm(self, language: Language | str) -> None:
@@ -330,8 +242,13 @@ class Sandbox:
     def close(self) -> None:
         """Remove the pre-started containers and wait for used ones to be removed.
 
-        Idempotent; the Sandbox can be used (and warmed) again afterwards.
+        Idempotent; the Sandbox can be used (and warmed) again afterwards. After the engine
+        froze during a block, this happens in the background: oi must not hang on it.
         """
+        if self._engine_frozen:
+            self._engine_frozen = False
+            threading.Thread(target=self.close, daemon=True).start()
+            return
         if self.pool is not None:
             self.pool.close()
         self._reaper.drain()
@@ -383,12 +300,19 @@ class Sandbox:
                 "fall back to a weaker one; install runsc and register it in "
                 "/etc/docker/daemon.json ('sudo make setup' does), or use --isolation runc"
             )
-        program = str((runtimes[runtime] or {}).get("path") or "")
+        entry = runtimes[runtime] or {}
+        program = str(entry.get("path") or "")
         if not os.path.basename(program).startswith("runsc"):
             raise RuntimeMissingError(
                 f"Docker runtime {runtime!r} runs {program or 'an unnamed program'}, not "
                 "gVisor's runsc: oi will not run a gVisor sandbox on it; fix its entry in "
                 "/etc/docker/daemon.json (or the policy's gvisor_runtime)"
+            )
+        if "--oci-seccomp" not in (entry.get("runtimeArgs") or []):
+            raise RuntimeMissingError(
+                f"Docker runtime {runtime!r} (gVisor) is registered without --oci-seccomp, so "
+                "a block could leave setuid files in the workdir; add it to its runtimeArgs in "
+                "/etc/docker/daemon.json and reload dockerd ('sudo make setup' does both)"
             )
         self._runtime_checked = True
 
@@ -419,8 +343,8 @@ class Sandbox:
         return self._mounts
 
     def _network_attachment(self) -> NetworkAttachment | None:
-        """The network beyond ``none``: the bridge, or an allowlist's network and proxy (set up
-        on first use, shared with other oi processes, released by ``close``)."""
+        """The network beyond ``none``: the bridge, or an allowlist's network and proxy (this
+        session's own, set up on first use, removed by ``close``)."""
         config = self.config
         if config.network == "none":
             return None
@@ -436,10 +360,23 @@ class Sandbox:
                         "(or a preset: pypi, npm, debian)"
                     )
                 if self._egress is None:
-                    self._egress = EgressManager(self._client, self._images, ca_bundle=ca_bundle)
+                    self._egress = EgressManager(
+                        self._client,
+                        self._images,
+                        ca_bundle=ca_bundle,
+                        labels=owner_labels(self.identity, self.session_id),
+                    )
                 route = self._egress.ensure(EgressPolicy(hosts, config.egress_ranges))
                 self._attachment = NetworkAttachment(route.network, route.proxy_url, ca_bundle)
         return self._attachment
+
+    def proxy_log(self, tail: int = 50) -> str:
+        """The decisions of this session's allowlist proxy, one line per request ("" if none)."""
+        if self._egress is None:
+            return ""
+        return self._egress.proxy_logs(
+            EgressPolicy(self.config.allow_hosts, self.config.egress_ranges), tail
+        )
 
     def run(
         self,
@@ -514,8 +451,13 @@ class Sandbox:
         if self._quota is None:
             return self._direct.launch(spec)
         make_room = self.pool.make_room if self.pool is not None else None
-        with self._quota.admit(spec, on_status, make_room):
-            return self._direct.launch(spec)
+        return self._quota.launch(spec, self._direct.launch, self._discard, on_status, make_room)
+
+    def _discard(self, live: LiveContainer) -> None:
+        """Remove a started container that will run nothing (the quota took its slot back)."""
+        with contextlib.suppress(OSError):
+            live.sock.close()
+        remove_container(self._api, live.id)
 
     def _run_in(
         self,
@@ -531,8 +473,13 @@ class Sandbox:
         live = self._launch(spec, on_status)
         with self._running_lock:
             self._running.add(live.id)
+        frozen = False
         try:
             result = self._execute(live, lang, program, image.tag, image.image_id, on_output)
+        except EngineLostError:
+            frozen = not live.ended
+            self._engine_frozen = self._engine_frozen or frozen
+            raise
         finally:
             with self._running_lock:
                 self._running.discard(live.id)
@@ -540,16 +487,29 @@ class Sandbox:
                 self._cancelled.discard(live.id)
             with contextlib.suppress(OSError):
                 live.sock.close()
-            if live.ended and not cancelled:
-                # Nothing of the block runs any more: remove off the hot path, but always
-                # (close() and interpreter exit wait for it).
-                self._reaper.remove(live.id)
-            else:  # timed out, cancelled or interrupted: gone before run() returns
-                remove_container(self._api, live.id)
+            if frozen:
+                # The engine does not answer: a removal would wait for minutes. Try in the
+                # background; the watchdog still holds the block's deadline.
+                threading.Thread(
+                    target=remove_container, args=(self._api, live.id), daemon=True
+                ).start()
+            else:
+                if self._watchdog is not None:
+                    self._watchdog.forget(live.id)
+                if live.ended and not cancelled:
+                    # Nothing of the block runs any more: remove off the hot path, but always
+                    # (close() and interpreter exit wait for it).
+                    self._reaper.remove(live.id)
+                else:  # timed out, cancelled or interrupted: gone before run() returns
+                    remove_container(self._api, live.id)
         if self.pool is not None:
             # Top the shape up only now: a container starting during the block would slow it.
             self.pool.refill(spec)
         return result
+
+    def _was_cancelled(self, live: LiveContainer) -> bool:
+        with self._running_lock:
+            return live.id in self._cancelled
 
     def _remove(self, container_id: str) -> None:
         """The reaper's removal. The container may be exiting on its own at this very moment,
@@ -600,6 +560,8 @@ class Sandbox:
         # The clock starts when the program is sent, not when the container was made.
         started = time.monotonic()
         deadline = started + config.timeout
+        if self._watchdog is not None:  # the limit holds even if this oi is killed
+            self._watchdog.watch(live.id, time.time() + config.timeout + config.kill_grace)
         try:
             live.sock.sendall(message)
             live.sock.shutdown(socket.SHUT_WR)
@@ -632,6 +594,13 @@ class Sandbox:
         overrun = watch.result() if watch is not None else None
         if overrun is not None and overrun.stopped:
             oom_killed = False  # its SIGKILL came from oi
+        elif exit_code in SIGNALLED and not (timed_out or oom_killed or self._was_cancelled(live)):
+            reason = ended_from_outside(
+                self._api, live.id, time.time() - (time.monotonic() - started)
+            )
+            if reason is not None:
+                live.ended = True
+                raise lost(reason)
         duration = time.monotonic() - started
         out, err = buffers[STDOUT], buffers[STDERR]
         return ExecResult(
@@ -653,8 +622,8 @@ class Sandbox:
             workdir_overrun=overrun,
         )
 
-    @staticmethod
     def _stream(
+        self,
         live: LiveContainer,
         scanner: OutputScanner | None,
         decoder: FrameDecoder,
@@ -664,6 +633,7 @@ class Sandbox:
         """Read the block's output until it ends; True if the deadline passed first."""
         timed_out = False
         data = live.preread
+        quiet_since = time.monotonic()
         while True:
             for stream, payload in decoder.feed(data):
                 if stream in (STDOUT, STDERR):
@@ -677,7 +647,12 @@ class Sandbox:
             ready, _, _ = select.select([live.sock], [], [], min(remaining, 1.0))
             if not ready:
                 data = b""
+                if time.monotonic() - quiet_since >= QUIET_PING_S:
+                    if not self._probe.answers():  # no output may mean a frozen engine
+                        raise self._probe.frozen()
+                    quiet_since = time.monotonic()
                 continue
+            quiet_since = time.monotonic()
             try:
                 data = live.sock.recv(65536)
             except OSError:
@@ -689,6 +664,8 @@ class Sandbox:
     def _finish(self, container_id: str, timed_out: bool) -> tuple[int, bool]:
         """Stop the container if needed; return (exit code, killed by the OOM killer)."""
         grace = self.config.kill_grace
+        if timed_out and not self._probe.answers():
+            raise self._probe.frozen()  # a stop would wait minutes for a frozen engine
         with engine_errors("stopping the sandbox"):
             if timed_out:
                 self._api.stop(container_id, timeout=max(0, round(grace)))

@@ -222,6 +222,43 @@ def build_profile(moby: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def gvisor_profile() -> dict[str, Any]:
+    """The profile for gVisor sandboxes: everything allowed (gVisor's own kernel is the
+    barrier) but setting the setuid/setgid bits, which gVisor's gofer writes to the host.
+    Only the runtime registered with ``--oci-seccomp`` applies it (``make setup`` does), and
+    every rule is a denial with EPERM: Debian's runsc (2022-12) answers any errno rule with
+    EPERM (gVisor issue 14688), so no rule here may want another errno."""
+    deny = {"action": "SCMP_ACT_ERRNO", "errnoRet": errno.EPERM}
+    setid = (0o2000, 0o4000, 0o6000)  # each value of mode & 06000 that has a bit set
+    rules: list[Rule] = [
+        {"names": [name], **deny, "args": [_arg(index, "SCMP_CMP_MASKED_EQ", SETID_BITS, bits)]}
+        for name, index in MODE_ARGUMENT.items()
+        if name not in OPEN_FLAGS_ARGUMENT
+        for bits in setid
+    ]
+    rules += [
+        {
+            "names": [name],
+            **deny,
+            "args": [
+                _arg(OPEN_FLAGS_ARGUMENT[name], "SCMP_CMP_MASKED_EQ", creating, creating),
+                _arg(index, "SCMP_CMP_MASKED_EQ", SETID_BITS, bits),
+            ],
+        }
+        for name, index in MODE_ARGUMENT.items()
+        if name in OPEN_FLAGS_ARGUMENT
+        for creating in (O_CREAT, O_TMPFILE_BIT)
+        for bits in setid
+    ]
+    return {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "archMap": [
+            {"architecture": native, "subArchitectures": []} for native in SUPPORTED_ARCHES.values()
+        ],
+        "syscalls": rules,
+    }
+
+
 def load_moby_profile() -> dict[str, Any]:
     """The vendored moby default profile (package data)."""
     where = resources.files("orchestrator.sandbox") / "profiles" / MOBY_PROFILE
@@ -246,6 +283,8 @@ def seccomp_profile() -> dict[str, Any]:
 
 
 @cache
-def docker_security_opt() -> str:
-    """The ``security_opt`` entry that applies the profile (built once per process)."""
+def docker_security_opt(isolation: str = "runc") -> str:
+    """The ``security_opt`` entry that applies the profile for ``isolation`` (built once)."""
+    if isolation == "gvisor":
+        return "seccomp=" + json.dumps(gvisor_profile(), separators=(",", ":"))
     return "seccomp=" + _profile_json()

@@ -17,6 +17,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.languages import Language
 from orchestrator.sandbox.bootstrap import START_DIR, bootstrap_command
 from orchestrator.sandbox.config import SandboxConfig
+from orchestrator.sandbox.grant import SANDBOX_GID, SANDBOX_UID
 from orchestrator.sandbox.seccomp import docker_security_opt
 
 WORKSPACE = "/workspace"
@@ -104,7 +105,8 @@ class Identity:
     owner_uid: int  # the invoking user's uid (label), may differ from uid when run as root
     pid: int
     pid_start: str  # start time of the oi process, so a reused pid is not mistaken for it
-    warning: str | None = None
+    warning: str | None = None  # something the person should hear once (the workdir grant)
+    grant: bool = False  # blocks run as SANDBOX_UID: the workdir must be granted to its group
 
 
 @dataclass(frozen=True)
@@ -223,21 +225,14 @@ def resolve_identity(
 ) -> Identity:
     """The uid:gid the sandbox runs as, so files it writes in the workdir stay the user's.
 
-    As root, use the workdir owner's ids when that is not root; uid 0 only as a last resort.
+    As root, the workdir owner's ids when that is not root; never uid 0: in a folder root owns,
+    the dedicated ``SANDBOX_UID``, which gets the workdir through its group (``grant.py``).
     """
     if uid != 0:
         return Identity(uid, gid, uid, pid, pid_start)
     if workdir_uid != 0:
         return Identity(workdir_uid, workdir_gid, uid, pid, pid_start)
-    return Identity(
-        0,
-        0,
-        uid,
-        pid,
-        pid_start,
-        warning="sandbox runs as uid 0 (oi runs as root and the workdir belongs to root); "
-        "capabilities are dropped, but prefer running oi as a normal user",
-    )
+    return Identity(SANDBOX_UID, SANDBOX_GID, uid, pid, pid_start, grant=True)
 
 
 START_HOOK_PREFIXES = ("LD_", "BASH_FUNC_", "GCONV_PATH", "MALLOC_")
@@ -335,11 +330,11 @@ def build_spec(
         "binds": binds,
         "network_mode": network_mode,
         "cap_drop": ["ALL"],
-        # oi's seccomp profile (seccomp.py). runc applies it. runsc ignores it unless
-        # registered with --oci-seccomp; Debian's runsc (2022-12) should not be: it answers
-        # every errno rule with EPERM (gVisor issue 14688), so clone3 gets EPERM instead of
-        # ENOSYS and glibc cannot start threads, with this profile or Docker's default.
-        "security_opt": ["no-new-privileges", docker_security_opt()],
+        # oi's seccomp profile (seccomp.py) under runc; under gVisor (a runtime registered
+        # with --oci-seccomp, which the runner checks) only its setuid/setgid denials: Debian's
+        # runsc (2022-12) answers every errno rule with EPERM (gVisor issue 14688), so the
+        # full profile's clone3 ENOSYS would become EPERM and glibc could not start threads.
+        "security_opt": ["no-new-privileges", docker_security_opt(config.isolation)],
         "privileged": False,
         "read_only": True,
         "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={config.tmp_size}"},
@@ -361,11 +356,7 @@ def build_spec(
     if runtime:
         host_config["runtime"] = runtime
     labels = {
-        LABEL_MANAGED: "1",
-        LABEL_SESSION: session_id,
-        LABEL_OWNER: str(identity.owner_uid),
-        LABEL_PID: str(identity.pid),
-        LABEL_PID_START: identity.pid_start,
+        **owner_labels(identity, session_id),
         LABEL_CREATED: f"{created if created is not None else time.time():.3f}",
         LABEL_LANGUAGE: language.value,
     }
@@ -378,6 +369,18 @@ def build_spec(
         labels=labels,
         host_config=host_config,
     )
+
+
+def owner_labels(identity: Identity, session_id: str) -> dict[str, str]:
+    """The labels that tie what oi makes on the engine (containers, networks) to its session
+    and its oi process, so a dead process's leftovers are found and removed (``gc``)."""
+    return {
+        LABEL_MANAGED: "1",
+        LABEL_SESSION: session_id,
+        LABEL_OWNER: str(identity.owner_uid),
+        LABEL_PID: str(identity.pid),
+        LABEL_PID_START: identity.pid_start,
+    }
 
 
 def process_start_time(pid: int) -> str:

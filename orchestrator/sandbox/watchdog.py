@@ -76,6 +76,21 @@ class Watchdog:
                 process.stdin.close()
 
 
+_process_watchdog: Watchdog | None = None
+_process_lock = threading.Lock()
+
+
+def process_watchdog() -> Watchdog:
+    """This oi process's one watchdog (shared by all its sandboxes: its end-of-pipe sweep
+    removes every container the process labelled). It is never closed by hand: when the
+    process ends, in any way, the kernel closes the pipe."""
+    global _process_watchdog  # noqa: PLW0603
+    with _process_lock:
+        if _process_watchdog is None:
+            _process_watchdog = Watchdog()
+        return _process_watchdog
+
+
 def _launch() -> subprocess.Popen[bytes]:
     from orchestrator.sandbox.spec import process_start_time  # noqa: PLC0415
 

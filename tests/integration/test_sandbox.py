@@ -15,6 +15,7 @@ import pytest
 
 from orchestrator.errors import ImageMissingError, UnknownLanguageError
 from orchestrator.sandbox.runner import Sandbox
+from orchestrator.sandbox.watchdog import MARGIN_S
 from tests.sandbox_fixtures import OI, SandboxFactory, pid_containers, run_oi
 
 PROGRAMS = {
@@ -147,13 +148,13 @@ def test_output_flood_does_not_grow_oi_memory(workdir: Path, session_id: str) ->
         import resource, sys
         from pathlib import Path
         from orchestrator.sandbox.config import SandboxConfig
-        from orchestrator.sandbox.runner import Sandbox
+        from orchestrator.sandbox.runner import Sandbox, grant_access
         from orchestrator.sandbox.docker import connect
         from orchestrator.sandbox.images import ImageCatalog
         from orchestrator.sandbox.spec import current_identity
         s = SandboxConfig(workdir=Path({str(workdir)!r}), timeout=60, max_output=4096)
         c = connect()
-        sb = Sandbox(c, s, ImageCatalog(c), current_identity(s.workdir), session_id={session_id!r})
+        sb = Sandbox(c, s, ImageCatalog(c), grant_access(current_identity(s.workdir), s), session_id={session_id!r})
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         r = sb.run("sh", "yes 0123456789012345678901234567890123456789 | head -c 1500000000")
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -276,10 +277,76 @@ def test_ctrl_c_mid_block_removes_the_container(docker_client, workdir: Path) ->
     assert pid_containers(docker_client, proc.pid) == []
 
 
-def test_sigkill_mid_block_leaves_an_orphan_that_gc_removes(docker_client, workdir: Path) -> None:
+def watchdog_of(pid: int) -> int:
+    """The pid of the watchdog an oi process started (sandbox/watchdog.py)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"orchestrator.sandbox.watchdog" in argv and str(pid).encode() in argv:
+            return int(entry.name)
+    raise AssertionError(f"oi process {pid} has no watchdog")
+
+
+def test_sigkill_mid_block_the_watchdog_removes_the_container(docker_client, workdir: Path) -> None:
+    """No other oi runs, nobody calls `oi gc`: the killed oi's watchdog removes its container
+    at once (its pipe closed), far within the block's 60 s timeout."""
     proc = _oi_exec_sleeping(docker_client, workdir)
+    watchdog = watchdog_of(proc.pid)
     proc.kill()
     proc.wait(timeout=10)
+    deadline = time.monotonic() + 15
+    while pid_containers(docker_client, proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert pid_containers(docker_client, proc.pid) == []
+    for _ in range(50):  # and then the watchdog ends
+        if not Path(f"/proc/{watchdog}").exists():
+            break
+        time.sleep(0.1)
+    assert not Path(f"/proc/{watchdog}").exists()
+
+
+def test_a_block_outlives_neither_its_timeout_nor_a_frozen_oi(docker_client, workdir: Path) -> None:
+    """oi frozen (SIGSTOP: it can enforce nothing) during a `while true` block with a 3 s
+    timeout: the watchdog removes the container at timeout + kill grace + its margin."""
+    proc = subprocess.Popen(
+        [OI, "exec", "sh", "-", "--workdir", str(workdir), "--timeout", "3", "--no-pool"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write("while true; do :; done\n")
+    proc.stdin.close()
+    _wait_for_container(docker_client, proc.pid)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        while pid_containers(docker_client, proc.pid) and time.monotonic() - started < 30:
+            time.sleep(0.2)
+        gone_after = time.monotonic() - started
+        assert pid_containers(docker_client, proc.pid) == []
+        assert gone_after < 3 + 1 + MARGIN_S + 3, gone_after  # + the engine's own removal
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.wait(timeout=30)
+
+
+def _kill_oi_and_its_watchdog(proc: subprocess.Popen[str]) -> None:
+    os.kill(watchdog_of(proc.pid), signal.SIGKILL)
+    proc.kill()
+    proc.wait(timeout=10)
+
+
+def test_sigkill_of_oi_and_its_watchdog_leaves_an_orphan_that_gc_removes(
+    docker_client, workdir: Path
+) -> None:
+    proc = _oi_exec_sleeping(docker_client, workdir)
+    _kill_oi_and_its_watchdog(proc)
     assert len(pid_containers(docker_client, proc.pid)) == 1  # the orphan is there...
     gc = run_oi("gc")
     assert gc.returncode == 0, gc.stderr
@@ -288,8 +355,8 @@ def test_sigkill_mid_block_leaves_an_orphan_that_gc_removes(docker_client, workd
 
 def test_every_oi_start_sweeps_orphans(docker_client, workdir: Path) -> None:
     proc = _oi_exec_sleeping(docker_client, workdir)
-    proc.kill()
-    proc.wait(timeout=10)
+    _kill_oi_and_its_watchdog(proc)
+    assert len(pid_containers(docker_client, proc.pid)) == 1
     again = run_oi("exec", "sh", "-", "--workdir", str(workdir), input="true")
     assert again.returncode == 0
     assert pid_containers(docker_client, proc.pid) == []

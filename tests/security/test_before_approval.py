@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.languages import Language
-from orchestrator.sandbox.runner import ExecResult, Sandbox
+from orchestrator.sandbox.container import ExecResult
+from orchestrator.sandbox.runner import Sandbox
 from tests.inotify import IN_ISDIR, IN_OPEN, Event, TreeWatch
 from tests.sandbox_fixtures import SandboxFactory
 
@@ -228,8 +229,8 @@ def test_41_pre_started_interpreters_read_nothing_of_the_workdir(
     make_sandbox: SandboxFactory, workdir: Path, isolation: str
 ) -> None:
     plant(workdir, make_sandbox)
-    before = snapshot(workdir)
     sandbox = make_sandbox(isolation=isolation, pool=True, **NO_HOST_WALK)
+    before = snapshot(workdir)  # after the grant (as root: group bits for the sandbox's uid)
 
     # 1. pre-started, greeted, waiting; then closed without running anything
     with TreeWatch(workdir) as watch:

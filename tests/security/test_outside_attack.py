@@ -2,7 +2,8 @@
 second local user, through the real ``oi`` console script (and the real engine where a block
 runs). Each test here failed when it was written: it names a hole, and passes once it is fixed.
 
-Some attacks need a path oi shares with every user (``/tmp/oi-run``, ``/etc/oi/policy.toml``).
+Some attacks need a path oi shares (or once shared) with every user (``/tmp``,
+``/etc/oi/policy.toml``).
 To plant things there without touching the host's copy (other oi processes use it), those
 tests run oi in a private mount namespace (``unshare -m``) where a scratch folder is bind-mounted
 over the path (or an overlay over ``/etc``). The Docker engine lives in the host's namespace, so
@@ -21,14 +22,12 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
 
 from tests.fake_vllm import FakeVllm, Reply
@@ -149,17 +148,21 @@ def raw_controls_in(text: str) -> list[str]:
     return [repr(c) for c in RAW_CONTROLS if c in text]
 
 
-# --- 1. the shared run directory: /tmp/oi-run ------------------------------------------------
+# --- 1. oi's run folder: never a shared one ---------------------------------------------------
+
+QUOTA_POLICY = "max_concurrent_per_user = 2\nmax_concurrent_total = 8\n"  # oi then takes a lock
 
 
 @NEEDS_ROOT
-def test_a_planted_tmp_oi_run_symlink_makes_no_folder_world_writable(
-    shared_scratch: Path, other_user: User
+@pytest.mark.parametrize("network", ["none", "allowlist"])
+def test_links_planted_in_tmp_make_no_folder_world_writable(
+    shared_scratch: Path, other_user: User, network: str
 ) -> None:
-    """Another user who creates /tmp/oi-run first (before oi's first run, or after /tmp was
-    cleaned) as a symlink to a folder of yours gets it chmod-ed to 1777 by your next oi run:
-    oi does mkdir(), then chmod() by path, which follows the link. As root, /etc is such a
-    folder. (fs.protected_symlinks is 0 here, as on many hosts; oi must not rely on it.)"""
+    """oi used to keep its locks and proxy leases in /tmp/oi-run (1777): another user who made
+    /tmp/oi-run, or /tmp/oi-run/egress-<hash>, a symlink to a folder of yours got it chmod-ed
+    to 1777 and its files deleted by your next oi run. (fs.protected_symlinks is 0 here, as on
+    many hosts; oi must not rely on it.) Now root's oi keeps its locks in /run/oi (root's,
+    0755) and nothing of an allowlist in any file: the links lead nowhere."""
     base = shared_scratch
     private_tmp = base / "tmp"
     private_tmp.mkdir()
@@ -167,67 +170,94 @@ def test_a_planted_tmp_oi_run_symlink_makes_no_folder_world_writable(
     work = base / "work"
     work.mkdir()
     victim = private_victim(base)
+    policy = base / "policy.toml"
+    policy.write_text(QUOTA_POLICY)
+    for name in ("oi-run", "oi-0"):
+        as_user(other_user, "ln", "-s", str(victim), str(private_tmp / name))
+    as_user(other_user, "mkdir", "-p", str(private_tmp / "runs"))
+    for name in ("egress-None", "quota.lock", "egress.lock"):
+        as_user(other_user, "ln", "-s", str(victim), str(private_tmp / "runs" / name))
     setup = f"mount --bind {shlex.quote(str(private_tmp))} /tmp"
-
-    control = run_oi_in_namespace(
-        setup, "exec", "sh", env=oi_env(base), cwd=work, stdin="echo control\n"
-    )
-    assert control.returncode == 0, control.stderr
-    assert (private_tmp / "oi-run").is_dir(), "positive control: oi uses /tmp/oi-run"
-    shutil.rmtree(private_tmp / "oi-run")
-
-    as_user(other_user, "ln", "-s", str(victim), str(private_tmp / "oi-run"))
-    run_oi_in_namespace(setup, "exec", "sh", env=oi_env(base), cwd=work, stdin="true\n")
+    args = ["exec", "sh"]
+    if network == "allowlist":
+        args += ["--allow-host", f"oi-attack-{uuid.uuid4().hex[:10]}.invalid"]  # never resolved
+    env = oi_env(base, OI_POLICY_FILE=str(policy))
+    proc = run_oi_in_namespace(setup, *args, env=env, cwd=work, stdin="echo ran\n")
+    assert proc.returncode == 0 and "ran" in proc.stdout, proc.stderr
     assert_untouched(victim)
+    planted = ["oi-0", "oi-run", "runs"]
+    assert sorted(p.name for p in private_tmp.iterdir()) == planted, "oi used the shared /tmp"
+    run = Path("/run/oi")
+    info = run.lstat()  # positive control: the quota lock is taken, in root's own folder
+    assert stat.S_ISDIR(info.st_mode) and info.st_uid == 0 and mode_of(run) == 0o755
+    assert (run / "quota.lock").is_file() and mode_of(run / "quota.lock") == 0o600
+
+
+VICTIM_RUN_DIR = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from orchestrator.errors import OiError
+from orchestrator.paths import run_dir
+try:
+    print("RUN_DIR", run_dir())
+except OiError as exc:
+    print("REFUSED", exc)
+"""
 
 
 @NEEDS_ROOT
-def test_a_planted_egress_lease_folder_symlink_is_not_followed(
-    shared_scratch: Path, other_user: User, docker_client: docker.DockerClient
+def test_a_normal_users_run_folder_cannot_be_planted_by_another(
+    shared_scratch: Path, other_user: User
 ) -> None:
-    """/tmp/oi-run is 1777, so any user may create /tmp/oi-run/egress-<hash> (the hash of an
-    allowlist is the same for everyone) as a symlink to your folder. Your next
-    `--allow-host` run chmods that folder to 1777 and deletes every file in it (it sweeps
-    "stale leases" through the link)."""
-    base = shared_scratch
-    fake_run = base / "oi-run"
-    fake_run.mkdir()
-    fake_run.chmod(0o1777)
-    work = base / "work"
-    work.mkdir()
-    victim = private_victim(base)
-    if not Path("/tmp/oi-run").is_dir():  # the mount point; oi itself makes it the same way
-        Path("/tmp/oi-run").mkdir(mode=0o777)
-        Path("/tmp/oi-run").chmod(0o1777)
-    setup = f"mount --bind {shlex.quote(str(fake_run))} /tmp/oi-run"
-    host = f"oi-attack-{uuid.uuid4().hex[:10]}.invalid"  # its own proxy; never resolved
-    args = ("exec", "sh", "--allow-host", host)
-    lease_dirs: list[str] = []
+    """A user without $XDG_RUNTIME_DIR gets /tmp/oi-UID, made 0700 and checked: another user
+    who made that name first (a folder, or a symlink to the victim's files) is refused, never
+    followed or chmod-ed."""
+    victim_user = other_user
+    attacker = User(*_throwaway_user())
     try:
-        control = run_oi_in_namespace(setup, *args, env=oi_env(base), cwd=work, stdin="true\n")
-        assert control.returncode == 0, control.stderr
-        lease_dirs = [p.name for p in fake_run.iterdir() if p.name.startswith("egress-")]
-        assert lease_dirs, "positive control: oi keeps its proxy leases in /tmp/oi-run/egress-*"
-        for name in lease_dirs:  # each name is predictable: the allowlist's hash (or 'None')
-            shutil.rmtree(fake_run / name)
-            as_user(other_user, "ln", "-s", str(victim), str(fake_run / name))
-        run_oi_in_namespace(setup, *args, env=oi_env(base), cwd=work, stdin="true\n")
-        assert_untouched(victim)
+        package = shared_scratch / "pkg" / "orchestrator"
+        package.mkdir(parents=True)
+        root = Path(__file__).resolve().parents[2] / "orchestrator"
+        for name in ("__init__.py", "errors.py", "fsafe.py", "paths.py"):
+            shutil.copy(root / name, package / name)
+        python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+        tmp = shared_scratch / "tmp"
+        tmp.mkdir()
+        tmp.chmod(0o1777)
+        env = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "TMPDIR": str(tmp)}
+        run = [python, "-c", VICTIM_RUN_DIR, str(shared_scratch / "pkg")]
+
+        control = as_user(victim_user, *run, env=env)
+        expected = tmp / f"oi-{victim_user.uid}"
+        assert f"RUN_DIR {expected}" in control.stdout, control.stdout + control.stderr
+        info = expected.lstat()
+        assert info.st_uid == victim_user.uid and mode_of(expected) == 0o700
+        shutil.rmtree(expected)
+
+        victim_files = shared_scratch / "victim-files"
+        victim_files.mkdir(mode=0o700)
+        os.chown(victim_files, victim_user.uid, victim_user.gid)
+        as_user(attacker, "ln", "-s", str(victim_files), str(expected))
+        planted = as_user(victim_user, *run, env=env)
+        assert "REFUSED" in planted.stdout and str(expected) in planted.stdout, planted.stdout
+        assert mode_of(victim_files) == 0o700
+        Path(expected).unlink()
+        as_user(attacker, "mkdir", "-m", "777", str(expected))
+        squatted = as_user(victim_user, *run, env=env)
+        assert "REFUSED" in squatted.stdout, squatted.stdout
     finally:
-        for name in lease_dirs:
-            remove_proxy(docker_client, name.removeprefix("egress-"))
+        subprocess.run(["userdel", attacker.name], check=False, capture_output=True)
 
 
-def remove_proxy(client: docker.DockerClient, egress: str) -> None:
-    """The test's proxy goes when its last oi process has gone; wait for that, then force it."""
-    if egress == "None":
-        return
-    deadline = time.monotonic() + 30
-    filters = {"label": ["oi.managed=1", f"oi.egress={egress}"]}
-    while client.api.containers(all=True, filters=filters) and time.monotonic() < deadline:
-        time.sleep(1)
-    for container in client.api.containers(all=True, filters=filters):
-        client.api.remove_container(container["Id"], force=True)
+def _throwaway_user() -> tuple[str, int, int]:
+    name = "oiatk" + uuid.uuid4().hex[:8]
+    subprocess.run(
+        ["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+        check=True,
+        capture_output=True,
+    )
+    entry = pwd.getpwnam(name)
+    return name, entry.pw_uid, entry.pw_gid
 
 
 LOCKER = """
@@ -242,12 +272,13 @@ time.sleep(90)
 
 @NEEDS_ROOT
 @pytest.mark.parametrize("lock", ["egress.lock", "quota.lock"])
-def test_another_users_lock_in_the_shared_run_folder_does_not_hang_oi(
+def test_another_users_lock_in_a_shared_folder_does_not_hang_oi(
     shared_scratch: Path, other_user: User, lock: str
 ) -> None:
-    """/tmp/oi-run/egress.lock and quota.lock are shared, world-writable flock files: any local
-    user who holds one blocks every user's oi on the host forever (no notice, no timeout) -
-    egress.lock even for `--network none`, quota.lock whenever the policy sets a quota."""
+    """/tmp/oi-run/egress.lock and quota.lock used to be shared, world-writable flock files:
+    any local user who held one blocked every user's oi on the host forever (egress.lock even
+    for `--network none`, quota.lock whenever the policy set a quota). Another user holds them
+    now, in the old place: oi runs."""
     base = shared_scratch
     fake_run = base / "oi-run"
     fake_run.mkdir()
@@ -255,10 +286,9 @@ def test_another_users_lock_in_the_shared_run_folder_does_not_hang_oi(
     work = base / "work"
     work.mkdir()
     policy = base / "policy.toml"
-    policy.write_text("max_concurrent_per_user = 2\nmax_concurrent_total = 8\n")
-    if not Path("/tmp/oi-run").is_dir():
-        Path("/tmp/oi-run").mkdir(mode=0o777)
-        Path("/tmp/oi-run").chmod(0o1777)
+    policy.write_text(QUOTA_POLICY)
+    if not Path("/tmp/oi-run").is_dir():  # the mount point
+        Path("/tmp/oi-run").mkdir(mode=0o700)
     locker = subprocess.Popen(
         [
             "setpriv",
@@ -284,8 +314,7 @@ def test_another_users_lock_in_the_shared_run_folder_does_not_hang_oi(
             )
         except subprocess.TimeoutExpired:
             pytest.fail(f"another user holding /tmp/oi-run/{lock} kept oi waiting for 20 s")
-        ran = proc.returncode == 0 and "ran" in proc.stdout
-        assert ran or "oi-run" in proc.stderr, (proc.returncode, proc.stdout, proc.stderr)
+        assert proc.returncode == 0 and "ran" in proc.stdout, (proc.stdout, proc.stderr)
     finally:
         locker.kill()
         locker.wait()

@@ -217,7 +217,11 @@ def run_plain_container(
     container = client.containers.create(
         image,
         ["python3", "-c", code],
-        user=f"{workdir.stat().st_uid}:{workdir.stat().st_gid}",
+        # As the workdir's owner; for root's folder, root's own ids (what runs as uid 0 without
+        # oi - oi itself never does, and the grant has given root's folder another group).
+        user="0:0"
+        if workdir.stat().st_uid == 0
+        else f"{workdir.stat().st_uid}:{workdir.stat().st_gid}",
         working_dir="/workspace",
         volumes={str(workdir): {"bind": "/workspace", "mode": "rw"}},
         cap_drop=["ALL"],

@@ -18,11 +18,11 @@ LAYERS: dict[str, int] = {
     "orchestrator.units": 0,
     "orchestrator.languages": 0,
     "orchestrator.paths": 0,
+    "orchestrator.fsafe": 0,
     # 1: the sandbox and the model client, each knowing nothing above it
     "orchestrator.sandbox": 1,
     "orchestrator.llm": 1,
     # 2: settings, the policy and what they need; event types
-    "orchestrator.fsafe": 2,
     "orchestrator.presets": 2,
     "orchestrator.trust": 2,
     "orchestrator.policy": 2,

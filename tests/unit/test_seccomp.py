@@ -22,9 +22,11 @@ import pytest
 from orchestrator.sandbox import seccomp
 from orchestrator.sandbox.seccomp import (
     GOVERNED,
+    MODE_ARGUMENT,
     SUPPORTED_ARCHES,
     build_profile,
     docker_security_opt,
+    gvisor_profile,
     load_moby_profile,
     seccomp_profile,
 )
@@ -341,3 +343,30 @@ def test_profile_files_ship_as_package_data() -> None:
     shipped = setuptools["package-data"]["orchestrator.sandbox.profiles"]
     folder = resources.files("orchestrator.sandbox") / "profiles"
     assert sorted(shipped) == sorted(p.name for p in folder.iterdir() if p.is_file())
+
+
+# --- gVisor: only the setuid/setgid denials ----------------------------------------------------
+
+
+def test_gvisor_profile_allows_everything_but_setid_bits() -> None:
+    profile = gvisor_profile()
+    assert profile["defaultAction"] == "SCMP_ACT_ALLOW"
+    rules = profile["syscalls"]
+    assert {r["action"] for r in rules} == {"SCMP_ACT_ERRNO"}
+    assert {r["errnoRet"] for r in rules} == {errno.EPERM}  # runsc answers EPERM anyway
+    denied = {name for r in rules for name in r["names"]}
+    assert denied == set(MODE_ARGUMENT)
+    for name, index in MODE_ARGUMENT.items():
+        masks = sorted(
+            a["valueTwo"]
+            for r in rules
+            if r["names"] == [name]
+            for a in r["args"]
+            if a["index"] == index
+        )
+        expected = [0o2000, 0o4000, 0o6000] * (2 if name in ("open", "openat") else 1)
+        assert masks == sorted(expected), name
+    for r in rules:  # open/openat: only when creating (else the mode is ignored, may be junk)
+        if r["names"][0] in ("open", "openat"):
+            flags = [a for a in r["args"] if a["index"] != MODE_ARGUMENT[r["names"][0]]]
+            assert len(flags) == 1 and flags[0]["value"] == flags[0]["valueTwo"]

@@ -8,7 +8,8 @@ from orchestrator.languages import Language
 from orchestrator.loading import sandbox_config
 from orchestrator.policy import Policy
 from orchestrator.sandbox.gc import is_orphan
-from orchestrator.sandbox.seccomp import docker_security_opt, seccomp_profile
+from orchestrator.sandbox.grant import SANDBOX_GID, SANDBOX_UID
+from orchestrator.sandbox.seccomp import docker_security_opt, gvisor_profile, seccomp_profile
 from orchestrator.sandbox.spec import (
     BASE_ENVIRONMENT,
     CA_IN_SANDBOX,
@@ -133,13 +134,15 @@ def test_limits_map_to_host_config(
 def test_every_sandbox_gets_oi_seccomp_profile(
     tmp_path: Path, isolation: str, network: str
 ) -> None:
-    # runc applies it; runsc only when registered with --oci-seccomp (see build_spec).
+    # runc applies the whole profile; runsc (registered with --oci-seccomp, which the runner
+    # checks) only the setuid/setgid denials (see build_spec).
     security_opt = make_spec(tmp_path, isolation=isolation, network=network).host_config[
         "security_opt"
     ]
     assert security_opt[0] == "no-new-privileges"
     assert len(security_opt) == 2 and security_opt[1].startswith("seccomp={")
-    assert json.loads(security_opt[1].removeprefix("seccomp=")) == seccomp_profile()
+    expected = seccomp_profile() if isolation == "runc" else gvisor_profile()
+    assert json.loads(security_opt[1].removeprefix("seccomp=")) == expected
 
 
 @pytest.mark.parametrize("language", list(Language))
@@ -167,21 +170,22 @@ def test_pids_are_enforced_inside_gvisor_as_nproc(
 
 
 @pytest.mark.parametrize(
-    ("uid", "gid", "wd_uid", "wd_gid", "expected", "warns"),
+    ("uid", "gid", "wd_uid", "wd_gid", "expected", "grant"),
     [
         (1000, 1000, 1000, 1000, (1000, 1000), False),
         (1000, 100, 0, 0, (1000, 100), False),  # a normal user keeps their own ids
         (0, 0, 1001, 1002, (1001, 1002), False),  # root: the workdir owner's ids
-        (0, 0, 0, 0, (0, 0), True),  # last resort, with a warning
+        (0, 0, 0, 0, (SANDBOX_UID, SANDBOX_GID), True),  # never uid 0: the dedicated ids
     ],
 )
-def test_resolve_identity(uid, gid, wd_uid, wd_gid, expected, warns) -> None:
+def test_resolve_identity(uid, gid, wd_uid, wd_gid, expected, grant) -> None:
     ident = resolve_identity(
         uid=uid, gid=gid, workdir_uid=wd_uid, workdir_gid=wd_gid, pid=1, pid_start="1"
     )
     assert (ident.uid, ident.gid) == expected
     assert ident.owner_uid == uid
-    assert (ident.warning is not None) == warns
+    assert ident.grant == grant
+    assert ident.uid != 0
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from orchestrator.events import BlockResult, Event
 from orchestrator.languages import Language
 from orchestrator.llm.prompts import format_result_for_model, workdir_limit_words
 from orchestrator.render import HumanRenderer
-from orchestrator.sandbox.runner import ExecResult
+from orchestrator.sandbox.container import ExecResult
 from orchestrator.sandbox.workdir_quota import (
     MAX_INTERVAL,
     MIN_INTERVAL,
