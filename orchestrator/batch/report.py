@@ -71,6 +71,8 @@ def judge(
         return "skipped", "interrupted (Ctrl-C) before it finished"
     if stopped == "budget":
         return "failed", f"over its budget of {budget_s:g} s: stopped"
+    if session_status == "error":  # the engine, the model server or the disk: not the task's
+        return "error", session_reason or "an infrastructure error ended the session"
     if session_status != "finished":
         why = f" ({session_reason})" if session_reason else ""
         return "failed", f"the model did not finish: {session_status}{why}"

@@ -47,7 +47,7 @@ def lost(
 def ended_from_outside(api: docker.APIClient, container_id: str, since: float) -> str | None:
     """Why a block that died of a signal oi did not send ended, if the engine is to blame
     (see the module docstring); None when it was the block's own doing."""
-    with engine_errors("asking the Docker engine how the block ended"):
+    with engine_errors("the Docker engine went away while the block ran"):
         try:
             api.wait(container_id, timeout=30)  # its end is recorded once this returns
         except docker.errors.NotFound:
@@ -60,8 +60,10 @@ def ended_from_outside(api: docker.APIClient, container_id: str, since: float) -
         )
         actions = {str(event.get("Action") or event.get("status") or "") for event in events}
     if any(action.startswith("kill") for action in actions):
-        return "its container was stopped from outside oi (docker stop or kill, or the engine "
-        "shutting down)"
+        return (
+            "its container was stopped from outside oi (docker stop or kill, or the engine "
+            "shutting down)"
+        )
     if "die" not in actions:
         return "the Docker engine restarted while it ran"
     return None
