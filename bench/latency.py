@@ -35,8 +35,9 @@ from orchestrator.languages import Language
 from orchestrator.loading import sandbox_config
 from orchestrator.policy import Policy
 from orchestrator.sandbox.docker import connect
+from orchestrator.sandbox.host import prepare_host
 from orchestrator.sandbox.images import ImageCatalog
-from orchestrator.sandbox.runner import Sandbox, grant_access
+from orchestrator.sandbox.runner import Sandbox
 from orchestrator.sandbox.spec import current_identity
 from orchestrator.settings import Settings
 
@@ -107,7 +108,7 @@ def sandbox(client: Any, workdir: Path, **overrides: Any) -> Iterator[Sandbox]:
         client,
         config,
         ImageCatalog(client),
-        grant_access(current_identity(workdir), config),
+        prepare_host(current_identity(workdir), config),
         session_id="bench",
     )
     try:

@@ -30,8 +30,9 @@ from orchestrator.loading import sandbox_config
 from orchestrator.policy import Policy
 from orchestrator.sandbox import workdir_quota as wq
 from orchestrator.sandbox.docker import connect
+from orchestrator.sandbox.host import prepare_host
 from orchestrator.sandbox.images import ImageCatalog
-from orchestrator.sandbox.runner import Sandbox, grant_access
+from orchestrator.sandbox.runner import Sandbox
 from orchestrator.sandbox.spec import current_identity
 from orchestrator.settings import Settings
 from orchestrator.units import parse_size
@@ -94,7 +95,7 @@ def sandbox(client: Any, workdir: Path, quota: bool = True, **settings: Any) -> 
         client,
         config,
         ImageCatalog(client),
-        grant_access(current_identity(workdir), config),
+        prepare_host(current_identity(workdir), config),
         session_id="bench-wq",
     )
     try:

@@ -64,7 +64,10 @@ app.add_typer(config_app, name="config")
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(policy_app, name="policy")
 
-AGENT_FLAGS = ("auto_run", *MODEL_FLAGS, "max_model_len", *LIMIT_FLAGS, *SANDBOX_FLAGS, "no_pool")
+AGENT_FLAGS = (
+    "auto_run", *MODEL_FLAGS, "max_model_len", *LIMIT_FLAGS, *SANDBOX_FLAGS, "no_pool",
+    "no_state", "session_env",
+)  # fmt: skip
 EXIT_FOR_STATUS = {
     "finished": 0,
     "error": 1,

@@ -105,6 +105,18 @@ MaxModelLenOpt = Annotated[
 NoPoolOpt = Annotated[
     bool, typer.Option("--no-pool", help="Do not pre-start containers (slower, fewer resources).")
 ]
+NoStateOpt = Annotated[
+    bool,
+    typer.Option("--no-state", help="Do not carry Python variables and imports between blocks."),
+]
+SessionEnvOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--session-env",
+        help="Keep pip/npm installs per session, per workdir, or off. [default: session]",
+        metavar="session|workdir|off",
+    ),
+]
 
 
 @dataclass(frozen=True)
@@ -145,6 +157,8 @@ SETTING_FLAGS: Mapping[str, FlagSpec] = {
     "ca_bundle": FlagSpec(CaBundleOpt, "ca_bundle"),
     "mount": FlagSpec(MountOpt, "mounts", convert=_list),
     "no_pool": FlagSpec(NoPoolOpt, "pool", False, lambda value: False if value else None),
+    "no_state": FlagSpec(NoStateOpt, "python_state", False, lambda v: False if v else None),
+    "session_env": FlagSpec(SessionEnvOpt, "session_env"),
 }
 MODEL_FLAGS = ("api_base", "model", "api_key", "tool_mode", "max_turns", "temperature")
 LIMIT_FLAGS = (

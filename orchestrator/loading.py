@@ -24,7 +24,12 @@ from orchestrator.errors import ConfigError
 from orchestrator.fsafe import read_owned, read_regular
 from orchestrator.policy import Policy, apply_policy, load_policy
 from orchestrator.presets import expand_hosts
-from orchestrator.sandbox.config import NETWORK_ORDER, NetworkTier, SandboxConfig
+from orchestrator.sandbox.config import (
+    NETWORK_ORDER,
+    SESSION_ENV_ORDER,
+    NetworkTier,
+    SandboxConfig,
+)
 from orchestrator.settings import (
     FIELDS,
     Settings,
@@ -141,6 +146,8 @@ def narrows(key: str, value: Any, base: Settings, expand: Expander) -> bool:
     current = getattr(base, key)
     if key == "network":
         return _network_rank(value) <= _network_rank(current)
+    if key == "session_env":
+        return SESSION_ENV_ORDER.index(value) <= SESSION_ENV_ORDER.index(current)
     if key == "allow_hosts":
         if base.network == "open":
             return True  # any allowlist is narrower than the open internet
@@ -388,4 +395,7 @@ def sandbox_config(settings: Settings, policy: Policy) -> SandboxConfig:
         audit_log=settings.audit_log,
         quota_per_user=per_user,
         quota_total=total,
+        session_env=settings.session_env,
+        env_max_bytes=settings.env_max_bytes,
+        python_state=settings.python_state,
     )

@@ -64,6 +64,9 @@ class PolicyFile(BaseModel):
     max_workdir_files: int | None = Field(
         None, gt=0, description="most files a session may add to its workdir"
     )
+    max_env_bytes: int | None = Field(
+        None, description="most bytes a session's environment (installed packages) may hold"
+    )
     max_pool_size: int | None = Field(
         None, ge=1, description="most pre-started containers per shape"
     )
@@ -107,7 +110,12 @@ class PolicyFile(BaseModel):
     image_prefix: str | None = Field(None, description="sandbox image names; system file only")
 
     @field_validator(
-        "max_memory", "max_tmp_size", "max_file_size", "max_workdir_bytes", mode="before"
+        "max_memory",
+        "max_tmp_size",
+        "max_file_size",
+        "max_workdir_bytes",
+        "max_env_bytes",
+        mode="before",
     )
     @classmethod
     def _parse_size(cls, value: Any) -> Any:
@@ -309,6 +317,7 @@ NUMBER_CAPS: tuple[tuple[str, str, Any], ...] = (
     ("max_workdir_bytes", "workdir_max_bytes", format_size),
     ("max_workdir_files", "workdir_max_files", lambda v: f"{v} files"),
     ("max_pool_size", "pool_size", lambda v: f"{v} containers"),
+    ("max_env_bytes", "env_max_bytes", format_size),
 )
 """(policy key, setting, how to show a value): settings capped by a number."""
 

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import hashlib
 import queue
 import threading
 import time
 from collections.abc import Generator
-from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.approval import Approval
@@ -62,6 +60,7 @@ from orchestrator.llm.client import (
 from orchestrator.llm.extract import ProposedBlock, extract_blocks, parse_tool_arguments
 from orchestrator.llm.prompts import (
     EXECUTE_TOOL,
+    EXECUTE_TOOL_REMEMBERING,
     PromptContext,
     build_system_prompt,
     format_language_error,
@@ -69,6 +68,14 @@ from orchestrator.llm.prompts import (
 )
 from orchestrator.protocols import BlockRunner, ChatModel, OutputStore
 from orchestrator.sandbox.container import ExecResult, signals_deferred
+from orchestrator.session_parts import (
+    LOOP_GUARD_REPEATS,
+    Kept,
+    LoopGuard,
+    Outcome,
+    Totals,
+    code_sha256,
+)
 from orchestrator.settings import Settings
 from orchestrator.transcript import Transcript
 
@@ -81,52 +88,9 @@ LANGUAGE_NOTES: tuple[tuple[str, str], ...] = (
     ("javascript", "Node.js, built-in modules only"),
     ("shell", "bash; python3 (same libraries), node, npm, git, sqlite3, zip, jq, curl, make"),
 )
-LOOP_GUARD_REPEATS = 3
-KEEP_OUTPUT_BYTES = 8 << 20  # the most of a stream kept for the model to read back in full
 NOT_RUN_STOPPED = "not run: the user stopped the session"
 
 SessionEvents = Generator[Event, "Approval | None", EndStatus]
-
-
-@dataclass
-class _Outcome:
-    """What handling one proposed block produced."""
-
-    for_model: str
-    quit: bool = False
-    failure_key: tuple[Any, ...] | None = None
-    interrupted: bool = False
-
-
-@dataclass
-class LoopGuard:
-    """Stops a model that keeps running the same failing block with the same failure."""
-
-    repeats: int = LOOP_GUARD_REPEATS
-    _last: tuple[Any, ...] | None = None
-    _count: int = 0
-
-    def observe(self, failure_key: tuple[Any, ...] | None) -> bool:
-        """Record one block's outcome; True when the same failure happened ``repeats`` times."""
-        if failure_key is None:
-            self._last, self._count = None, 0
-            return False
-        if failure_key == self._last:
-            self._count += 1
-        else:
-            self._last, self._count = failure_key, 1
-        return self._count >= self.repeats
-
-
-@dataclass
-class Totals:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    blocks: int = 0
-
-
-def code_sha256(code: str) -> str:
-    return hashlib.sha256(code.encode()).hexdigest()
 
 
 class Session:
@@ -153,7 +117,7 @@ class Session:
         self.totals = Totals()
         self.interrupt_reason = "interrupted by the user (Ctrl-C)"  # an adapter may say why
         self._interrupted_again = False
-        self._whole = {"stdout": _Kept(), "stderr": _Kept()}
+        self._whole = {"stdout": Kept(), "stderr": Kept()}
         self._max_model_len: int | None = None
         self._block_index = 0
         self._likely_language = Language.PYTHON
@@ -179,6 +143,8 @@ class Session:
             cpus=box.cpus,
             timeout_s=box.timeout_s,
             tool_mode_is_tools=self.use_tools,
+            keeps_installs=box.keeps_installs,
+            python_state=box.python_state,
         )
         return build_system_prompt(context)
 
@@ -303,9 +269,9 @@ class Session:
         quit_now = interrupted = stop_guard = False
         for block, error in proposals:
             if quit_now or interrupted:
-                outcome = _Outcome(NOT_RUN_STOPPED)
+                outcome = Outcome(NOT_RUN_STOPPED)
             elif error is not None:
-                outcome = _Outcome(error)
+                outcome = Outcome(error)
             else:
                 outcome = yield from self._handle_block(block, finish_reason)
                 quit_now, interrupted = outcome.quit, outcome.interrupted
@@ -353,7 +319,10 @@ class Session:
     # --- model ------------------------------------------------------------------------------
 
     def _tools(self) -> list[dict[str, Any]] | None:
-        return [EXECUTE_TOOL] if self.use_tools else None
+        if not self.use_tools:
+            return None
+        box = self.runner.describe(self._likely_language)
+        return [EXECUTE_TOOL_REMEMBERING if box.python_state else EXECUTE_TOOL]
 
     def _budget(self) -> int:
         if self._max_model_len is None:
@@ -469,23 +438,23 @@ class Session:
 
     def _handle_block(
         self, block: ProposedBlock, finish_reason: str
-    ) -> Generator[Event, Approval | None, _Outcome]:
+    ) -> Generator[Event, Approval | None, Outcome]:
         """Approve, execute, report: one proposed block."""
         if block.unterminated and finish_reason == "length":
-            return _Outcome(
+            return Outcome(
                 "not run: your reply was cut off by the token limit, so the block is incomplete. "
                 "Write a shorter block."
             )
         try:
             language = parse_language(block.language)
         except UnknownLanguageError:
-            return _Outcome(format_language_error(block.language))
+            return Outcome(format_language_error(block.language))
         self.runner.warm(language)
         self._likely_language = language
         self._block_index += 1
         index = self._block_index
         approved = yield from self._approve(index, language, block)
-        if isinstance(approved, _Outcome):
+        if isinstance(approved, Outcome):
             return approved
         code, sha = approved
         result = yield from self._execute(index, language, code)
@@ -494,7 +463,7 @@ class Session:
 
     def _approve(
         self, index: int, language: Language, block: ProposedBlock
-    ) -> Generator[Event, Approval | None, tuple[str, str] | _Outcome]:
+    ) -> Generator[Event, Approval | None, tuple[str, str] | Outcome]:
         """Show the block until it is approved (as is or edited); (code, sha256) to run, or
         what the model is told when it does not run."""
         summary = self.runner.describe(language)
@@ -513,7 +482,7 @@ class Session:
                 answer = yield from self._emit(proposal)
             except KeyboardInterrupt:  # Ctrl-C at the question: stop, run nothing
                 yield from self._emit(Decision(index, "quit", sha, "user", "interrupted"))
-                return _Outcome(NOT_RUN_STOPPED, interrupted=True)
+                return Outcome(NOT_RUN_STOPPED, interrupted=True)
             answer = answer or Approval("decline", reason="no answer")
             if answer.kind == "edit" and answer.code is not None:
                 code = answer.code
@@ -521,16 +490,16 @@ class Session:
                 continue
             if answer.kind == "decline":
                 yield from self._emit(Decision(index, "declined", sha, "user", answer.reason))
-                return _Outcome(format_result_for_model(exit_code=None, declined=True))
+                return Outcome(format_result_for_model(exit_code=None, declined=True))
             if answer.kind == "quit":
                 yield from self._emit(Decision(index, "quit", sha, "user"))
-                return _Outcome(NOT_RUN_STOPPED, quit=True)
+                return Outcome(NOT_RUN_STOPPED, quit=True)
             if answer.sha256 is not None and answer.sha256 != sha:
                 # An asynchronous client approved other code than this: never run that.
                 yield from self._emit(
                     Decision(index, "declined", sha, "user", "approved a different sha256")
                 )
-                return _Outcome(format_result_for_model(exit_code=None, declined=True))
+                return Outcome(format_result_for_model(exit_code=None, declined=True))
             if answer.kind == "always":
                 self.auto_run = True
             yield from self._emit(Decision(index, "run", sha, "user"))
@@ -558,7 +527,7 @@ class Session:
 
         worker = threading.Thread(target=work, name=f"oi-block-{index}", daemon=True)
         worker.start()
-        self._whole = {"stdout": _Kept(), "stderr": _Kept()}
+        self._whole = {"stdout": Kept(), "stderr": Kept()}
         decoders = {
             name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("stdout", "stderr")
         }
@@ -619,7 +588,7 @@ class Session:
 
     def _report(
         self, index: int, language: Language, sha: str, result: ExecResult | None
-    ) -> Generator[Event, Approval | None, _Outcome]:
+    ) -> Generator[Event, Approval | None, Outcome]:
         """Tell the person and the model how the block ended."""
         if result is None:
             for_model = "interrupted by the user (Ctrl-C): the block was killed"
@@ -629,7 +598,7 @@ class Session:
             if self._interrupted_again:
                 self._interrupted_again = False
                 raise KeyboardInterrupt
-            return _Outcome(for_model, interrupted=True)
+            return Outcome(for_model, interrupted=True)
         if result.code_sha256 != sha:  # the product rule: what runs is what was approved
             raise ConfigError(
                 f"internal error: block {index} ran code that differs from the approved hash"
@@ -649,6 +618,7 @@ class Session:
             memory_str=box.memory,
             max_chars=max_chars,
             workdir_overrun=result.workdir_overrun,
+            env_note=result.env_note,
         )
         for_model += self._keep_whole_output(index, result, max_chars)
         yield from self._emit(
@@ -680,17 +650,4 @@ class Session:
             result.stdout,
             result.stderr,
         )
-        return _Outcome(for_model, failure_key=key if failed else None)
-
-
-class _Kept:
-    """A stream's bytes as they arrive, up to ``KEEP_OUTPUT_BYTES``."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.dropped = 0
-
-    def add(self, chunk: bytes) -> None:
-        room = KEEP_OUTPUT_BYTES - len(self.data)
-        self.data += chunk[: max(0, room)]
-        self.dropped += max(0, len(chunk) - max(0, room))
+        return Outcome(for_model, failure_key=key if failed else None)

@@ -38,6 +38,7 @@ from orchestrator.sandbox.config import (
     DEFAULTS,
     Isolation,
     NetworkTier,
+    SessionEnvScope,
 )
 from orchestrator.units import parse_size
 
@@ -146,6 +147,26 @@ class Settings(BaseSettings):
         policy="cap max_timeout (timeout + kill_grace)",
         description="seconds between SIGTERM and SIGKILL on timeout",
         ge=0,
+    )
+
+    # --- what a session remembers (see sandbox/session_env.py) -----------------------------
+    python_state: bool = _setting(
+        D.python_state,
+        trust="any",
+        policy="harmless: kept in the session's own environment, loaded only in its sandboxes",
+        description="carry Python variables and imports from block to block",
+    )
+    session_env: SessionEnvScope = _setting(
+        D.session_env,
+        trust="narrow",
+        policy="harmless: the user's own folder under the data dir, bounded by env_max_bytes",
+        description="keep installed packages per session, per workdir, or off",
+    )
+    env_max_bytes: int = _setting(
+        D.env_max_bytes,
+        trust="narrow",
+        policy="cap max_env_bytes",
+        description="bytes a session's environment (packages, Python state) may hold",
     )
 
     # --- pre-started containers (see sandbox/pool.py) --------------------------------------
@@ -367,7 +388,9 @@ class Settings(BaseSettings):
         default_factory=default_data_dir,
     )
 
-    @field_validator("memory", "tmp_size", "max_file_size", "workdir_max_bytes", mode="before")
+    @field_validator(
+        "memory", "tmp_size", "max_file_size", "workdir_max_bytes", "env_max_bytes", mode="before"
+    )
     @classmethod
     def _parse_size(cls, value: Any) -> int:
         if isinstance(value, str | int) and not isinstance(value, bool):

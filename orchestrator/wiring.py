@@ -4,6 +4,8 @@ session's model client, sandbox and record from loaded settings.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +17,10 @@ from orchestrator.llm.client import ModelClient
 from orchestrator.loading import Loaded
 from orchestrator.protocols import ChatModel
 from orchestrator.records import RECORD_VERSION
+from orchestrator.sandbox.config import SandboxConfig
 from orchestrator.sandbox.container import new_session_id
 from orchestrator.sandbox.runner import Sandbox
+from orchestrator.sandbox.session_env import env_key
 from orchestrator.session import Session
 from orchestrator.settings import Settings
 from orchestrator.transcript import (
@@ -100,6 +104,17 @@ class WorkdirOutputs:
         return f"/workspace/{OUTPUT_DIR}/{safe}"
 
 
+def session_config(loaded: Loaded, session_id: str, env_root: Path | None = None) -> SandboxConfig:
+    """The sandbox config of one session: the loaded one, plus where its environment lives
+    (``sandbox/session_env.py``; resuming a session finds the same one)."""
+    settings = loaded.settings
+    config = loaded.sandbox_config()
+    key = env_key(settings.session_env, session_id, settings.workdir, os.getuid())
+    if key is None:
+        return config
+    return dataclasses.replace(config, env_dir=(env_root or settings.data_dir / "envs") / key)
+
+
 @dataclass
 class Opened:
     """A session ready to ``send``, with the sandbox and record it owns."""
@@ -132,13 +147,15 @@ def open_session(
     docker_client: Any = None,
     model: ChatModel | None = None,
     relocate_hint: str | None = None,
+    env_root: Path | None = None,
 ) -> Opened:
     """Sandbox, model client and record from ``loaded``.
 
     With ``resume`` (a session id or unique prefix), the history comes from its record and new
     records are appended to the same file. ``record_path`` puts the record elsewhere than the
     data dir (batch keeps it beside the task's workdir; ``relocate_hint`` then says how to
-    make room, e.g. "choose another --out folder").
+    make room, e.g. "choose another --out folder"). ``env_root`` puts the session's
+    environment elsewhere than the data dir's ``envs`` (batch keeps it with the task).
     """
     settings = loaded.settings
     history = None
@@ -158,7 +175,9 @@ def open_session(
         transcript = Transcript.create(settings.sessions_dir, session_id)
     try:
         sandbox = Sandbox.from_config(
-            loaded.sandbox_config(), session_id=session_id, client=docker_client
+            session_config(loaded, session_id, env_root),
+            session_id=session_id,
+            client=docker_client,
         )
         try:
             record_header(

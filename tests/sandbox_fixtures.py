@@ -21,8 +21,9 @@ from orchestrator.loading import sandbox_config
 from orchestrator.policy import Policy
 from orchestrator.sandbox.config import SandboxConfig
 from orchestrator.sandbox.docker import connect
+from orchestrator.sandbox.host import prepare_host
 from orchestrator.sandbox.images import ImageCatalog
-from orchestrator.sandbox.runner import Sandbox, grant_access
+from orchestrator.sandbox.runner import Sandbox
 from orchestrator.sandbox.spec import current_identity
 from orchestrator.settings import Settings
 
@@ -131,7 +132,7 @@ def make_sandbox(
             docker_client,
             config,
             catalog(docker_client, config),
-            grant_access(current_identity(config.workdir), config),
+            prepare_host(current_identity(config.workdir), config),
             session_id=session_id,
             host_env=host_env,
         )

@@ -466,6 +466,7 @@ class BatchRunner:
             docker_client=client,
             model=self._model_factory(planned.settings) if self._model_factory else None,
             relocate_hint="choose another --out folder",
+            env_root=task_dir,  # its packages and Python state stay with the task's results
         )
         control.sandbox = opened.sandbox
         ended: list[SessionEnded] = []

@@ -30,6 +30,8 @@ class PromptContext:
     cpus: float = 1.0
     timeout_s: float = 60.0
     tool_mode_is_tools: bool = False
+    keeps_installs: bool = False  # pip/npm installs stay for the session
+    python_state: bool = False  # Python variables and imports carry from block to block
 
 
 def build_system_prompt(ctx: PromptContext) -> str:
@@ -51,9 +53,7 @@ def build_system_prompt(ctx: PromptContext) -> str:
             "You are oi. You solve the user's task by writing code that oi runs for you.",
             "",
             "Where your code runs:",
-            "- Every code block runs in a NEW container. Variables, imports and "
-            "installed packages are gone after each block. Keep state in files under "
-            "/workspace.",
+            *_memory_lines(ctx),
             f"- /workspace is the user's folder ({ctx.workdir_host} on their machine). "
             "Read inputs and save results there.",
             f"- Languages: {languages}.",
@@ -71,6 +71,30 @@ def build_system_prompt(ctx: PromptContext) -> str:
     )
 
 
+def _memory_lines(ctx: PromptContext) -> list[str]:
+    """What survives from one block to the next, exactly."""
+    if not (ctx.python_state or ctx.keeps_installs):
+        return [
+            "- Every code block runs in a NEW container. Variables, imports and installed "
+            "packages are gone after each block. Keep state in files under /workspace."
+        ]
+    lines = ["- Every code block runs in a new container, but this session remembers:"]
+    if ctx.python_state:
+        lines.append(
+            "  - Python: variables, functions, classes and imports of earlier Python blocks "
+            "are back in the next Python block (not open files, sockets, threads, generators)."
+        )
+    else:
+        lines.append("  - Python variables and imports are NOT kept: each block starts empty.")
+    if ctx.keeps_installs:
+        lines.append(
+            "  - Packages installed with `pip install` or `npm install -g` stay for the "
+            "session, in every language (shell blocks have python3, pip, node and npm)."
+        )
+    lines.append("  - Files under /workspace stay. Other languages share data through files.")
+    return lines
+
+
 def _network_words(tier: NetworkTier, allowed_hosts: Sequence[str]) -> str:
     if tier == "open":
         return "internet access is available."
@@ -80,7 +104,7 @@ def _network_words(tier: NetworkTier, allowed_hosts: Sequence[str]) -> str:
     return "no network at all. You cannot download or install anything."
 
 
-def _execute_tool() -> dict[str, Any]:
+def _execute_tool(remembers: bool = False) -> dict[str, Any]:
     names = [language.value for language in Language]
     return {
         "type": "function",
@@ -100,7 +124,12 @@ def _execute_tool() -> dict[str, Any]:
                     },
                     "code": {
                         "type": "string",
-                        "description": "The whole program. Nothing is kept from earlier runs.",
+                        "description": "The whole program. "
+                        + (
+                            "Python state and installed packages of earlier runs are kept."
+                            if remembers
+                            else "Nothing is kept from earlier runs."
+                        ),
                     },
                 },
                 "required": ["language", "code"],
@@ -111,6 +140,8 @@ def _execute_tool() -> dict[str, Any]:
 
 EXECUTE_TOOL: Final[dict[str, Any]] = _execute_tool()
 """The OpenAI tool schema of ``execute(language, code)``. Shared: do not mutate."""
+EXECUTE_TOOL_REMEMBERING: Final[dict[str, Any]] = _execute_tool(remembers=True)
+"""The same, for a session that keeps Python state and installed packages."""
 
 
 def format_result_for_model(
@@ -127,6 +158,7 @@ def format_result_for_model(
     declined: bool = False,
     max_chars: int | None = None,
     workdir_overrun: WorkdirOverrun | None = None,
+    env_note: str | None = None,
 ) -> str:
     """The short plain text the model receives about one block.
 
@@ -152,6 +184,8 @@ def format_result_for_model(
         status = f"exit code {exit_code}"
     if workdir:  # it ended by itself (or timed out) after passing the bound
         status = f"{status}; {workdir}"
+    if env_note:
+        status = f"{status}; note: {env_note}"
     parts = [status]
     for name, raw, cut in (
         ("stdout", stdout, stdout_cut_bytes),

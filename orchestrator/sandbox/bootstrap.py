@@ -53,6 +53,7 @@ something to try on a host.
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass
 
 from orchestrator.languages import LANGUAGES, Language
@@ -74,6 +75,20 @@ WORKSPACE = "/workspace"
 """Where the workdir is mounted (``spec.WORKSPACE``): the program's cwd once it starts."""
 PYTHON_ENV = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 """``spec.BASE_ENVIRONMENT``'s PYTHON* variables, which -u and -B reproduce under -I."""
+ENV_DIR = "/oi/env"
+"""Where a session's environment is mounted (``OI_ENV``): venv, npm prefix, Python state."""
+STATE_MODULE = "/opt/oi/oi_state.py"
+"""The python image's state module (``sandbox-images/python/oi_state.py``)."""
+PIP_SHIM = "#!@PYTHON@\nimport sys\nfrom pip._internal.cli.main import main\nsys.exit(main())\n"
+"""``pip``/``pip3`` in the session's venv (made without pip: the image's pip module serves)."""
+ENV_VARIABLES = {
+    "VIRTUAL_ENV": "@ENV@/venv",
+    "PATH": "@ENV@/venv/bin:@ENV@/npm/bin:@PATH@",
+    "NPM_CONFIG_PREFIX": "@ENV@/npm",
+    "NODE_PATH": "@ENV@/npm/lib/node_modules",
+}
+"""What the program (and what it starts) sees once it runs in a session's environment; set
+only after the program arrived, so no wrapper runs a planted command from the environment."""
 NODE_CA = "/etc/ssl/certs/oi-ca-bundle.crt"
 """``spec.CA_IN_SANDBOX``: the one NODE_* setting of oi's own (read at start, not in the
 workdir)."""
@@ -90,6 +105,34 @@ _PYTHON_WRAPPER = """\
 import os, sys
 
 
+def _oi_enter_env():
+    # The session's environment (OI_ENV, mounted by oi): its venv (made on first use, seeing
+    # the image's packages) and npm prefix come first for the program and what it starts, so
+    # pip and npm install there and the next block finds what they installed.
+    root = os.environ.get("OI_ENV")
+    if not root or not os.path.isdir(root):
+        return
+    venv = os.path.join(root, "venv")
+    python = os.path.join(venv, "bin", "python3")
+    if not os.path.exists(python):
+        import subprocess
+        subprocess.run([sys.executable, "-I", "-m", "venv", "--system-site-packages",
+                        "--without-pip", venv], check=False)
+        for name in ("pip", "pip3"):
+            shim = os.path.join(venv, "bin", name)
+            with open(shim, "w") as fh:
+                fh.write(@PIP_SHIM@.replace("@PYTHON@", python))
+            os.chmod(shim, 0o755)
+    import site
+    site.addsitedir(os.path.join(venv, "lib", "python%d.%d" % sys.version_info[:2],
+                                 "site-packages"))
+    if os.path.exists(python):
+        sys.executable = python
+    path = os.environ.get("PATH", "")
+    for name, value in @ENV_VARIABLES@.items():
+        os.environ[name] = value.replace("@ENV@", root).replace("@PATH@", path)
+
+
 def _oi_wrapper():
     import builtins, ctypes, signal
     from importlib.machinery import SourceFileLoader
@@ -97,6 +140,14 @@ def _oi_wrapper():
     prctl = ctypes.CDLL(None, use_errno=True).prctl
     prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: the block (same uid) cannot read the nonce here
     path = sys.argv[1]
+    state = None
+    if os.environ.get("OI_STATE_DIR") and os.path.isfile(@STATE_MODULE@):
+        # The image's own module (and cloudpickle), loaded while the container waits: the
+        # session's state itself is read only by the approved program's process.
+        sys.path.insert(0, os.path.dirname(@STATE_MODULE@))
+        import oi_state as state
+        del sys.path[0]
+        state.preload()
     os.write(1, @READY@)
     header = bytearray(@HEADER_LEN@)  # read in place: no other copy of the nonce exists
     view, got = memoryview(header), 0
@@ -140,7 +191,10 @@ def _oi_wrapper():
         sys.modules["__main__"] = main
         sys.argv[:] = [path]
         sys.path.insert(0, os.path.dirname(path))  # under -I, entry 0 is the stdlib's
-        return path, program, main.__dict__
+        _oi_enter_env()
+        if state is not None:
+            state.report(state.restore(main.__dict__), "not restored")
+        return path, program, main.__dict__, state
 
     def forward(signum, frame):
         try:
@@ -165,8 +219,8 @@ def _oi_wrapper():
     os._exit(code)
 
 
-_oi_path, _oi_program, _oi_globals = _oi_wrapper()
-del _oi_wrapper
+_oi_path, _oi_program, _oi_globals, _oi_state = _oi_wrapper()
+del _oi_wrapper, _oi_enter_env
 try:
     exec(compile(_oi_program, _oi_path, "exec"), _oi_globals)
 except SystemExit:
@@ -175,6 +229,9 @@ except BaseException as _oi_exc:
     _oi_exc = _oi_exc.with_traceback(_oi_exc.__traceback__.tb_next)  # hide this file's frame
     sys.excepthook(type(_oi_exc), _oi_exc, _oi_exc.__traceback__)
     sys.exit(130 if isinstance(_oi_exc, KeyboardInterrupt) else 1)
+finally:
+    if _oi_state is not None:  # what the next Python block of the session gets back
+        _oi_state.report(_oi_state.save(_oi_globals), "not kept")
 """
 for _name, _value in {
     "READY": repr(READY),
@@ -185,6 +242,9 @@ for _name, _value in {
     "SIZE_TO": str(NONCE_HEX + 1 + SIZE_DIGITS),
     "WORKSPACE": repr(WORKSPACE),
     "PYTHON_ENV": repr(PYTHON_ENV),
+    "STATE_MODULE": repr(STATE_MODULE),
+    "PIP_SHIM": repr(PIP_SHIM),
+    "ENV_VARIABLES": repr(ENV_VARIABLES),
 }.items():
     _PYTHON_WRAPPER = _PYTHON_WRAPPER.replace(f"@{_name}@", _value)
 
@@ -197,7 +257,7 @@ _BASH_TEMPLATE = r"""set +o posix; path=$1; shift
 @START_EARLY@printf '\0oi-ready\n'
 IFS=' ' read -r nonce size || exit 125
 head -c "$size" > "$path" || exit 125
-@START@trap 'kill -TERM "$child" 2>/dev/null' TERM
+@ENTER_ENV@@START@trap 'kill -TERM "$child" 2>/dev/null' TERM
 while :; do
   wait "$child"; code=$?
   if [ "$code" -le 128 ] || ! kill -0 "$child" 2>/dev/null; then break; fi
@@ -208,9 +268,32 @@ printf '\0oi-end:%s\n' "$nonce"
 printf '\0oi-end:%s:%d\n' "$nonce" "$code" >&2
 exit "$code"
 """
+# Once the program has arrived: the session's environment (see _oi_enter_env in the Python
+# wrapper), made on first use by the image's Python if it has one, then put first for the
+# program. Nothing in it runs before: the wrapper's own commands come from the image's PATH.
+_ENTER_ENV = (
+    'if [ -n "${OI_ENV-}" ] && [ -d "$OI_ENV" ]; then\n'
+    '  if [ ! -e "$OI_ENV/venv/bin/python3" ] && [ -x /usr/bin/python3 ]; then\n'
+    "    /usr/bin/python3 -I -m venv --system-site-packages --without-pip"
+    ' "$OI_ENV/venv" >/dev/null 2>&1\n'
+    "    for name in pip pip3; do\n"
+    f"      printf '%s' {shlex.quote(PIP_SHIM.replace('@PYTHON@', ENV_DIR + '/venv/bin/python3'))}"
+    ' > "$OI_ENV/venv/bin/$name" && chmod 755 "$OI_ENV/venv/bin/$name"\n'
+    "    done\n"
+    "  fi\n"
+    # The interpreter comes from the image, never from the environment a block could fill.
+    '  [ "$#" -gt 0 ] && set -- "$(command -v -- "$1" || printf %s "$1")" "${@:2}"\n'
+    "  node_bin=$(command -v node || printf node)\n"
+    + "".join(
+        f'  export {name}="{value.replace("@ENV@", "$OI_ENV").replace("@PATH@", "$PATH")}"\n'
+        for name, value in ENV_VARIABLES.items()
+    )
+    + "fi\n"
+)
 # The program's process starts in the workdir, with $PWD as if it had started there (cd would
 # also export OLDPWD, which a program started in /workspace does not see).
 _ENTER_WORKSPACE = f"cd {WORKSPACE} && unset OLDPWD || exit 125\n"
+_BASH_TEMPLATE = _BASH_TEMPLATE.replace("@ENTER_ENV@", _ENTER_ENV)
 _BASH_WRAPPER = _BASH_TEMPLATE.replace("@START_EARLY@", "").replace(
     "@START@", _ENTER_WORKSPACE + '"$@" "$path" </dev/null &\nchild=$!\n'
 )
@@ -250,7 +333,7 @@ fi
     f"""if [ -n "$early" ]; then
   printf 1 >&3
 else
-  {_ENTER_WORKSPACE}  node "$path" </dev/null &
+  {_ENTER_WORKSPACE}  "${{node_bin:-node}}" "$path" </dev/null &
   child=$!
 fi
 """,

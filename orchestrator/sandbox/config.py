@@ -14,9 +14,12 @@ from typing import Literal
 
 NetworkTier = Literal["none", "allowlist", "open"]
 Isolation = Literal["runc", "gvisor"]
+SessionEnvScope = Literal["off", "session", "workdir"]
 
 NETWORK_ORDER: tuple[NetworkTier, ...] = ("none", "allowlist", "open")
 """Network tiers from the narrowest to the widest."""
+SESSION_ENV_ORDER: tuple[SessionEnvScope, ...] = ("off", "session", "workdir")
+"""How long what a block installs lives, from the shortest to the longest."""
 
 MiB = 1024**2
 GiB = 1024**3
@@ -64,6 +67,12 @@ class SandboxConfig:
     audit_log: Path | None = None
     quota_per_user: int | None = None
     quota_total: int | None = None
+    # The session's environment (session_env.py): a host folder mounted at /oi/env, chosen by
+    # the layer above (it knows the data dir and the session); None: nothing is kept.
+    env_dir: Path | None = None
+    session_env: SessionEnvScope = "session"
+    env_max_bytes: int | None = 2 * GiB
+    python_state: bool = True
 
     @property
     def runtime(self) -> str | None:
@@ -93,3 +102,5 @@ class SandboxDescription:
     isolation: str
     workdir: str
     allow_hosts: tuple[str, ...] = ()
+    keeps_installs: bool = False  # pip/npm installs stay for the session (its environment)
+    python_state: bool = False  # Python variables and imports carry from block to block

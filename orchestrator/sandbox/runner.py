@@ -9,6 +9,7 @@ included). The container's bootstrap and the protocol spoken with it are in ``bo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import secrets
@@ -17,14 +18,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
-from pathlib import Path
 
 import docker
 
-from orchestrator.errors import ConfigError, OiError, RuntimeMissingError, SandboxError
+from orchestrator.errors import ConfigError, OiError, SandboxError
 from orchestrator.languages import Language, parse_language
-from orchestrator.paths import home
 from orchestrator.sandbox.audit import AuditLog
 from orchestrator.sandbox.bootstrap import (
     OutputScanner,
@@ -41,7 +39,6 @@ from orchestrator.sandbox.container import (
     remove_container,
 )
 from orchestrator.sandbox.docker import connect, engine_errors
-from orchestrator.sandbox.grant import SANDBOX_GID, SANDBOX_UID, check_dedicated, grant_workdir
 from orchestrator.sandbox.health import (
     QUIET_PING_S,
     SIGNALLED,
@@ -50,11 +47,18 @@ from orchestrator.sandbox.health import (
     ended_from_outside,
     lost,
 )
+from orchestrator.sandbox.host import (
+    check_gvisor_runtime,
+    check_workdir_everywhere,
+    homes,
+    prepare_host,
+)
 from orchestrator.sandbox.images import ImageCatalog, ResolvedImage
 from orchestrator.sandbox.network import EgressManager, EgressPolicy, find_ca_bundle
 from orchestrator.sandbox.output import STDERR, STDOUT, CappedBuffer, FrameDecoder
 from orchestrator.sandbox.pool import ContainerPool, Reaper
 from orchestrator.sandbox.quota import QuotaCaps, QuotaGate, QuotaLauncher
+from orchestrator.sandbox.session_env import env_size
 from orchestrator.sandbox.spec import (
     ContainerSpec,
     ExtraMount,
@@ -77,39 +81,6 @@ from orchestrator.units import format_size
 
 OutputCallback = Callable[[str, bytes], None]
 """Called with ("stdout" | "stderr", bytes) as output arrives, while the block runs."""
-
-
-def _homes() -> list[Path]:
-    """Every folder that is this user's home: ``$HOME`` and the password database's (they can
-    differ, and neither may be mounted)."""
-    import pwd  # noqa: PLC0415
-
-    found = [home()]
-    with contextlib.suppress(KeyError):
-        found.append(Path(pwd.getpwuid(os.geteuid()).pw_dir))
-    return found
-
-
-def grant_access(identity: Identity, config: SandboxConfig) -> Identity:
-    """When blocks run as ``SANDBOX_UID`` (oi is root, the workdir root's), let that uid write
-    the workdir and the read-write mounts through their group; say so the first time."""
-    if not identity.grant:
-        return identity
-    check_dedicated()
-    folders = [config.workdir] + [
-        Path(m.split(":")[0]).expanduser() for m in config.mounts if m.endswith(":rw")
-    ]
-    changed = sum(grant_workdir(folder).changed for folder in folders)
-    if not changed:
-        return identity
-    return replace(
-        identity,
-        warning=(
-            f"oi runs as root: blocks run as uid {SANDBOX_UID}, not root; {changed} file(s) and "
-            f"folder(s) of {config.workdir} now have its group ({SANDBOX_GID}) and group write "
-            "so blocks can change them (owners unchanged)"
-        ),
-    )
 
 
 def _outcome(result: ExecResult) -> str:
@@ -168,6 +139,7 @@ class Sandbox:
         self._watchdog = watchdog
         self._probe = probe or EngineProbe()
         self._engine_frozen = False  # then close() must not wait on the engine
+        self._env_full: str | None = None  # why the session's environment is read-only now
         self._workdir = workdir_quota or quota_for(
             config.workdir, config.workdir_max_bytes, config.workdir_max_files
         )
@@ -199,9 +171,8 @@ class Sandbox:
         client: docker.DockerClient | None = None,
     ) -> Sandbox:
         """The production wiring: checks the workdir, connects, and sets up audit and quota."""
-        for user_home in _homes():
-            check_workdir(config.workdir, home=user_home)
-        identity = grant_access(current_identity(config.workdir), config)
+        check_workdir_everywhere(config.workdir)
+        identity = prepare_host(current_identity(config.workdir), config)
         client = client or connect()
         caps = QuotaCaps(config.quota_per_user, config.quota_total)
         return cls(
@@ -282,38 +253,16 @@ class Sandbox:
             self._host_env,
             attachment=self._network_attachment(),
             extra_mounts=self._extra_mounts(),
+            env_writable=self._env_full is None,
         )
         with self._specs_lock:
             return self._specs.setdefault(language, spec)
 
     def _check_runtime(self) -> None:
-        """A gVisor sandbox runs only on a runtime that is gVisor: the name in the config must
-        be registered and its program must be runsc (never runc under gVisor's name)."""
         runtime = self.config.runtime
         if runtime is None or self._runtime_checked:
             return
-        with engine_errors("reading the engine's runtimes"):
-            runtimes = self._api.info().get("Runtimes") or {}
-        if runtime not in runtimes:
-            raise RuntimeMissingError(
-                f"the gVisor runtime {runtime!r} is not registered with Docker, and oi will not "
-                "fall back to a weaker one; install runsc and register it in "
-                "/etc/docker/daemon.json ('sudo make setup' does), or use --isolation runc"
-            )
-        entry = runtimes[runtime] or {}
-        program = str(entry.get("path") or "")
-        if not os.path.basename(program).startswith("runsc"):
-            raise RuntimeMissingError(
-                f"Docker runtime {runtime!r} runs {program or 'an unnamed program'}, not "
-                "gVisor's runsc: oi will not run a gVisor sandbox on it; fix its entry in "
-                "/etc/docker/daemon.json (or the policy's gvisor_runtime)"
-            )
-        if "--oci-seccomp" not in (entry.get("runtimeArgs") or []):
-            raise RuntimeMissingError(
-                f"Docker runtime {runtime!r} (gVisor) is registered without --oci-seccomp, so "
-                "a block could leave setuid files in the workdir; add it to its runtimeArgs in "
-                "/etc/docker/daemon.json and reload dockerd ('sudo make setup' does both)"
-            )
+        check_gvisor_runtime(self._api, runtime)
         self._runtime_checked = True
 
     def describe(self, language: Language) -> SandboxDescription:
@@ -329,14 +278,16 @@ class Sandbox:
             isolation=config.isolation,
             workdir=str(config.workdir),
             allow_hosts=config.allow_hosts,
+            keeps_installs=config.env_dir is not None,
+            python_state=config.env_dir is not None and config.python_state,
         )
 
     def _extra_mounts(self) -> tuple[ExtraMount, ...]:
         if self._mounts is None:
-            homes = _homes()
-            self._mounts = tuple(parse_mount(m, homes[0]) for m in self.config.mounts)
+            user_homes = homes()
+            self._mounts = tuple(parse_mount(m, user_homes[0]) for m in self.config.mounts)
             for mount in self._mounts:
-                for user_home in homes[1:]:
+                for user_home in user_homes[1:]:
                     check_workdir(
                         mount.host if mount.host.is_dir() else mount.host.parent, user_home
                     )
@@ -505,7 +456,30 @@ class Sandbox:
         if self.pool is not None:
             # Top the shape up only now: a container starting during the block would slow it.
             self.pool.refill(spec)
-        return result
+        if self.config.env_dir is not None and self.config.env_max_bytes is not None:
+            # Off the hot path: the model is thinking about this result meanwhile.
+            threading.Thread(target=self._measure_env, name="oi-env-size", daemon=True).start()
+        return dataclasses.replace(result, env_note=self._env_full) if self._env_full else result
+
+    def _measure_env(self) -> None:
+        """After a block: over ``env_max_bytes``, the session's environment turns read-only for
+        the next blocks (they still run with what it holds; nothing more is installed)."""
+        assert self.config.env_dir is not None and self.config.env_max_bytes is not None
+        used = env_size(self.config.env_dir)
+        limit = self.config.env_max_bytes
+        full = None
+        if used > limit:
+            full = (
+                f"the session's environment (installed packages, Python state) holds "
+                f"{format_size(used)}, over its limit of {format_size(limit)}: it is read-only "
+                "now, so nothing more can be installed or kept (the user can raise env_max_bytes)"
+            )
+        if full != self._env_full:
+            with self._specs_lock:
+                self._env_full = full
+                self._specs.clear()  # the next blocks mount it read-only (or writable again)
+            if self.pool is not None:
+                self.pool.close()  # pre-started containers have the old mount
 
     def _was_cancelled(self, live: LiveContainer) -> bool:
         with self._running_lock:

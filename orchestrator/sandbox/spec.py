@@ -15,7 +15,7 @@ from typing import Any
 
 from orchestrator.errors import ConfigError
 from orchestrator.languages import Language
-from orchestrator.sandbox.bootstrap import START_DIR, bootstrap_command
+from orchestrator.sandbox.bootstrap import ENV_DIR, START_DIR, bootstrap_command
 from orchestrator.sandbox.config import SandboxConfig
 from orchestrator.sandbox.grant import SANDBOX_GID, SANDBOX_UID
 from orchestrator.sandbox.seccomp import docker_security_opt
@@ -300,6 +300,7 @@ def build_spec(
     created: float | None = None,
     attachment: NetworkAttachment | None = None,
     extra_mounts: tuple[ExtraMount, ...] = (),
+    env_writable: bool = True,
 ) -> ContainerSpec:
     """Translate a sandbox config into a hardened container spec (SECURITY.md "defaults").
 
@@ -314,6 +315,12 @@ def build_spec(
             "mode": "ro" if mount.read_only else "rw",
         }
     environment = sandbox_environment(list(config.env), host_env)
+    if config.env_dir is not None:  # the session's environment (session_env.py)
+        binds[str(config.env_dir)] = {"bind": ENV_DIR, "mode": "rw" if env_writable else "ro"}
+        environment["OI_ENV"] = ENV_DIR
+        environment["PIP_NO_CACHE_DIR"] = "1"  # downloads would fill /tmp, or the environment
+        if config.python_state:
+            environment["OI_STATE_DIR"] = f"{ENV_DIR}/state"
     if config.network != "none":
         if attachment is None:
             raise ConfigError(f"network tier {config.network!r} needs a network attachment")

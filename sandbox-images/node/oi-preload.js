@@ -25,4 +25,15 @@ if (require("node:worker_threads").isMainThread) {
   }
   process.chdir(workdir);
   process.execArgv.length = 0;
+  // The session's environment (bootstrap.py's ENV_VARIABLES): what the wrapper exported for
+  // itself after the program arrived, which this Node (started before) has not seen. Then
+  // `require` also looks in the session's npm prefix (`npm install -g` there).
+  const env = process.env.OI_ENV;
+  if (env && fs.existsSync(env)) {
+    process.env.VIRTUAL_ENV = `${env}/venv`;
+    process.env.PATH = `${env}/venv/bin:${env}/npm/bin:${process.env.PATH || ""}`;
+    process.env.NPM_CONFIG_PREFIX = `${env}/npm`;
+    process.env.NODE_PATH = `${env}/npm/lib/node_modules`;
+    require("node:module")._initPaths();
+  }
 }

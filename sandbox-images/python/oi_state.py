@@ -50,9 +50,17 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
+def preload() -> None:
+    """Import what saving needs while the container waits for its block (off the clock)."""
+    import cloudpickle  # noqa: F401, PLC0415
+
+
 def _path() -> str | None:
     folder = os.environ.get("OI_STATE_DIR")
-    return os.path.join(folder, STATE_FILE) if folder else None
+    if not folder:
+        return None
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, STATE_FILE)
 
 
 def restore(namespace: dict[str, Any]) -> list[str]:

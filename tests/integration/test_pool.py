@@ -19,7 +19,8 @@ import pytest
 from orchestrator.languages import Language
 from orchestrator.sandbox.bootstrap import plain_command
 from orchestrator.sandbox.container import DirectLauncher, LiveContainer
-from orchestrator.sandbox.runner import Sandbox, grant_access
+from orchestrator.sandbox.host import prepare_host
+from orchestrator.sandbox.runner import Sandbox
 from orchestrator.sandbox.spec import ContainerSpec, current_identity
 from tests.sandbox_fixtures import (
     REPO,
@@ -119,7 +120,7 @@ def test_pooled_results_equal_fresh_and_plain_bootstrap_results(
         docker_client,
         plain_config,
         catalog(docker_client, plain_config),
-        grant_access(current_identity(plain_config.workdir), plain_config),
+        prepare_host(current_identity(plain_config.workdir), plain_config),
         session_id=pooled.session_id,
         launcher=PlainLauncher(docker_client.api),
     )
@@ -154,7 +155,7 @@ def test_interpreters_started_with_their_program_give_the_plain_results(
         docker_client,
         plain_config,
         catalog(docker_client, plain_config),
-        grant_access(current_identity(plain_config.workdir), plain_config),
+        prepare_host(current_identity(plain_config.workdir), plain_config),
         session_id=pooled.session_id,
         host_env=host_env,
         launcher=PlainLauncher(docker_client.api),

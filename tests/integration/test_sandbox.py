@@ -148,13 +148,14 @@ def test_output_flood_does_not_grow_oi_memory(workdir: Path, session_id: str) ->
         import resource, sys
         from pathlib import Path
         from orchestrator.sandbox.config import SandboxConfig
-        from orchestrator.sandbox.runner import Sandbox, grant_access
+        from orchestrator.sandbox.host import prepare_host
+        from orchestrator.sandbox.runner import Sandbox
         from orchestrator.sandbox.docker import connect
         from orchestrator.sandbox.images import ImageCatalog
         from orchestrator.sandbox.spec import current_identity
         s = SandboxConfig(workdir=Path({str(workdir)!r}), timeout=60, max_output=4096)
         c = connect()
-        sb = Sandbox(c, s, ImageCatalog(c), grant_access(current_identity(s.workdir), s), session_id={session_id!r})
+        sb = Sandbox(c, s, ImageCatalog(c), prepare_host(current_identity(s.workdir), s), session_id={session_id!r})
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         r = sb.run("sh", "yes 0123456789012345678901234567890123456789 | head -c 1500000000")
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -24,7 +24,8 @@ from orchestrator.llm.prompts import format_result_for_model
 from orchestrator.loading import load
 from orchestrator.policy import Policy, parse_policy
 from orchestrator.sandbox.container import ExecResult
-from orchestrator.sandbox.runner import Sandbox, grant_access
+from orchestrator.sandbox.host import prepare_host
+from orchestrator.sandbox.runner import Sandbox
 from orchestrator.sandbox.spec import current_identity
 from orchestrator.sandbox.workdir_quota import DockerBlockControl, walk
 from tests.sandbox_fixtures import SandboxFactory, catalog, make_config, run_oi
@@ -88,7 +89,7 @@ def unbounded(docker_client: docker.DockerClient, session_id: str, workdir: Path
             make_config(workdir=workdir, **settings), workdir_max_bytes=None, workdir_max_files=None
         )
         sandbox = Sandbox(
-            docker_client, config, catalog(docker_client, config), grant_access(current_identity(workdir), config),
+            docker_client, config, catalog(docker_client, config), prepare_host(current_identity(workdir), config),
             session_id=session_id,
         )  # fmt: skip
         made.append(sandbox)

@@ -37,6 +37,7 @@ LAYERS: dict[str, int] = {
     # 4: the loop
     "orchestrator.protocols": 4,
     "orchestrator.session": 4,
+    "orchestrator.session_parts": 4,
     "orchestrator.drive": 4,
     # 5: adapters' cores
     "orchestrator.wiring": 5,

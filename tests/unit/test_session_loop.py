@@ -25,7 +25,8 @@ from orchestrator.events import (
 )
 from orchestrator.languages import Language
 from orchestrator.llm.client import ToolsUnsupportedError
-from orchestrator.session import Session, SessionEvents, code_sha256
+from orchestrator.session import Session, SessionEvents
+from orchestrator.session_parts import code_sha256
 from orchestrator.settings import Settings
 from orchestrator.transcript import Transcript, read_records
 from tests.fakes import FakeRunner, Say, ScriptedModel

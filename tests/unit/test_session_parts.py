@@ -10,7 +10,8 @@ import pytest
 from orchestrator.approval import parse_answer
 from orchestrator.context import TRIMMED_OUTPUT, estimate_tokens
 from orchestrator.errors import ConfigError, ContextOverflowError
-from orchestrator.session import LoopGuard, Session
+from orchestrator.session import Session
+from orchestrator.session_parts import LoopGuard
 from orchestrator.settings import Settings
 from orchestrator.transcript import (
     Transcript,
