@@ -54,6 +54,7 @@ class Replayer:
     ) -> None:
         from orchestrator.sandbox.container import new_session_id  # noqa: PLC0415
         from orchestrator.sandbox.runner import Sandbox  # noqa: PLC0415
+        from orchestrator.wiring import session_config  # noqa: PLC0415
 
         self.path = path
         self.records = records
@@ -62,12 +63,17 @@ class Replayer:
         self.kept = out.expanduser().absolute() if out is not None else None
         self.notes: list[str] = []
         self._temp: Path | None = None
+        self._env_root: Path | None = None
         self.workdir = self._prepare_workdir(workdir_from)
         try:
             self.loaded = self._settings(flags)
+            session_id = new_session_id() + "-replay"
+            # Its own environment, as the recorded session had: Python state and installs
+            # carry from block to block again; removed with the replay.
+            self._env_root = Path(tempfile.mkdtemp(prefix="oi-replay-env-"))
             self.sandbox = Sandbox.from_config(
-                self.loaded.sandbox_config(),
-                session_id=new_session_id() + "-replay",
+                session_config(self.loaded, session_id, self._env_root),
+                session_id=session_id,
                 client=docker_client(),
             )
         except BaseException:
@@ -119,9 +125,11 @@ class Replayer:
             if sandbox is not None:
                 sandbox.close()
         finally:
-            if self._temp is not None:
-                remove_tree(self._temp)
-                self._temp = None
+            for attribute in ("_temp", "_env_root"):
+                folder = getattr(self, attribute)
+                if folder is not None:
+                    remove_tree(folder)
+                    setattr(self, attribute, None)
 
     def announce(self, console: Console) -> None:
         clean = clean_line  # the record may come from anyone

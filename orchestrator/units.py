@@ -41,3 +41,15 @@ def format_seconds(seconds: float) -> str:
     if seconds < 1:
         return f"{seconds * 1000:.0f} ms"
     return f"{seconds:g} s"
+
+
+def format_amount(num_bytes: int) -> str:
+    """2254857830 -> "2.1 GiB", 67108864 -> "64 MiB": one decimal, for people and models."""
+    if abs(num_bytes) < 1024:
+        return f"{num_bytes} B"
+    value = num_bytes / 1024
+    units = ["KiB", "MiB", "GiB", "TiB"]
+    while abs(value) >= 1024 and len(units) > 1:
+        value /= 1024
+        units.pop(0)
+    return f"{value:.1f}".removesuffix(".0") + f" {units[0]}"

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from orchestrator.languages import LANGUAGES, Language, supported_names
+from orchestrator.units import format_amount
 
 if TYPE_CHECKING:
     from orchestrator.sandbox.workdir_quota import WorkdirOverrun
@@ -207,7 +208,7 @@ def workdir_limit_words(overrun: WorkdirOverrun) -> str:
     """Plain words for a block that took the workdir past the session's limit, e.g. "stopped:
     the workdir limit of 4 GiB was reached (the block added 4.1 GiB); the block was killed.
     Delete files you do not need, or write less." """
-    show = _amount if overrun.kind == "bytes" else _files
+    show = format_amount if overrun.kind == "bytes" else _files
     if overrun.earlier_blocks:
         # The bound is the session's: say so, since this block may have added only a part.
         earlier = overrun.earlier_blocks
@@ -225,18 +226,6 @@ def workdir_limit_words(overrun: WorkdirOverrun) -> str:
             "Delete files you do not need, or write less."
         )
     return f"{limit} was passed ({added}). Delete files you do not need before writing more."
-
-
-def _amount(num_bytes: int) -> str:
-    """2254857830 -> "2.1 GiB", 67108864 -> "64 MiB": one decimal, for people and models."""
-    if abs(num_bytes) < 1024:
-        return f"{num_bytes} B"
-    value = num_bytes / 1024
-    units = ["KiB", "MiB", "GiB", "TiB"]
-    while abs(value) >= 1024 and len(units) > 1:
-        value /= 1024
-        units.pop(0)
-    return f"{value:.1f}".removesuffix(".0") + f" {units[0]}"
 
 
 def _files(count: int) -> str:

@@ -77,7 +77,10 @@ from orchestrator.sandbox.workdir_quota import (
     WorkdirQuota,
     quota_for,
 )
-from orchestrator.units import format_size
+from orchestrator.units import format_amount, format_size
+
+ENV_MEASURE_WAIT_S = 10.0
+"""How long a block waits for the size of the session's environment after the last block."""
 
 OutputCallback = Callable[[str, bytes], None]
 """Called with ("stdout" | "stderr", bytes) as output arrives, while the block runs."""
@@ -140,6 +143,7 @@ class Sandbox:
         self._probe = probe or EngineProbe()
         self._engine_frozen = False  # then close() must not wait on the engine
         self._env_full: str | None = None  # why the session's environment is read-only now
+        self._env_measure: threading.Thread | None = None
         self._workdir = workdir_quota or quota_for(
             config.workdir, config.workdir_max_bytes, config.workdir_max_files
         )
@@ -345,6 +349,9 @@ class Sandbox:
         """
         lang = language if isinstance(language, Language) else parse_language(language)
         program = code.encode() if isinstance(code, str) else code
+        measuring = self._env_measure
+        if measuring is not None:
+            measuring.join(ENV_MEASURE_WAIT_S)  # the last block may have filled it
         spec = self.spec_for(lang)
         image = self._images.resolve(lang)
         started = time.monotonic()
@@ -456,10 +463,15 @@ class Sandbox:
         if self.pool is not None:
             # Top the shape up only now: a container starting during the block would slow it.
             self.pool.refill(spec)
+        note = self._env_full  # as the block found it (the measure below is for the next)
         if self.config.env_dir is not None and self.config.env_max_bytes is not None:
-            # Off the hot path: the model is thinking about this result meanwhile.
-            threading.Thread(target=self._measure_env, name="oi-env-size", daemon=True).start()
-        return dataclasses.replace(result, env_note=self._env_full) if self._env_full else result
+            # Off the hot path: the model is thinking about this result meanwhile; the next
+            # block waits for it (``_launch``).
+            self._env_measure = threading.Thread(
+                target=self._measure_env, name="oi-env-size", daemon=True
+            )
+            self._env_measure.start()
+        return dataclasses.replace(result, env_note=note) if note else result
 
     def _measure_env(self) -> None:
         """After a block: over ``env_max_bytes``, the session's environment turns read-only for
@@ -471,7 +483,7 @@ class Sandbox:
         if used > limit:
             full = (
                 f"the session's environment (installed packages, Python state) holds "
-                f"{format_size(used)}, over its limit of {format_size(limit)}: it is read-only "
+                f"{format_amount(used)}, over its limit of {format_size(limit)}: it is read-only "
                 "now, so nothing more can be installed or kept (the user can raise env_max_bytes)"
             )
         if full != self._env_full:

@@ -1,0 +1,146 @@
+"""Checklist 46: a session's environment and its Python state are never shared across
+sessions or users, and never loaded by the host; the folder cannot be turned against oi."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import stat
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from orchestrator.sandbox.bootstrap import ENV_DIR
+from orchestrator.sandbox.host import prepare_host
+from orchestrator.sandbox.runner import Sandbox
+from orchestrator.sandbox.session_env import env_size, sweep_envs
+from orchestrator.sandbox.spec import current_identity
+from tests.sandbox_fixtures import SandboxFactory, catalog
+
+
+@pytest.fixture
+def envs(tmp_path: Path) -> Path:
+    path = tmp_path / "envs"
+    return path
+
+
+def with_env(make_sandbox: SandboxFactory, env: Path, **settings: object) -> Sandbox:
+    return make_sandbox(sandbox_only={"env_dir": env}, **settings)
+
+
+@pytest.fixture
+def second_session(docker_client: docker.DockerClient) -> Iterator[list[Sandbox]]:
+    made: list[Sandbox] = []
+    yield made
+    for sandbox in made:
+        sandbox.close()
+        for container in docker_client.api.containers(
+            all=True, filters={"label": f"oi.session={sandbox.session_id}"}
+        ):
+            docker_client.api.remove_container(container["Id"], force=True)
+
+
+@pytest.mark.parametrize("isolation", ["runc", "gvisor"])
+def test_46_another_session_sees_nothing_of_this_ones_environment(
+    make_sandbox: SandboxFactory,
+    docker_client: docker.DockerClient,
+    envs: Path,
+    second_session: list[Sandbox],
+    isolation: str,
+) -> None:
+    first = with_env(make_sandbox, envs / "session-a", isolation=isolation)
+    wrote = first.run("python", "secret = 'sk-first'\nopen('/oi/env/mine', 'w').write('x')")
+    assert wrote.exit_code == 0, wrote
+    assert (envs / "session-a" / "mine").exists()  # positive control: it was kept
+
+    config = dataclasses.replace(first.config, env_dir=envs / "session-b")
+    other = Sandbox(
+        docker_client,
+        config,
+        catalog(docker_client, config),
+        prepare_host(current_identity(config.workdir), config),
+        session_id="test-" + uuid.uuid4().hex[:10],
+    )
+    second_session.append(other)
+    probe = other.run(
+        "python",
+        "import os\nprint(sorted(os.listdir('/oi/env')), 'secret' in globals())\n"
+        "print(os.path.exists('/oi/env/mine'))",
+    )
+    listing, exists = probe.stdout.split("\n")[:2]
+    assert "mine" not in listing and listing.endswith(" False"), probe  # no file, no variable
+    assert exists == "False", probe
+
+
+def test_46_the_env_folder_is_private_and_the_blocks_own(
+    make_sandbox: SandboxFactory, envs: Path
+) -> None:
+    sandbox = with_env(make_sandbox, envs / "session-a")
+    result = sandbox.run("sh", "id -u; ls -ld /oi/env | cut -c1-10")
+    env = envs / "session-a"
+    info = env.lstat()
+    assert stat.S_IMODE(info.st_mode) == 0o700 and stat.S_IMODE(envs.lstat().st_mode) == 0o700
+    assert str(info.st_uid) == result.stdout.split()[0]  # the uid the blocks run as
+    assert info.st_uid != 0
+
+
+def test_46_the_host_never_loads_a_snapshot(make_sandbox: SandboxFactory, envs: Path) -> None:
+    """A state file crafted to run code when unpickled: loaded only in the next block's
+    sandbox (where its marker appears), never by oi on the host."""
+    env = envs / "session-a"
+    sandbox = with_env(make_sandbox, env)
+    sandbox.run("python", "x = 1")  # the environment and its state now exist
+    host_marker = Path(f"/tmp/oi-host-unpickled-{uuid.uuid4().hex}")
+
+    class Trap:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, (f"touch {host_marker} /oi/env/unpickled-in-sandbox",))
+
+    state = {"v": 1, "modules": {}, "values": {"x": pickle.dumps(Trap())}}
+    (env / "state" / "python.state").write_bytes(pickle.dumps(state))
+    after = sandbox.run("python", "print('ran')")
+    sandbox.close()
+    sweep_envs(envs, keep_days=0)  # oi's own handling of the folder: measured, then removed
+    assert not host_marker.exists(), "the host unpickled the session's state"
+    assert "ran" in after.stdout
+    assert not env.exists()
+
+
+def test_46_links_a_block_plants_in_its_environment_lead_oi_nowhere(
+    make_sandbox: SandboxFactory, envs: Path, tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_bytes(b"k" * 300_000)
+    env = envs / "session-a"
+    sandbox = with_env(make_sandbox, env)
+    result = sandbox.run(
+        "sh",
+        f"ln -s {victim} /oi/env/escape && ln -s / /oi/env/root && mkdir -p /oi/env/d "
+        "&& chmod 000 /oi/env/d && echo planted",
+    )
+    assert "planted" in result.stdout, result
+    sandbox.close()
+    assert env_size(env) < 300_000  # not counted through the links
+    sweep_envs(envs, keep_days=0)
+    assert (victim / "keep").stat().st_size == 300_000  # not removed through them
+    assert not env.exists()
+
+
+def test_46_a_full_environment_turns_read_only_and_the_model_is_told(
+    make_sandbox: SandboxFactory, envs: Path
+) -> None:
+    box = make_sandbox(
+        sandbox_only={"env_dir": envs / "session-a", "env_max_bytes": 1 << 20}, pool=False
+    )
+    first = box.run("sh", "touch /oi/env/small && head -c 3000000 /dev/zero > /oi/env/big")
+    assert first.exit_code == 0 and first.env_note is None, first  # measured after it
+    after = box.run("sh", "touch /oi/env/more 2>&1 || echo refused; cat /oi/env/big | wc -c")
+    assert "refused" in after.stdout and "3000000" in after.stdout, after  # still readable
+    assert after.env_note is not None and "read-only" in after.env_note
+    assert "holds 2.9 MiB, over its limit of 1 MiB" in after.env_note
+    assert ENV_DIR == "/oi/env"
