@@ -18,6 +18,7 @@ Usage: python bench/latency.py [--runs N] [--languages python,javascript,shell]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import statistics
@@ -102,8 +103,12 @@ def throughput(fn: Callable[[], None], blocks: int, concurrency: int) -> tuple[f
 
 
 @contextmanager
-def sandbox(client: Any, workdir: Path, **overrides: Any) -> Iterator[Sandbox]:
+def sandbox(
+    client: Any, workdir: Path, env_dir: Path | None = None, **overrides: Any
+) -> Iterator[Sandbox]:
     config = sandbox_config(Settings(workdir=workdir, **overrides), Policy())
+    if env_dir is not None:  # a session's environment: Python state and installs kept
+        config = dataclasses.replace(config, env_dir=env_dir)
     box = Sandbox(
         client,
         config,
@@ -181,6 +186,16 @@ def main() -> None:
                     )
                 )
             rows.append((isolation, language.value, "oi (pool)", median, median / base))
+            env = Path(tempfile.mkdtemp(prefix="oi-bench-env-")) / "env"
+            with sandbox(client, workdir, env_dir=env, isolation=isolation, pool=True) as box:
+                median = statistics.median(
+                    measure(
+                        oi_block(box, language, code), args.runs, between=refilled(box, language)
+                    )
+                )
+            shutil.rmtree(env.parent, ignore_errors=True)
+            label = "oi (pool, env+state)"
+            rows.append((isolation, language.value, label, median, median / base))
             with sandbox(client, workdir, isolation=isolation, pool=False) as box:
                 median = statistics.median(measure(oi_block(box, language, code), args.runs))
             rows.append((isolation, language.value, "oi (no pool)", median, median / base))
@@ -198,10 +213,10 @@ def main() -> None:
             rows.append((isolation, language.value, "docker run --rm", median, median / base))
 
     print(f"median per-block latency, {args.runs} runs each (after 2 warm-up runs)")
-    print(f"{'isolation':<10} {'language':<11} {'runner':<18} {'median ms':>10} {'x bare':>8}")
+    print(f"{'isolation':<10} {'language':<11} {'runner':<21} {'median ms':>10} {'x bare':>8}")
     for isolation, language_name, label, median, ratio in rows:
         print(
-            f"{isolation:<10} {language_name:<11} {label:<18} {median * 1000:>10.1f} {ratio:>8.2f}"
+            f"{isolation:<10} {language_name:<11} {label:<21} {median * 1000:>10.1f} {ratio:>8.2f}"
         )
 
     if args.throughput_blocks > 0:  # 0 skips the throughput rows
@@ -243,6 +258,10 @@ def main() -> None:
             f"(python, runc): {verdict}"
         )
         print(f"pool/bare median ratio (python): {ratio:.2f}")
+    if "oi (pool, env+state)" in python_rows:
+        print(
+            f"pool+state/bare median ratio (python): {python_rows['oi (pool, env+state)'][1]:.2f}"
+        )
     sys.stdout.flush()
     shutil.rmtree(workdir, ignore_errors=True)
 

@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pwd
+import shutil
 import subprocess
 import sys
+import sysconfig
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +158,86 @@ def run_oi(
     return subprocess.run(
         [OI, *args], capture_output=True, text=True, env=full_env, check=False, **kwargs
     )
+
+
+@dataclass(frozen=True)
+class OtherUser:
+    """A throwaway local account that can run this checkout's ``oi``."""
+
+    name: str
+    uid: int
+    gid: int
+    site: Path  # what PYTHONPATH must hold: the package and its dependencies, readable by all
+
+    def oi(
+        self, *args: str, env: dict[str, str] | None = None, **kwargs: Any
+    ) -> subprocess.CompletedProcess[str]:
+        """``oi ARGS`` as this user (no groups), with the system Python."""
+        base = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "PYTHONPATH": str(self.site)}
+        kwargs.setdefault("timeout", 120)
+        return subprocess.run(
+            [
+                "setpriv",
+                f"--reuid={self.uid}",
+                f"--regid={self.gid}",
+                "--clear-groups",
+                SYSTEM_PYTHON,
+                "-c",
+                "from orchestrator.cli import main; main()",
+                *args,
+            ],
+            env={**base, **(env or {})},
+            capture_output=True,
+            text=True,
+            check=False,
+            **kwargs,
+        )
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@pytest.fixture(scope="session")
+def shared_site() -> Iterator[Path]:
+    """This checkout's package and its dependencies, copied where any user can read them
+    (the venv's Python and this checkout may sit in root's private folders): for the system
+    Python of the same minor version."""
+    if os.geteuid() != 0 or not Path(SYSTEM_PYTHON).exists():
+        pytest.skip("runs oi as another user: needs root and the system's python3")
+    version = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if version != str(sys.version_info[:2]):
+        pytest.skip(f"the system's python3 is {version}, not this venv's version")
+    site = Path(tempfile.mkdtemp(prefix="oi-site-", dir="/var/tmp"))
+    try:
+        for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+            if entry.name.startswith(("__editable__", "oi_orchestrator")) or entry.suffix == ".pth":
+                continue
+            (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, site / entry.name)
+        shutil.copytree(REPO / "orchestrator", site / "orchestrator")
+        shutil.copytree(REPO / "sandbox-images", site / "orchestrator" / "sandbox_images")
+        subprocess.run(["chmod", "-R", "a+rX", str(site)], check=True)
+        site.chmod(0o755)
+        yield site
+    finally:
+        shutil.rmtree(site, ignore_errors=True)
+
+
+@pytest.fixture
+def oi_user(shared_site: Path) -> Iterator[OtherUser]:
+    """A throwaway account (in no group that may use Docker) that runs this checkout's oi."""
+    name = "oiusr" + uuid.uuid4().hex[:8]
+    subprocess.run(
+        ["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        entry = pwd.getpwnam(name)
+        yield OtherUser(name, entry.pw_uid, entry.pw_gid, shared_site)
+    finally:
+        subprocess.run(["userdel", name], check=False, capture_output=True)

@@ -28,6 +28,47 @@ ENGINE_FIX = (
 )
 
 
+PERMISSION_FIX = (
+    "join the 'docker' group ('sudo usermod -aG docker $USER', then log in again; it is "
+    "root-equivalent), or run oi through your admin's sudo rule (README: admin guide)"
+)
+
+
+def _permission_denied(exc: BaseException) -> bool:
+    """Whether the socket refused us (EACCES), anywhere in the exception's chain or text."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, PermissionError) or "Permission denied" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _socket_owner() -> str:
+    """"/var/run/docker.sock is root:docker 0660", or what is known of the socket."""
+    url = engine_url()
+    if not url.startswith("unix://"):
+        return url
+    path = url.removeprefix("unix://")
+    try:
+        info = os.stat(path)
+    except OSError:
+        return path
+    import grp  # noqa: PLC0415
+    import pwd  # noqa: PLC0415
+    import stat  # noqa: PLC0415
+
+    try:
+        owner = pwd.getpwuid(info.st_uid).pw_name
+    except KeyError:
+        owner = str(info.st_uid)
+    try:
+        group = grp.getgrgid(info.st_gid).gr_name
+    except KeyError:
+        group = str(info.st_gid)
+    return f"{path} is {owner}:{group} {stat.S_IMODE(info.st_mode):04o}"
+
+
 def engine_url() -> str:
     return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
 
@@ -51,6 +92,11 @@ def engine_errors(action: str) -> Iterator[None]:
             ) from exc
         raise SandboxError(f"{action}: Docker engine error: {explanation}") from exc
     except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
+        if _permission_denied(exc):
+            raise EngineUnavailableError(
+                f"{action}: the Docker engine at {engine_url()} refused you (permission denied: "
+                f"{_socket_owner()}); fix: {PERMISSION_FIX}"
+            ) from exc
         raise EngineUnavailableError(
             f"{action}: no Docker engine answers at {engine_url()}; fix: {ENGINE_FIX}"
         ) from exc

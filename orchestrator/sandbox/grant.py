@@ -92,12 +92,22 @@ def grant_workdir(root: Path, gid: int = SANDBOX_GID) -> GrantResult:
 
 
 def _walk(dir_fd: int, path: Path, gid: int, result: GrantResult) -> None:
+    names = []
     with os.scandir(dir_fd) as entries:
-        names = [
-            (entry.name, entry.is_dir(follow_symlinks=False))
-            for entry in entries
-            if entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False)
-        ]  # never open a FIFO, socket or device
+        for entry in entries:
+            is_dir = entry.is_dir(follow_symlinks=False)
+            if not (is_dir or entry.is_file(follow_symlinks=False)):
+                continue  # never open a FIFO, socket or device
+            if not is_dir:
+                # A file already granted (a later session) is not even opened.
+                with contextlib.suppress(OSError):
+                    info = entry.stat(follow_symlinks=False)
+                    if info.st_gid == gid and stat.S_IMODE(info.st_mode) == granted_mode(
+                        info.st_mode, directory=False
+                    ):
+                        result.entries += 1
+                        continue
+            names.append((entry.name, is_dir))
     for name, is_dir in names:
         try:
             fd = os.open(name, _DIR if is_dir else _FILE, dir_fd=dir_fd)

@@ -1,8 +1,22 @@
 import pytest
 
-from tests.sandbox_fixtures import docker_client, make_sandbox, session_id, workdir
+from tests.sandbox_fixtures import (
+    docker_client,
+    make_sandbox,
+    oi_user,
+    session_id,
+    shared_site,
+    workdir,
+)
 
-__all__ = ["docker_client", "make_sandbox", "session_id", "workdir"]
+__all__ = [
+    "docker_client",
+    "make_sandbox",
+    "oi_user",
+    "session_id",
+    "shared_site",
+    "workdir",
+]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
