@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ CHAT_HELP = """commands:
   %undo           forget your last message and everything after it
   %tokens         tokens used so far
   %auto on|off    run blocks without asking (sandboxed) / ask again
-  %save FILE      save the conversation as markdown
+  %save [FILE]    save the conversation as markdown (default: oi-chat-SESSION.md here)
   %help           this help
   exit, quit, Ctrl-D   leave (Ctrl-C stops a running block or reply)"""
 
@@ -50,8 +51,24 @@ def chat_loop(
         if text.startswith("%"):
             chat_command(session, text)
             continue
-        with errors_in_chat():
+        kept = len(session.messages)
+        try:
             send(text)
+        except OiError as exc:
+            err_console.print(error_line(exc))
+            if len(session.messages) > kept and not _any_reply(session.messages[kept:]):
+                # Nothing came back: forget the message, so sending it again is not a repeat.
+                session.truncate(kept)
+                plain("your message was not kept: send it again once that is fixed")
+
+
+def _session_name(session: Session) -> str:
+    transcript = session.transcript
+    return transcript.path.stem if transcript is not None else time.strftime("%Y%m%dT%H%M%S")
+
+
+def _any_reply(messages: list[dict[str, object]]) -> bool:
+    return any(message.get("role") in ("assistant", "tool") for message in messages)
 
 
 def chat_command(session: Session, text: str) -> None:
@@ -61,7 +78,15 @@ def chat_command(session: Session, text: str) -> None:
         session.reset()
         err_console.print("conversation reset")
     elif command == "%undo":
-        err_console.print("undone" if session.undo() else "nothing to undo")
+        before = len(session.messages)
+        if session.undo():
+            gone = before - len(session.messages)
+            err_console.print(
+                f"forgot your last message and what followed ({gone} message(s)); the files "
+                "its blocks changed stay as they are"
+            )
+        else:
+            err_console.print("nothing to undo")
     elif command == "%tokens":
         totals = session.totals
         err_console.print(
@@ -71,12 +96,13 @@ def chat_command(session: Session, text: str) -> None:
     elif command == "%auto" and argument in ("on", "off"):
         session.auto_run = argument == "on"
         err_console.print(f"auto-run {argument}")
-    elif command == "%save" and argument:
+    elif command == "%save":
         from orchestrator.transcript import save_markdown  # noqa: PLC0415
 
+        name = argument or f"oi-chat-{_session_name(session)}.md"
         with errors_in_chat():
-            path = save_markdown(session.messages, Path(argument))
-            plain(f"saved to {path}")
+            path = save_markdown(session.messages, Path(name))
+            plain(f"saved the conversation to {path}")
     elif command == "%help":
         err_console.print(CHAT_HELP, markup=False)
     else:

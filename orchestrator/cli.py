@@ -18,6 +18,7 @@ from rich.table import Table
 
 from orchestrator import __version__
 from orchestrator.cli_common import (
+    classic_help,
     docker_client,
     err_console,
     errors,
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from orchestrator.session import SessionEvents
     from orchestrator.wiring import Opened
 
+classic_help()
 app = typer.Typer(
     name="oi",
     help="Let a local model write code, and run every block in a throwaway, hardened container.",
@@ -105,8 +107,13 @@ def exec_command(
     *,
     flags: SettingFlags,
 ) -> None:
-    """Run one block of code in a fresh sandbox; exit with its exit code (124 timeout, 137 OOM,
-    73 workdir limit)."""
+    """Run one block of code in a fresh sandbox, without a model; exit with its exit code
+    (124 timeout, 137 out of memory, 73 workdir limit).
+
+    Examples:
+      echo 'import pandas; print(pandas.__version__)' | oi exec python
+      oi exec sh cleanup.sh --network none --timeout 30
+    """
     from orchestrator.render import passthrough, reset_terminal  # noqa: PLC0415
     from orchestrator.sandbox.runner import Sandbox  # noqa: PLC0415
 
@@ -180,12 +187,16 @@ def _drive_terminal(events: SessionEvents, renderer: Any) -> EndStatus:
         renderer.interrupt()
         err_console.print("[yellow]oi: interrupted[/]")
 
-    return drive(
-        events,
-        render=renderer.render,
-        approve=InteractiveApprover().decide,
-        on_interrupt=interrupted,
-    )
+    try:
+        return drive(
+            events,
+            render=renderer.render,
+            approve=InteractiveApprover().decide,
+            on_interrupt=interrupted,
+        )
+    except BaseException:
+        renderer.interrupt()  # no spinner left running under the error line or the prompt
+        raise
 
 
 def _renderer(as_json: bool, *, markdown: bool) -> Any:
@@ -206,14 +217,23 @@ def run_command(
 ) -> None:
     """Do one task: the model writes code, you approve, it runs sandboxed, until done.
 
-    Exit codes: 0 finished, 1 model or Docker unreachable, 2 bad usage/config, 3 stopped
-    (max turns, quit, loop guard, Ctrl-C).
+    Examples:
+      oi run "clean sales.csv and plot monthly revenue"
+      oi run -y --allow-host pypi "install tabulate and print data.csv as a table"
+
+    Exit codes: 0 finished, 1 model or Docker unreachable, 2 bad usage or config,
+    3 stopped (max turns, you quit, the loop guard, Ctrl-C).
     """
     with errors():
-        with _open(load_flags(flags)) as opened:
-            status = _drive_terminal(opened.session.send(task), _renderer(as_json, markdown=False))
-        if not as_json:
-            say(f"session {opened.session_id} (oi sessions show {opened.session_id})", "dim")
+        session_id = ""
+        try:
+            with _open(load_flags(flags)) as opened:
+                session_id = opened.session_id
+                renderer = _renderer(as_json, markdown=False)
+                status = _drive_terminal(opened.session.send(task), renderer)
+        finally:
+            if session_id and not as_json:  # also after an error: the record says what happened
+                say(f"session {session_id} (oi sessions show {session_id})", "dim")
         raise typer.Exit(EXIT_FOR_STATUS.get(status, 3))
 
 
@@ -226,11 +246,20 @@ def chat_command(
     *,
     flags: SettingFlags,
 ) -> None:
-    """Talk with the model in a loop; every block it writes runs sandboxed after you approve."""
+    """Talk with the model in a loop; every block it writes runs sandboxed after you approve.
+
+    Examples:
+      oi chat
+      oi chat --resume 20261207T101500-ab12cd
+
+    In the chat, %help lists the commands (%save, %undo, %tokens, %auto on|off, ...).
+    """
     from orchestrator.chat import chat_loop  # noqa: PLC0415
 
     with errors():
         loaded = load_flags(flags)
+        if resume:
+            loaded = _resume_workdir(loaded, resume, given="workdir" in flags.values)
         settings = loaded.settings
         with _open(loaded, resume=resume) as opened:
             renderer = _renderer(False, markdown=True)
@@ -238,10 +267,35 @@ def chat_command(
                 f"oi chat · {settings.model} at {settings.api_base} · workdir "
                 f"{settings.workdir} · session {opened.session_id}"
             )
+            if resume:
+                told = sum(m.get("role") == "user" for m in opened.session.messages)
+                plain(
+                    f"resumed: {len(opened.session.messages)} message(s) so far, {told} of them "
+                    "yours or block results; the model remembers them (%tokens counts from now)"
+                )
             plain("type a task, %help for commands, Ctrl-D to leave")
             session = opened.session
             chat_loop(session, lambda text: _drive_terminal(session.send(text), renderer))
         say(f"session {opened.session_id}", "dim")
+
+
+def _resume_workdir(loaded: Loaded, resume: str, *, given: bool) -> Loaded:
+    """A resumed chat continues in the folder it ran in, unless --workdir says otherwise; a
+    different folder is said out loud (the conversation may name files of the old one)."""
+    from orchestrator.wiring import recorded_workdir  # noqa: PLC0415
+
+    recorded = recorded_workdir(loaded.settings, resume)
+    current = loaded.settings.workdir
+    if recorded is None or recorded == current:
+        return loaded
+    if given:
+        say(f"the session ran in {recorded}; resuming it in {current} (--workdir)", "yellow")
+        return loaded
+    if not recorded.is_dir():
+        say(f"the session ran in {recorded}, which is gone; resuming in {current}", "yellow")
+        return loaded
+    say(f"resuming in the session's folder {recorded} (--workdir DIR to choose another)", "dim")
+    return loaded.replace(workdir=recorded)
 
 
 # --- oi sessions --------------------------------------------------------------------------------
@@ -249,7 +303,10 @@ def chat_command(
 def sessions_list(
     limit: Annotated[int, typer.Option("--limit", "-n", help="Show at most N sessions.")] = 20,
 ) -> None:
-    """Recorded sessions, newest first."""
+    """Recorded sessions, newest first.
+
+    Example:  oi sessions list -n 5
+    """
     import datetime  # noqa: PLC0415
 
     from orchestrator.render import safe_cell  # noqa: PLC0415
@@ -277,7 +334,10 @@ def sessions_show(
     session_id: Annotated[str, typer.Argument(help="Session id (or a unique prefix).")],
     raw: Annotated[bool, typer.Option("--json", help="Print the raw JSONL records.")] = False,
 ) -> None:
-    """Show one recorded session: messages, code with hashes, decisions, results."""
+    """Show one recorded session: messages, code with hashes, decisions, results.
+
+    Example:  oi sessions show 20261207T101500-ab12cd
+    """
     from orchestrator.render import render_transcript  # noqa: PLC0415
     from orchestrator.transcript import find_session, scan_records  # noqa: PLC0415
 
@@ -303,7 +363,10 @@ def images_build(
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if up to date.")] = False,
     prune: Annotated[bool, typer.Option("--prune", help="Remove stale image tags.")] = False,
 ) -> None:
-    """Build the sandbox images (offline: bootstraps a Debian base when nothing can be pulled)."""
+    """Build the sandbox images (offline: bootstraps a Debian base when nothing can be pulled).
+
+    Examples:  oi images build     oi images build python
+    """
     from orchestrator.sandbox.docker import connect  # noqa: PLC0415
     from orchestrator.sandbox.images import ALL_IMAGES  # noqa: PLC0415
 
@@ -350,16 +413,23 @@ def _print_images(catalog: Any) -> None:
 # --- oi gc --------------------------------------------------------------------------------------
 @app.command("gc")
 def gc_command() -> None:
-    """Remove sandbox containers left behind by oi processes that are gone."""
+    """Remove sandbox containers, networks and session environments left behind by oi processes
+    that are gone (every oi start removes the containers too).
+
+    Example:  oi gc
+    """
     from orchestrator.sandbox.docker import connect  # noqa: PLC0415
     from orchestrator.sandbox.gc import sweep  # noqa: PLC0415
+    from orchestrator.sandbox.session_env import KEEP_DAYS, sweep_envs  # noqa: PLC0415
 
     with errors():
         client = connect()
         result = sweep(client)
+        envs = sweep_envs(load_flags().settings.data_dir / "envs")
         typer.echo(
-            f"removed {len(result.removed)} orphaned container(s) and {len(result.networks)} "
-            f"network(s); {result.kept} container(s) belong to running oi processes"
+            f"removed {len(result.removed)} orphaned container(s), {len(result.networks)} "
+            f"network(s) and {len(envs)} session environment(s) unused for {KEEP_DAYS:g} days; "
+            f"{result.kept} container(s) belong to running oi processes"
         )
 
 
@@ -420,7 +490,10 @@ def trust_command(
 
 @policy_app.command("show")
 def policy_show() -> None:
-    """Print the admin policy in force (/etc/oi/policy.toml, $OI_POLICY_FILE), line by line."""
+    """Print the admin policy in force (/etc/oi/policy.toml, $OI_POLICY_FILE), line by line.
+
+    Example:  oi policy show
+    """
     from orchestrator.policy import describe, load_policy  # noqa: PLC0415
 
     with errors():

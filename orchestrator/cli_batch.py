@@ -98,9 +98,14 @@ def batch_command(
 
     A task passes when the model finished and its check (a shell command run in a sandbox on
     the task's workdir) exits 0. A task's settings may only narrow the command line's (trust
-    the file with 'oi trust FILE' to lift that). Exit codes: 0 every task passed, 1 a task
-    failed or errored (or the engine is unreachable), 2 bad tasks file or usage, 3 interrupted
-    (Ctrl-C; the partial report is written).
+    the file with 'oi trust FILE' to lift that).
+
+    Examples:
+      oi batch tasks.yaml --concurrency 4 --junit report.xml
+      oi batch tasks.yaml --shard 2/4 --resume --out oi-batch-out
+
+    Exit codes: 0 every task passed, 1 a task failed or errored (or the engine is unreachable),
+    2 bad tasks file or usage, 3 interrupted (Ctrl-C; the partial report is written).
     """
     from orchestrator.batch.plan import plan_batch  # noqa: PLC0415
 
@@ -362,9 +367,14 @@ def replay_command(
 
     Each block is shown and asked about first (--yes: run them all). The record's limits
     apply when they are within yours (flags override them); network, isolation and passed-in
-    variables are yours to choose, never the record's. Exit codes: 0 every block matched,
-    1 a mismatch or a block not run (or the engine is unreachable), 2 bad record or usage,
-    3 interrupted.
+    variables are yours to choose, never the record's.
+
+    Examples:
+      oi replay 20261207T101500-ab12cd
+      oi replay oi-batch-out/t1/session.jsonl --yes --workdir-from fixtures/sales
+
+    Exit codes: 0 every block matched, 1 a mismatch or a block not run (or the engine is
+    unreachable), 2 bad record or usage, 3 interrupted.
     """
     from orchestrator import replay  # noqa: PLC0415
     from orchestrator.cli_replay import Replayer  # noqa: PLC0415

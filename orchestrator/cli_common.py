@@ -22,6 +22,41 @@ if TYPE_CHECKING:
     from orchestrator.loading import Layer, Loaded
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def classic_help() -> None:
+    """Help that reads like click's. Recent typer shows ``<type>`` after every option - flags
+    too, so ``--auto-run <bool>`` looks as if it took a value - and ``{TASK}`` for a required
+    argument. Here: flags bare, a value by its METAVAR, and ``TASK``. Without those typer
+    internals (another version), typer's own help stays."""
+    from typer import core  # noqa: PLC0415
+
+    option = getattr(core, "TyperOption", None)
+    display = getattr(option, "display_type_rich", None)
+    if option is not None and display is not None and not getattr(display, "oi_classic", False):
+
+        def display_type(self: Any, ctx: Any) -> Any:
+            return None if self.is_flag else display(self, ctx)
+
+        display_type.oi_classic = True  # type: ignore[attr-defined]
+        option.display_type_rich = display_type
+    argument = getattr(core, "TyperArgument", None)
+    if argument is not None and hasattr(argument, "_usage_display_name"):
+
+        def display_name(self: Any) -> str:
+            return str(self.metavar or self.display_name_raw).upper()
+
+        def usage_name(self: Any) -> str:
+            name = display_name(self) if self.required else f"[{display_name(self)}]"
+            return name + ("..." if self.nargs != 1 else "")
+
+        argument._usage_display_name = usage_name
+        if hasattr(argument, "_rich_display_name"):
+            argument._rich_display_name = display_name
+    if argument is not None and hasattr(argument, "display_type_rich"):
+        argument.display_type_rich = lambda self, ctx: None
+
+
 state = {"debug": False}
 
 

@@ -29,7 +29,10 @@ def register(app: typer.Typer) -> None:
 @with_setting_flags("api_base", "model", "api_key", "isolation")
 def doctor(*, flags: SettingFlags) -> None:
     """Check the Docker engine, runtimes, images and disk, and the model endpoint (--api-base,
-    --model); print the fix for each problem."""
+    --model); print the fix for each problem.
+
+    Examples:  oi doctor     oi doctor --api-base http://gpu-box:8000/v1 --model my-model
+    """
     from orchestrator.sandbox.docker import connect, engine_errors, engine_versions  # noqa: PLC0415
 
     problems = 0

@@ -19,88 +19,141 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 MemoryOpt = Annotated[
-    str | None, typer.Option("--memory", "-m", help="Memory limit, swap included (default: 1g).")
+    str | None,
+    typer.Option(
+        "--memory",
+        "-m",
+        metavar="SIZE",
+        help="Memory limit, swap included, e.g. 512m, 2g. (default: 1g)",
+    ),
 ]
-CpusOpt = Annotated[float | None, typer.Option("--cpus", help="CPUs (default: 1).")]
-PidsOpt = Annotated[int | None, typer.Option("--pids", help="Max processes (default: 256).")]
+CpusOpt = Annotated[
+    float | None, typer.Option("--cpus", metavar="N", help="CPUs, e.g. 0.5 or 2. (default: 1)")
+]
+PidsOpt = Annotated[
+    int | None,
+    typer.Option("--pids", metavar="N", help="Max processes and threads. (default: 256)"),
+]
 TimeoutOpt = Annotated[
     float | None,
-    typer.Option("--timeout", "-t", help="Wall-clock seconds per block (default: 60)."),
+    typer.Option(
+        "--timeout", "-t", metavar="SECONDS", help="Wall-clock limit per block. (default: 60)"
+    ),
 ]
 MaxOutputOpt = Annotated[
     int | None,
-    typer.Option("--max-output", help="Bytes of each stream kept, head + tail (default: 8192)."),
+    typer.Option(
+        "--max-output",
+        metavar="BYTES",
+        help="Bytes of each stream kept, head + tail. (default: 8192)",
+    ),
 ]
 WorkdirMaxBytesOpt = Annotated[
     str | None,
     typer.Option(
         "--workdir-max-bytes",
-        help="Bytes the session's blocks may add to the workdir, e.g. 10g (default: 4g).",
+        metavar="SIZE",
+        help="Bytes the session's blocks may add to the workdir, e.g. 10g. (default: 4g)",
     ),
 ]
 WorkdirMaxFilesOpt = Annotated[
     int | None,
     typer.Option(
         "--workdir-max-files",
-        help="Files the session's blocks may add to the workdir (default: 100000).",
+        metavar="N",
+        help="Files the session's blocks may add to the workdir. (default: 100000)",
     ),
 ]
 WorkdirOpt = Annotated[
     Path | None,
-    typer.Option("--workdir", "-w", help="Folder mounted at /workspace (default: current dir)."),
+    typer.Option(
+        "--workdir", "-w", metavar="DIR", help="Folder mounted at /workspace. (default: .)"
+    ),
 ]
 EnvOpt = Annotated[
     list[str] | None,
-    typer.Option("--env", "-e", help="Pass this host variable into the sandbox (repeatable)."),
+    typer.Option(
+        "--env", "-e", metavar="NAME", help="Pass this host variable into the sandbox (repeat it)."
+    ),
 ]
 IsolationOpt = Annotated[
-    str | None, typer.Option("--isolation", help="runc or gvisor (default: runc).")
+    str | None,
+    typer.Option("--isolation", metavar="runc|gvisor", help="The runtime. (default: runc)"),
 ]
 NetworkOpt = Annotated[
     str | None,
     typer.Option(
-        "--network", help="none (loopback only), allowlist (--allow-host via a proxy), open."
+        "--network",
+        metavar="none|allowlist|open",
+        help="none: loopback only; allowlist: the --allow-host names via a proxy; open: the "
+        "internet. (default: none)",
     ),
 ]
 AllowHostOpt = Annotated[
     list[str] | None,
     typer.Option(
-        "--allow-host", help="Host reachable under --network allowlist; presets: pypi, npm, debian."
+        "--allow-host",
+        metavar="HOST",
+        help="A host the allowlist lets through (repeat it); presets: pypi, npm, debian.",
     ),
 ]
 CaBundleOpt = Annotated[
-    Path | None, typer.Option("--ca-bundle", help="CA bundle for TLS (default: the host's).")
+    Path | None,
+    typer.Option("--ca-bundle", metavar="FILE", help="CA bundle for TLS. (default: the host's)"),
 ]
 MountOpt = Annotated[
     list[str] | None,
-    typer.Option("--mount", help="Extra mount HOST[:CONTAINER][:rw], read-only by default."),
+    typer.Option(
+        "--mount",
+        metavar="HOST[:PATH][:rw]",
+        help="Extra folder to mount, read-only unless :rw (repeat it).",
+    ),
 ]
 ApiBaseOpt = Annotated[
     str | None,
     typer.Option(
-        "--api-base", help="OpenAI-compatible endpoint (default: http://localhost:8000/v1)."
+        "--api-base",
+        metavar="URL",
+        help="OpenAI-compatible endpoint. (default: http://localhost:8000/v1)",
     ),
 ]
 ModelOpt = Annotated[
-    str | None, typer.Option("--model", help="Model name (default: Qwen/Qwen3-4B-Instruct-2507).")
+    str | None,
+    typer.Option(
+        "--model", metavar="NAME", help="Model name. (default: Qwen/Qwen3-4B-Instruct-2507)"
+    ),
 ]
-ApiKeyOpt = Annotated[str | None, typer.Option("--api-key", help="API key (default: EMPTY).")]
+ApiKeyOpt = Annotated[
+    str | None, typer.Option("--api-key", metavar="KEY", help="API key. (default: EMPTY)")
+]
 ToolModeOpt = Annotated[
     str | None,
-    typer.Option("--tool-mode", help="auto (tools, else markdown), tools or markdown."),
+    typer.Option(
+        "--tool-mode",
+        metavar="auto|tools|markdown",
+        help="How code arrives: tool calls, markdown blocks, or tools falling back to markdown. "
+        "(default: auto)",
+    ),
 ]
 MaxTurnsOpt = Annotated[
-    int | None, typer.Option("--max-turns", help="Model turns before stopping (default: 20).")
+    int | None,
+    typer.Option("--max-turns", metavar="N", help="Model turns before stopping. (default: 20)"),
 ]
 AutoRunOpt = Annotated[
     bool | None,
     typer.Option("--auto-run", "-y", help="Run every block without asking (it is sandboxed)."),
 ]
 TemperatureOpt = Annotated[
-    float | None, typer.Option("--temperature", help="Sampling temperature.")
+    float | None,
+    typer.Option("--temperature", metavar="T", help="Sampling temperature. (default: 0.7)"),
 ]
 MaxModelLenOpt = Annotated[
-    int | None, typer.Option("--max-model-len", help="Context size if the server does not say.")
+    int | None,
+    typer.Option(
+        "--max-model-len",
+        metavar="TOKENS",
+        help="Context size when the server does not say. (default: 32768)",
+    ),
 ]
 NoPoolOpt = Annotated[
     bool, typer.Option("--no-pool", help="Do not pre-start containers (slower, fewer resources).")
@@ -113,8 +166,9 @@ SessionEnvOpt = Annotated[
     str | None,
     typer.Option(
         "--session-env",
-        help="Keep pip/npm installs per session, per workdir, or off. [default: session]",
         metavar="session|workdir|off",
+        help="Keep what pip and npm install for the session, for this folder, or not at all. "
+        "(default: session)",
     ),
 ]
 

@@ -95,6 +95,7 @@ class CodeProposed(Event):
     sandbox: SandboxSummary
     source: str
     awaits_approval: bool = False
+    edited: bool = False  # the person changed the model's code: this is their version
 
 
 @dataclass(frozen=True)
@@ -149,3 +150,4 @@ class SessionEnded(Event):
     turns: int
     prompt_tokens: int
     completion_tokens: int
+    session_id: str = ""  # the record's id: `oi sessions show ID`, `oi chat --resume ID`

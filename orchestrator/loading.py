@@ -219,9 +219,37 @@ def _validate(values: Mapping[str, Any], wheres: Mapping[str, str]) -> Settings:
         for err in exc.errors():
             key = str(err["loc"][0]) if err["loc"] else ""
             where = wheres.get(key, key or "settings")
-            message = str(err["msg"]).removeprefix("Value error, ")
-            problems.append(f"{where}: {message}")
+            problems.append(f"{where}: {plain_problem(key, err)}")
         raise ConfigError("invalid settings: " + "; ".join(problems)) from None
+
+
+_LIMIT_WORDS = {
+    "greater_than_equal": ("ge", "small", "at least"),
+    "greater_than": ("gt", "small", "more than"),
+    "less_than_equal": ("le", "large", "at most"),
+    "less_than": ("lt", "large", "less than"),
+}
+
+
+def plain_problem(key: str, err: Mapping[str, Any]) -> str:
+    """A pydantic error in the words of a person setting ``key`` (pure): what was given and
+    what is wanted, never a secret's value."""
+    kind = str(err.get("type", ""))
+    given = shown_value(key, err.get("input"))
+    ctx = err.get("ctx") or {}
+    if kind in ("float_parsing", "int_parsing", "float_type", "int_type", "int_from_float"):
+        whole = "a whole " if kind.startswith("int") else "a "
+        return f"{given!r} is not {whole}number"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"{given!r} is not true or false"
+    if kind in _LIMIT_WORDS:
+        bound, too, words = _LIMIT_WORDS[kind]
+        return f"{given!r} is too {too}: it must be {words} {ctx.get(bound)}"
+    if kind == "literal_error":
+        return f"{given!r} is not one of {ctx.get('expected')}"
+    if kind == "finite_number":
+        return f"{given!r} is not a finite number"
+    return str(err.get("msg", "invalid")).removeprefix("Value error, ")
 
 
 @dataclass(frozen=True)
@@ -303,7 +331,8 @@ def load(
             raise ConfigError(refused[0].message(fix))
         for refusal in refused:
             if notes is not None:
-                notes.append(f"{refusal.where} = {refusal.value!r} not applied: wider than yours")
+                shown = shown_value(refusal.key, refusal.value)
+                notes.append(f"{refusal.where} = {shown!r} not applied: wider than yours")
     settings = merged.settings()
     capped = apply_policy(settings, policy, set(merged.sources))
     sources = dict(merged.sources)

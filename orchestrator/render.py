@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,7 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.approval import Approval, parse_answer
+from orchestrator.code_hider import CodeHider, hide_code
 from orchestrator.events import (
     BlockOutput,
     BlockResult,
@@ -73,6 +75,18 @@ class JsonRenderer:
         pass
 
 
+END_WORDS = {
+    "finished": "finished",
+    "max_turns": "stopped: too many model turns",
+    "quit": "stopped: you quit",
+    "loop_guard": "stopped: the same failure again and again",
+    "interrupted": "interrupted",
+    "length": "stopped: the reply hit the model's token limit",
+    "error": "stopped by an error",
+}
+"""How each way a session ends is said to a person (the status names are for scripts)."""
+
+
 class HumanRenderer:
     """Streams the model's reply (as markdown on a terminal), shows code and results.
 
@@ -92,6 +106,8 @@ class HumanRenderer:
         self._live: Live | None = None
         self._spinner: Live | None = None
         self._reply = ""
+        # On a terminal the approval panel shows the code: the prose does not repeat it.
+        self._hider: CodeHider | None = CodeHider() if self.tty else None
         self._streams: dict[str, _OutputState] = {}
 
     # --- lifecycle of live displays ---------------------------------------------------------
@@ -132,10 +148,14 @@ class HumanRenderer:
         elif isinstance(event, ModelReply):
             self._stop_spinner()
             self._stop_live()
+            if not self.markdown:
+                self._write_prose(self._hider.flush() if self._hider else "")
             if not self.markdown and event.text and not event.text.endswith("\n"):
                 self.out.file.write("\n")
         elif isinstance(event, ModelRestarted):
             self._stop_live()
+            if self._hider is not None:
+                self._hider = CodeHider()  # the partial reply is asked again from the start
             if not self.markdown and event.partial_text and not event.partial_text.endswith("\n"):
                 self.out.file.write("\n")
             self._reply = ""
@@ -154,9 +174,9 @@ class HumanRenderer:
             style = "green" if event.status == "finished" else "yellow"
             self.err.print(
                 Text.assemble(
-                    (f"oi: {clean_line(event.status)}", style),
-                    f" - {clean_line(event.reason)} ({event.turns} turn(s), "
-                    f"{event.prompt_tokens}+{event.completion_tokens} tokens)",
+                    (f"oi: {END_WORDS.get(event.status, clean_line(event.status))}", style),
+                    f" - {clean_line(event.reason)} · {event.turns} model turn(s), "
+                    f"{event.prompt_tokens} prompt + {event.completion_tokens} reply tokens",
                 )
             )
 
@@ -169,8 +189,12 @@ class HumanRenderer:
                     console=self.out, refresh_per_second=8, vertical_overflow="visible"
                 )
                 self._live.start()
-            self._live.update(safe_markdown(self._reply))
+            self._live.update(safe_markdown(hide_code(self._reply)))
         else:
+            self._write_prose(self._hider.feed(text) if self._hider else text)
+
+    def _write_prose(self, text: str) -> None:
+        if text:
             # Escapes are per character, so cleaning each piece equals cleaning the whole.
             self.out.file.write(clean_text(text))
             self.out.file.flush()
@@ -260,7 +284,10 @@ def approval_panel(event: CodeProposed) -> Panel:
     box = event.sandbox
     return Panel(
         Group(*parts),
-        title=Text(f"block {event.index} · {clean_line(event.language)}"),
+        title=Text(
+            f"block {event.index} · {clean_line(event.language)}"
+            + (" · edited by you: run this version?" if event.edited else "")
+        ),
         title_align="left",
         border_style="red" if box.network == "open" else "none",
     )
@@ -357,27 +384,65 @@ class InteractiveApprover:
 
     def decide(self, proposal: CodeProposed) -> Approval:
         while True:
-            kind = parse_answer(self._ask())
+            answer = self._ask()
+            kind = parse_answer(answer)
             if kind is None:
-                self._say("answer y, n, e, a or q")
+                self._say(
+                    ANSWER_HELP
+                    if (answer or "").strip() in ("?", "h", "help")
+                    else "answer y, n, e, a or q (? explains them)"
+                )
                 continue
             if kind == "edit":
-                edited = edit_in_editor(proposal.code, proposal.language)
+                editor = find_editor()
+                if editor is None:
+                    self._say(
+                        "no editor: set $VISUAL or $EDITOR (e.g. export EDITOR=nano); "
+                        "block unchanged",
+                        "yellow",
+                    )
+                    continue
+                edited = edit_in_editor(proposal.code, proposal.language, editor)
                 if edited is None:
                     self._say("editor failed or was cancelled; block unchanged", "yellow")
                     continue
                 return Approval("edit", edited)
+            if kind == "always":
+                self._say(
+                    "from now on, blocks run without asking until this session ends "
+                    "(%auto off turns that off in chat)",
+                    "dim",
+                )
             return Approval(kind)
 
 
-def edit_in_editor(code: str, language: str) -> str | None:
-    """Open $VISUAL/$EDITOR on a private temporary file; return its content, None on failure."""
-    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+ANSWER_HELP = """y  yes: run this block in its sandbox (as shown above)
+n  no: do not run it; the model is told you declined
+e  edit: open the code in $VISUAL/$EDITOR; the edited code is shown again before it runs
+a  always: run this one and every later block of this session without asking
+q  quit: run nothing and end the session"""
+
+
+def find_editor() -> str | None:
+    """$VISUAL, $EDITOR, else the first of sensible-editor, nano, vi that exists."""
+    chosen = os.environ.get("VISUAL") or os.environ.get("EDITOR")
+    if chosen:
+        return chosen
+    for name in ("sensible-editor", "nano", "vi"):
+        if shutil.which(name):
+            return name
+    return None
+
+
+def edit_in_editor(code: str, language: str, editor: str | None = None) -> str | None:
+    """Open the editor on a private temporary file; return its content, None on failure. The
+    file ends with a newline, so an editor that appends to the last line cannot glue two."""
+    editor = editor or find_editor() or "vi"
     suffix = Path(LANGUAGES[Language(language)].filename).suffix
     fd, name = tempfile.mkstemp(prefix="oi-edit-", suffix=suffix)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(code)
+            fh.write(code if code.endswith("\n") else code + "\n")
         proc = subprocess.run([*shlex.split(editor), name], check=False)
         if proc.returncode != 0:
             return None

@@ -268,6 +268,7 @@ class Session:
         text_answers: list[str] = []
         quit_now = interrupted = stop_guard = False
         for block, error in proposals:
+            numbered = self._block_index
             if quit_now or interrupted:
                 outcome = Outcome(NOT_RUN_STOPPED)
             elif error is not None:
@@ -285,8 +286,9 @@ class Session:
                     }
                 )
             else:
-                number = len(text_answers) + 1
-                text_answers.append(f"Block {number} ({block.language}): {outcome.for_model}")
+                # The session's block number, as the person's screen shows it.
+                name = f"Block {self._block_index}" if self._block_index > numbered else "Block"
+                text_answers.append(f"{name} ({block.language}): {outcome.for_model}")
         for answer in tool_answers:
             self._add(answer)
         if text_answers:
@@ -304,7 +306,10 @@ class Session:
 
     def _end_event(self, status: EndStatus, reason: str, turns: int) -> SessionEnded:
         totals = self.totals
-        return SessionEnded(status, reason, turns, totals.prompt_tokens, totals.completion_tokens)
+        session_id = self.transcript.path.stem if self.transcript else ""
+        return SessionEnded(
+            status, reason, turns, totals.prompt_tokens, totals.completion_tokens, session_id
+        )
 
     def _end(self, status: EndStatus, reason: str, turns: int) -> SessionEvents:
         yield from self._emit(self._end_event(status, reason, turns))
@@ -468,11 +473,19 @@ class Session:
         what the model is told when it does not run."""
         summary = self.runner.describe(language)
         code = block.code
+        edited = False
         while True:
             sha = code_sha256(code)
             asks = not self.auto_run
             proposal = CodeProposed(
-                index, language.value, code, sha, summary, block.source, awaits_approval=asks
+                index,
+                language.value,
+                code,
+                sha,
+                summary,
+                block.source,
+                awaits_approval=asks,
+                edited=edited,
             )
             if not asks:
                 yield from self._emit(proposal)
@@ -486,6 +499,7 @@ class Session:
             answer = answer or Approval("decline", reason="no answer")
             if answer.kind == "edit" and answer.code is not None:
                 code = answer.code
+                edited = True
                 yield from self._emit(Decision(index, "edited", code_sha256(code), "user"))
                 continue
             if answer.kind == "decline":

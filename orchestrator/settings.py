@@ -40,7 +40,7 @@ from orchestrator.sandbox.config import (
     NetworkTier,
     SessionEnvScope,
 )
-from orchestrator.units import parse_size
+from orchestrator.units import parse_size, size_text
 
 ToolMode = Literal["auto", "tools", "markdown"]
 Trust = Literal["any", "narrow", "user", "admin"]
@@ -76,6 +76,10 @@ def project_config_path() -> Path:
 
 
 D = DEFAULTS
+SIZE_FIELDS = ("memory", "tmp_size", "max_file_size", "workdir_max_bytes", "env_max_bytes")
+"""Settings given as sizes ("512m", "2g"): read with units, shown with units."""
+MIN_MEMORY = 6 * 1024**2
+"""Docker refuses a smaller memory limit."""
 
 
 class Settings(BaseSettings):
@@ -388,9 +392,27 @@ class Settings(BaseSettings):
         default_factory=default_data_dir,
     )
 
-    @field_validator(
-        "memory", "tmp_size", "max_file_size", "workdir_max_bytes", "env_max_bytes", mode="before"
-    )
+    @field_validator("memory")
+    @classmethod
+    def _docker_minimum(cls, value: int) -> int:
+        if value < MIN_MEMORY:
+            raise ValueError(
+                f"{value} bytes is below Docker's minimum of 6 MiB; give a unit, e.g. 512m or 1g"
+            )
+        return value
+
+    @field_validator("api_base")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(
+                f"{value!r} is not an http(s) URL; write it in full, e.g. http://{value}"
+                if "://" not in value
+                else f"{value!r} is not an http(s) URL, e.g. http://localhost:8000/v1"
+            )
+        return value
+
+    @field_validator(*SIZE_FIELDS, mode="before")
     @classmethod
     def _parse_size(cls, value: Any) -> int:
         if isinstance(value, str | int) and not isinstance(value, bool):
@@ -449,10 +471,13 @@ def field_meta(name: str) -> tuple[Trust, str]:
 
 def shown_value(name: str, value: Any) -> Any:
     """A value as it may be printed: a secret (a field declared with ``repr=False``, such as
-    ``api_key``) is masked unless it is empty or the placeholder ``EMPTY``."""
+    ``api_key``) is masked unless it is empty or the placeholder ``EMPTY``; a size is written
+    as one would set it ("1g", "512m")."""
     field = Settings.model_fields.get(name)
     if field is not None and field.repr is False and value not in ("", "EMPTY", None):
         return "***"
+    if name in SIZE_FIELDS and isinstance(value, int):
+        return size_text(value)
     return value
 
 

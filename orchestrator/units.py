@@ -53,3 +53,12 @@ def format_amount(num_bytes: int) -> str:
         value /= 1024
         units.pop(0)
     return f"{value:.1f}".removesuffix(".0") + f" {units[0]}"
+
+
+def size_text(num_bytes: int) -> str:
+    """A size as one would write it in a setting (pure): 1073741824 -> "1g", 1536 -> "1536";
+    exact, so reading it back gives the same number."""
+    for unit, factor in (("t", 1024**4), ("g", 1024**3), ("m", 1024**2), ("k", 1024)):
+        if num_bytes and num_bytes % factor == 0:
+            return f"{num_bytes // factor}{unit}"
+    return str(num_bytes)

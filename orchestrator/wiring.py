@@ -104,6 +104,16 @@ class WorkdirOutputs:
         return f"/workspace/{OUTPUT_DIR}/{safe}"
 
 
+def recorded_workdir(settings: Settings, resume: str) -> Path | None:
+    """The workdir a recorded session ran in (its first header), if the record says."""
+    path = find_session(settings.sessions_dir, resume)
+    for record in read_records(path):
+        if record.get("type") == "session":
+            workdir = (record.get("settings") or {}).get("workdir")
+            return Path(workdir) if isinstance(workdir, str) and workdir else None
+    return None
+
+
 def session_config(loaded: Loaded, session_id: str, env_root: Path | None = None) -> SandboxConfig:
     """The sandbox config of one session: the loaded one, plus where its environment lives
     (``sandbox/session_env.py``; resuming a session finds the same one)."""

@@ -554,8 +554,8 @@ class ModelClient:
         if isinstance(exc, openai.APIConnectionError):
             reason = _one_line(str(exc.__cause__ or exc), 120)
             return ModelUnavailableError(
-                f"cannot reach the model server at {url} ({reason}): start vLLM (make up) "
-                "or set OI_API_BASE"
+                f"cannot reach the model server at {url} ({reason}): start it (on a GPU host "
+                "here: make up), or point oi at one that runs (--api-base URL, OI_API_BASE)"
             )
         if not isinstance(exc, openai.APIError):
             return ModelError(f"the model request to {url} failed: {_one_line(str(exc))}")

@@ -105,34 +105,6 @@ _PYTHON_WRAPPER = """\
 import os, sys
 
 
-def _oi_enter_env():
-    # The session's environment (OI_ENV, mounted by oi): its venv (made on first use, seeing
-    # the image's packages) and npm prefix come first for the program and what it starts, so
-    # pip and npm install there and the next block finds what they installed.
-    root = os.environ.get("OI_ENV")
-    if not root or not os.path.isdir(root):
-        return
-    venv = os.path.join(root, "venv")
-    python = os.path.join(venv, "bin", "python3")
-    if not os.path.exists(python):
-        import subprocess
-        subprocess.run([sys.executable, "-I", "-m", "venv", "--system-site-packages",
-                        "--without-pip", venv], check=False)
-        for name in ("pip", "pip3"):
-            shim = os.path.join(venv, "bin", name)
-            with open(shim, "w") as fh:
-                fh.write(@PIP_SHIM@.replace("@PYTHON@", python))
-            os.chmod(shim, 0o755)
-    import site
-    site.addsitedir(os.path.join(venv, "lib", "python%d.%d" % sys.version_info[:2],
-                                 "site-packages"))
-    if os.path.exists(python):
-        sys.executable = python
-    path = os.environ.get("PATH", "")
-    for name, value in @ENV_VARIABLES@.items():
-        os.environ[name] = value.replace("@ENV@", root).replace("@PATH@", path)
-
-
 def _oi_wrapper():
     import builtins, ctypes, signal
     from importlib.machinery import SourceFileLoader
@@ -140,14 +112,14 @@ def _oi_wrapper():
     prctl = ctypes.CDLL(None, use_errno=True).prctl
     prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: the block (same uid) cannot read the nonce here
     path = sys.argv[1]
-    state = None
-    if os.environ.get("OI_STATE_DIR") and os.path.isfile(@STATE_MODULE@):
+    session = None
+    if os.environ.get("OI_ENV") and os.path.isfile(@STATE_MODULE@):
         # The image's own module (and cloudpickle), loaded while the container waits: the
-        # session's state itself is read only by the approved program's process.
+        # session's environment and state are read only by the approved program's process.
         sys.path.insert(0, os.path.dirname(@STATE_MODULE@))
-        import oi_state as state
+        import oi_state as session
         del sys.path[0]
-        state.preload()
+        session.preload()
     os.write(1, @READY@)
     header = bytearray(@HEADER_LEN@)  # read in place: no other copy of the nonce exists
     view, got = memoryview(header), 0
@@ -191,10 +163,10 @@ def _oi_wrapper():
         sys.modules["__main__"] = main
         sys.argv[:] = [path]
         sys.path.insert(0, os.path.dirname(path))  # under -I, entry 0 is the stdlib's
-        _oi_enter_env()
-        if state is not None:
-            state.report(state.restore(main.__dict__), "not restored")
-        return path, program, main.__dict__, state
+        if session is not None:
+            session.enter_env()
+            session.report(session.restore(main.__dict__), "not restored")
+        return path, program, main.__dict__, session
 
     def forward(signum, frame):
         try:
@@ -220,7 +192,7 @@ def _oi_wrapper():
 
 
 _oi_path, _oi_program, _oi_globals, _oi_state = _oi_wrapper()
-del _oi_wrapper, _oi_enter_env
+del _oi_wrapper
 try:
     exec(compile(_oi_program, _oi_path, "exec"), _oi_globals)
 except SystemExit:
@@ -243,8 +215,6 @@ for _name, _value in {
     "WORKSPACE": repr(WORKSPACE),
     "PYTHON_ENV": repr(PYTHON_ENV),
     "STATE_MODULE": repr(STATE_MODULE),
-    "PIP_SHIM": repr(PIP_SHIM),
-    "ENV_VARIABLES": repr(ENV_VARIABLES),
 }.items():
     _PYTHON_WRAPPER = _PYTHON_WRAPPER.replace(f"@{_name}@", _value)
 

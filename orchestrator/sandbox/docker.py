@@ -45,7 +45,7 @@ def _permission_denied(exc: BaseException) -> bool:
 
 
 def _socket_owner() -> str:
-    """"/var/run/docker.sock is root:docker 0660", or what is known of the socket."""
+    """ "/var/run/docker.sock is root:docker 0660", or what is known of the socket."""
     url = engine_url()
     if not url.startswith("unix://"):
         return url

@@ -25,6 +25,15 @@ import types
 from typing import Any
 
 STATE_FILE = "python.state"
+# The same values as orchestrator/sandbox/bootstrap.py's PIP_SHIM and ENV_VARIABLES (a unit
+# test checks that they agree).
+PIP_SHIM = "#!@PYTHON@\nimport sys\nfrom pip._internal.cli.main import main\nsys.exit(main())\n"
+ENV_VARIABLES = {
+    "VIRTUAL_ENV": "@ENV@/venv",
+    "PATH": "@ENV@/venv/bin:@ENV@/npm/bin:@PATH@",
+    "NPM_CONFIG_PREFIX": "@ENV@/npm",
+    "NODE_PATH": "@ENV@/npm/lib/node_modules",
+}
 MAX_BYTES = int(os.environ.get("OI_STATE_MAX_BYTES", str(512 << 20)))
 _SKIP = {"__name__", "__builtins__", "__file__", "__loader__", "__cached__", "__spec__", "__doc__"}
 _SKIP |= {"__annotations__", "__package__"}
@@ -48,6 +57,37 @@ def _kind(value: Any) -> str:
     if type(value).__name__ in ("lock", "RLock", "_thread.lock", "_thread.RLock"):
         return "lock"
     return type(value).__name__
+
+
+def enter_env() -> None:
+    """The session's environment (``OI_ENV``, mounted by oi) for the approved program: its venv
+    (made on first use, seeing the image's packages) and npm prefix come first for it and what
+    it starts, so pip and npm install there and the next block finds what they installed.
+    Mirrors the bash wrappers' ``_ENTER_ENV`` (orchestrator/sandbox/bootstrap.py)."""
+    root = os.environ.get("OI_ENV")
+    if not root or not os.path.isdir(root):
+        return
+    venv = os.path.join(root, "venv")
+    python = os.path.join(venv, "bin", "python3")
+    if not os.path.exists(python):
+        import subprocess  # noqa: PLC0415
+
+        command = [sys.executable, "-I", "-m", "venv", "--system-site-packages", "--without-pip"]
+        subprocess.run([*command, venv], check=False)
+        for name in ("pip", "pip3"):
+            shim = os.path.join(venv, "bin", name)
+            with open(shim, "w") as fh:
+                fh.write(PIP_SHIM.replace("@PYTHON@", python))
+            os.chmod(shim, 0o755)  # noqa: S103 - a program, in the sandbox
+    import site  # noqa: PLC0415
+
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    site.addsitedir(os.path.join(venv, "lib", version, "site-packages"))
+    if os.path.exists(python):
+        sys.executable = python  # `sys.executable -m pip install` goes to the venv
+    path = os.environ.get("PATH", "")
+    for name, value in ENV_VARIABLES.items():
+        os.environ[name] = value.replace("@ENV@", root).replace("@PATH@", path)
 
 
 def preload() -> None:

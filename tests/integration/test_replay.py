@@ -196,7 +196,7 @@ def test_a_records_limits_only_narrow_yours(
     forged.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
     proc = run_oi("replay", str(forged), "--yes", "--json", "--workdir-from", str(start), env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "memory = 68719476736 not applied: wider than yours" in proc.stderr
+    assert "memory = '64g' not applied: wider than yours" in proc.stderr
     assert "timeout = 1000000.0 not applied" in proc.stderr
     report = json.loads(proc.stdout)
     assert report["ok"] and report["matched"] == 2

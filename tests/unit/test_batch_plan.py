@@ -150,7 +150,9 @@ def test_a_task_workdir_symlinked_out_of_the_folder_is_refused(tmp_path: Path) -
 
 
 def test_invalid_task_settings_name_the_task(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"tasks.yaml:3 \(task 'b'\): network: Input should"):
+    with pytest.raises(
+        ConfigError, match=r"tasks.yaml:3 \(task 'b'\): network: 'everywhere' is not"
+    ):
         plan("- id: a\n  prompt: p\n- id: b\n  prompt: q\n  network: everywhere\n", tmp_path)
 
 

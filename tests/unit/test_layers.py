@@ -42,6 +42,7 @@ LAYERS: dict[str, int] = {
     # 5: adapters' cores
     "orchestrator.wiring": 5,
     "orchestrator.render": 5,
+    "orchestrator.code_hider": 5,
     "orchestrator.replay": 5,
     "orchestrator.batch": 5,
     "orchestrator.chat": 6,

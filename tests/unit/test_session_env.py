@@ -143,3 +143,20 @@ def test_the_model_is_told_exactly_what_survives(
 def test_a_full_environment_is_named_in_the_result() -> None:
     text = format_result_for_model(exit_code=0, stdout="ok", env_note="it is read-only now")
     assert text.startswith("exit code 0; note: it is read-only now")
+
+
+def test_the_image_module_and_the_wrappers_agree_on_the_environment() -> None:
+    """sandbox-images/python/oi_state.py (the Python wrapper's) and bootstrap.py (the bash
+    wrappers') set the same variables and pip shims; the module is read here as text by the
+    import machinery only, never used on the host."""
+    import importlib.util
+
+    from orchestrator.sandbox import bootstrap
+
+    path = Path(__file__).resolve().parents[2] / "sandbox-images" / "python" / "oi_state.py"
+    spec = importlib.util.spec_from_file_location("oi_state_under_test", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.ENV_VARIABLES == bootstrap.ENV_VARIABLES
+    assert module.PIP_SHIM == bootstrap.PIP_SHIM

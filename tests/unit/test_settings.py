@@ -70,7 +70,7 @@ def test_bad_values_name_the_key_and_where_it_came_from(
     with pytest.raises(ConfigError, match="OI_MEMORY: cannot read size 'lots'"):
         loaded()
     monkeypatch.delenv("OI_MEMORY")
-    with pytest.raises(ConfigError, match="--pids: Input should be greater than 0"):
+    with pytest.raises(ConfigError, match="--pids: 0 is too small: it must be more than 0"):
         loaded(pids=0)
 
 
