@@ -64,7 +64,10 @@ app.add_typer(config_app, name="config")
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(policy_app, name="policy")
 
-AGENT_FLAGS = ("auto_run", *MODEL_FLAGS, "max_model_len", *LIMIT_FLAGS, *SANDBOX_FLAGS, "no_pool")
+AGENT_FLAGS = (
+    "auto_run", *MODEL_FLAGS, "max_model_len", *LIMIT_FLAGS, *SANDBOX_FLAGS, "no_pool",
+    "instructions", "profile",
+)  # fmt: skip
 EXIT_FOR_STATUS = {
     "finished": 0,
     "error": 1,
@@ -163,13 +166,13 @@ def _report_limits(result: ExecResult, loaded: Loaded) -> None:
 def _open(loaded: Loaded, resume: str | None = None) -> Opened:
     from orchestrator.wiring import open_session  # noqa: PLC0415
 
-    opened = open_session(loaded, resume=resume, docker_client=docker_client())
+    opened = open_session(loaded, resume=resume, docker_client=docker_client(), on_model_wait=say)
     if opened.sandbox.identity.warning:
         say(opened.sandbox.identity.warning, "yellow")
     return opened
 
 
-def _drive_terminal(events: SessionEvents, renderer: Any) -> EndStatus:
+def _drive_terminal(events: SessionEvents, renderer: Any, render: Any = None) -> EndStatus:
     from orchestrator.drive import drive  # noqa: PLC0415
     from orchestrator.render import InteractiveApprover  # noqa: PLC0415
 
@@ -179,7 +182,7 @@ def _drive_terminal(events: SessionEvents, renderer: Any) -> EndStatus:
 
     return drive(
         events,
-        render=renderer.render,
+        render=render or renderer.render,
         approve=InteractiveApprover().decide,
         on_interrupt=interrupted,
     )
@@ -206,9 +209,13 @@ def run_command(
     Exit codes: 0 finished, 1 model or Docker unreachable, 2 bad usage/config, 3 stopped
     (max turns, quit, loop guard, Ctrl-C).
     """
+    from orchestrator.wiring import announce_project_instructions  # noqa: PLC0415
+
     with errors():
         with _open(load_flags(flags)) as opened:
-            status = _drive_terminal(opened.session.send(task), _renderer(as_json, markdown=False))
+            renderer = _renderer(as_json, markdown=False)
+            render = announce_project_instructions(renderer.render, opened.session.instructions)
+            status = _drive_terminal(opened.session.send(task), renderer, render)
         if not as_json:
             say(f"session {opened.session_id} (oi sessions show {opened.session_id})", "dim")
         raise typer.Exit(EXIT_FOR_STATUS.get(status, 3))
@@ -225,6 +232,7 @@ def chat_command(
 ) -> None:
     """Talk with the model in a loop; every block it writes runs sandboxed after you approve."""
     from orchestrator.chat import chat_loop  # noqa: PLC0415
+    from orchestrator.wiring import announce_project_instructions  # noqa: PLC0415
 
     with errors():
         loaded = load_flags(flags)
@@ -237,7 +245,8 @@ def chat_command(
             )
             plain("type a task, %help for commands, Ctrl-D to leave")
             session = opened.session
-            chat_loop(session, lambda text: _drive_terminal(session.send(text), renderer))
+            render = announce_project_instructions(renderer.render, session.instructions)
+            chat_loop(session, lambda text: _drive_terminal(session.send(text), renderer, render))
         say(f"session {opened.session_id}", "dim")
 
 
@@ -362,9 +371,13 @@ def gc_command() -> None:
 
 # --- oi config / oi trust / oi policy -----------------------------------------------------------
 @config_app.command("show")
-def config_show() -> None:
+def config_show(
+    profile: Annotated[
+        str | None, typer.Option("--profile", "-p", help="Show the settings with this profile.")
+    ] = None,
+) -> None:
     """Print each effective setting with where it comes from (flag, OI_* variable, a config
-    file, the admin policy, or the default)."""
+    file, a profile, the admin policy, or the default), then the standing instructions."""
     from orchestrator.settings import (  # noqa: PLC0415
         project_config_path,
         shown_value,
@@ -372,11 +385,15 @@ def config_show() -> None:
     )
 
     with errors():
-        loaded = load_flags()
+        loaded = load_flags(profile=profile)
         for key, value in loaded.settings.model_dump().items():
             shown = shown_value(key, value)
             source = loaded.source_of(key)
             out(f"{key} = {json.dumps(shown, default=str)}  # {source}")
+        for piece in loaded.instructions.pieces:
+            out(f"# instructions from {piece.source}:")
+            for line in piece.text.strip().splitlines():
+                out(f"#   {line}")
         files = [user_config_path(), project_config_path()]
         out(
             "# config files: " + ", ".join(f"{p}{'' if p.exists() else ' (absent)'}" for p in files)

@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
     app.command("doctor")(doctor)
 
 
-@with_setting_flags("api_base", "model", "api_key", "isolation")
+@with_setting_flags("api_base", "model", "api_key", "isolation", "profile", "instructions")
 def doctor(*, flags: SettingFlags) -> None:
     """Check the Docker engine, runtimes, images and disk, and the model endpoint (--api-base,
     --model); print the fix for each problem."""

@@ -102,6 +102,18 @@ TemperatureOpt = Annotated[
 MaxModelLenOpt = Annotated[
     int | None, typer.Option("--max-model-len", help="Context size if the server does not say.")
 ]
+InstructionsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--instructions",
+        metavar="TEXT|@FILE",
+        help="Standing instructions for the model, after oi's own facts (replace your config's).",
+    ),
+]
+ProfileOpt = Annotated[
+    str | None,
+    typer.Option("--profile", "-p", help="Use the [profiles.NAME] table of your user config."),
+]
 NoPoolOpt = Annotated[
     bool, typer.Option("--no-pool", help="Do not pre-start containers (slower, fewer resources).")
 ]
@@ -145,6 +157,8 @@ SETTING_FLAGS: Mapping[str, FlagSpec] = {
     "ca_bundle": FlagSpec(CaBundleOpt, "ca_bundle"),
     "mount": FlagSpec(MountOpt, "mounts", convert=_list),
     "no_pool": FlagSpec(NoPoolOpt, "pool", False, lambda value: False if value else None),
+    "instructions": FlagSpec(InstructionsOpt, "instructions"),
+    "profile": FlagSpec(ProfileOpt, "profile"),
 }
 MODEL_FLAGS = ("api_base", "model", "api_key", "tool_mode", "max_turns", "temperature")
 LIMIT_FLAGS = (

@@ -80,3 +80,52 @@ def result_room(messages: Messages, tools: list[dict[str, Any]] | None, budget: 
     condensed = [{**m, "content": TRIMMED_OUTPUT} if is_result(m) else m for m in messages]
     left = budget - estimate_tokens(condensed, tools) - 64
     return max(MIN_RESULT_CHARS, int(left * CHARS_PER_TOKEN * 0.8))
+
+
+def prompt_budget(max_model_len: int, max_tokens: int | None) -> int:
+    """Tokens the conversation may take: the context less what the reply may need."""
+    reserve = max_tokens or min(4096, max_model_len // 4)
+    return max(256, max_model_len - reserve)
+
+
+INSTRUCTIONS_SHARE = 4
+"""Standing instructions may take at most a quarter of the prompt budget: at a 4096-token
+context (the seed's advice for a 12 GB card) that is 768 tokens, about 2,300 characters; the
+rest is for oi's facts, the task, the code and its output."""
+
+
+def instructions_room(max_model_len: int, max_tokens: int | None) -> int:
+    """Tokens standing instructions may take at this context length."""
+    return prompt_budget(max_model_len, max_tokens) // INSTRUCTIONS_SHARE
+
+
+def tokens_of(chars: int) -> int:
+    return int(chars / CHARS_PER_TOKEN) + 1
+
+
+def instructions_problem(
+    chars: int, sources: str, max_model_len: int, max_tokens: int | None
+) -> str | None:
+    """Why instructions of ``chars`` characters do not fit this context, or None."""
+    need, room = tokens_of(chars), instructions_room(max_model_len, max_tokens)
+    if chars == 0 or need <= room:
+        return None
+    return (
+        f"the standing instructions ({sources}) take about {need} tokens, more than the "
+        f"{room} a context of {max_model_len} tokens leaves them (a quarter of what the "
+        "conversation may use); shorten them (about "
+        f"{int(room * CHARS_PER_TOKEN)} characters fit), or serve the model with a larger "
+        "--max-model-len"
+    )
+
+
+def context_need(
+    system_chars: int, instructions_chars: int, max_output: int, max_tokens: int | None
+) -> tuple[int, int]:
+    """(tokens the settings need so a block's whole output reaches the model, tokens of the
+    reply reserve), for ``oi doctor``: the system prompt and the execute tool, the
+    instructions, a short task, one block's stdout at ``max_output`` bytes, the reply."""
+    prompt = tokens_of(system_chars) + tokens_of(instructions_chars) + 200
+    output = tokens_of(max_output)
+    reserve = max_tokens or 1024
+    return prompt + output + reserve, reserve

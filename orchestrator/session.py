@@ -27,6 +27,7 @@ from orchestrator.context import (
     RESULT_PREFIX,
     estimate_tokens,
     fit_context,
+    prompt_budget,
     result_room,
 )
 from orchestrator.errors import (
@@ -60,6 +61,7 @@ from orchestrator.llm.client import (
     Usage,
 )
 from orchestrator.llm.extract import ProposedBlock, extract_blocks, parse_tool_arguments
+from orchestrator.llm.instructions import Instructions, add_instructions
 from orchestrator.llm.prompts import (
     EXECUTE_TOOL,
     PromptContext,
@@ -141,8 +143,10 @@ class Session:
         transcript: Transcript | None = None,
         history: list[dict[str, Any]] | None = None,
         outputs: OutputStore | None = None,
+        instructions: Instructions | None = None,  # standing instructions, after oi's facts
     ) -> None:
         self.model = model
+        self.instructions = instructions or Instructions()
         self.outputs = outputs
         self.runner = runner
         self.settings = settings
@@ -180,7 +184,7 @@ class Session:
             timeout_s=box.timeout_s,
             tool_mode_is_tools=self.use_tools,
         )
-        return build_system_prompt(context)
+        return add_instructions(build_system_prompt(context), context, self.instructions)
 
     def _set_system_prompt(self) -> None:
         system = {"role": "system", "content": self._system_prompt()}
@@ -361,8 +365,7 @@ class Session:
                 self._max_model_len = self.model.model_max_len() or self.settings.max_model_len
             except ModelError:
                 self._max_model_len = self.settings.max_model_len
-        reserve = self.settings.max_tokens or min(4096, self._max_model_len // 4)
-        return max(256, self._max_model_len - reserve)
+        return prompt_budget(self._max_model_len, self.settings.max_tokens)
 
     def _fit_context(self, budget: int) -> list[str]:
         """Trim the history to ``budget`` tokens: old outputs first, then old exchanges."""
