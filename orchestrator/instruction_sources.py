@@ -61,6 +61,8 @@ _LIMIT = MAX_INSTRUCTIONS_BYTES
 def _read_confined(name: str, where: str, base_dir: Path) -> tuple[bytes, Path]:
     """A file below ``base_dir``, no component of it a symlink (a project's own file)."""
     try:
+        if name.startswith("~"):  # the user's home is never a project's to name
+            raise ConfigError(name)
         parts = check_relative(name, where)
     except ConfigError:
         raise ConfigError(

@@ -81,7 +81,9 @@ def check_instructions(instructions: Instructions, model: ChatModel, settings: S
     except ModelError:
         length = settings.max_model_len
     sources = ", ".join(piece.source for piece in instructions.pieces if piece.text.strip())
-    problem = instructions_problem(instructions.size, sources, length, settings.max_tokens)
+    problem = instructions_problem(
+        instructions.size, sources, length, settings.max_tokens, framing=instructions.framing
+    )
     if problem is not None:
         raise ConfigError(problem)
 

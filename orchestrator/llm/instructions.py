@@ -55,6 +55,11 @@ class Instructions:
         return tuple(p.source for p in self.pieces if p.project and p.text.strip())
 
     @property
+    def framing(self) -> int:
+        """Characters of ``size`` that are oi's frame and reminder, not the text."""
+        return self.size - sum(len(_defused(piece.text)) for piece in self.pieces)
+
+    @property
     def size(self) -> int:
         """Characters the instructions add to the system prompt (for the context budget)."""
         return 0 if self.empty else len(frame(self.pieces)) + REMINDER_ALLOWANCE

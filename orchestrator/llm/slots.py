@@ -32,12 +32,14 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import ConfigError
-from orchestrator.llm.client import StreamEvent
 from orchestrator.llm.types import ModelTimeoutError
 from orchestrator.paths import run_dir
+
+if TYPE_CHECKING:
+    from orchestrator.llm.types import StreamEvent
 
 SETTING = "max_model_requests, OI_MAX_MODEL_REQUESTS"
 Clock = Callable[[], float]
