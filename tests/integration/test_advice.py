@@ -191,3 +191,23 @@ def test_a_batch_shares_the_bound_and_says_once_that_tasks_wait(
     systems = [r["messages"][0]["content"] for r in fake_vllm.chat_requests]
     briefed = [s for s in systems if "Be brief." in s]
     assert len(briefed) == 1 and "From the project's settings:\nBe brief." in briefed[0]
+
+
+def test_doctor_reports_the_context_against_what_the_settings_need(
+    env: dict[str, str], project: Path
+) -> None:
+    Path(env["OI_CONFIG_FILE"]).write_text(
+        'instructions = "Prefer pandas."\n[profiles.data]\nmax_output = 4096\n'
+    )
+    env["COLUMNS"] = "300"
+    with FakeVllm(max_model_len=4096) as fake:
+        env["OI_API_BASE"] = fake.base_url
+        default = oi(env, project, "doctor")
+        data = oi(env, project, "doctor", "--profile", "data")
+        huge = oi(env, project, "doctor", "--instructions", "z" * 3000)
+    assert "context 4096 tokens" in default.stderr
+    assert "warn context 4096 tokens for about" in default.stderr
+    assert "block outputs will be cut to fit" in default.stderr
+    assert "--max-output 8192" in default.stderr and "instructions ~" in default.stderr
+    assert "ok   context 4096 tokens for about" in data.stderr  # 4 KiB of output fits
+    assert "warn instructions: the standing instructions (flag --instructions)" in huge.stderr

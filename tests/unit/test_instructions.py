@@ -325,3 +325,31 @@ def test_a_trusted_project_file_and_your_own_config_may_name_any_file(
 def test_a_missing_file_names_the_fix(home: Path) -> None:
     with pytest.raises(ConfigError, match=r"--instructions: instructions file .* does not exist"):
         load({"instructions": "@nope.md"}, policy=Policy())
+
+
+def test_inline_instructions_are_bounded_too(home: Path) -> None:
+    (home / "oi.toml").write_text(f'instructions = "{"x" * (33 * 1024)}"\n')
+    with pytest.raises(ConfigError, match="longer than 32768 bytes; shorten them"):
+        load({}, policy=Policy())
+
+
+def test_instructions_shown_in_chat_cannot_act_on_the_screen() -> None:
+    import io
+
+    from rich.console import Console
+
+    from orchestrator.instruction_view import show_instructions
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, width=100)
+    hostile = "ok\x1b]0;owned\x07\x1b[2J\u202eevil[/]"
+    show_instructions(
+        Instructions((InstructionPiece("project /r/oi.toml\x1b[31m", hostile, project=True),)),
+        console,
+    )
+    shown = buffer.getvalue()
+    assert "\x1b]0;" not in shown and "\x1b[2J" not in shown and "\u202e" not in shown
+    assert "project: project /r/oi.toml" in shown and "cannot change where code runs" in shown
+    buffer.truncate(0)
+    show_instructions(Instructions(), console)
+    assert "no standing instructions" in buffer.getvalue()
