@@ -4,18 +4,23 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.oi-installed
 COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo "docker-compose")
+# Project "oi", compose/.env when there is one (copy compose/env/12gb.env or 2gpu.env there).
+COMPOSE_ARGS := -p oi -f compose/docker-compose.yml $(if $(wildcard compose/.env),--env-file compose/.env)
 PYTEST_ARGS ?=
 
-.PHONY: setup venv engine images test lint typecheck unit integration security bench up down demo clean help
+.PHONY: setup venv engine compose-tools images test lint typecheck unit integration security bench up down demo clean help
 
 help:
 	@echo "make demo    - replay a scripted CSV session in the sandbox into ./demo-out (no GPU)"
 	@echo "make setup   - venv with oi installed, a running Docker engine, the sandbox images"
 	@echo "make test    - lint, type check and the whole test suite (runs setup first)"
 	@echo "make bench   - per-block latency: bare subprocess vs docker run vs oi"
-	@echo "make up/down - start/stop vLLM with Qwen3-4B-Instruct-2507 on a GPU (compose/)"
+	@echo "make up/down - start/stop vLLM with Qwen3-4B-Instruct-2507 on a GPU (compose/, compose/.env)"
 
-setup: venv engine images
+setup: venv engine compose-tools images
+
+compose-tools:
+	@bash scripts/ensure-compose.sh
 
 venv: $(STAMP)
 
@@ -56,13 +61,14 @@ bench: setup
 	$(BIN)/python bench/latency.py
 
 up:
-	$(COMPOSE) -f compose/docker-compose.yml up -d
-	@echo "waiting for vLLM at http://localhost:$${VLLM_PORT:-8000}/health (model download and load take minutes)..."
-	@for i in $$(seq 1 120); do curl -fsS http://localhost:$${VLLM_PORT:-8000}/health >/dev/null 2>&1 && { echo "vLLM is up"; exit 0; }; sleep 5; done; \
-	  echo "vLLM did not become healthy; see: $(COMPOSE) -f compose/docker-compose.yml logs vllm"; exit 1
+	$(COMPOSE) $(COMPOSE_ARGS) up -d
+	@port=$${VLLM_PORT:-$$(sed -n 's/^VLLM_PORT=//p' compose/.env 2>/dev/null)}; port=$${port:-8000}; \
+	  echo "waiting for vLLM at http://localhost:$$port/health (model download and load take minutes)..."; \
+	  for i in $$(seq 1 120); do curl -fsS http://localhost:$$port/health >/dev/null 2>&1 && { echo "vLLM is up"; exit 0; }; sleep 5; done; \
+	  echo "vLLM did not become healthy; see: $(COMPOSE) $(COMPOSE_ARGS) logs vllm"; exit 1
 
 down:
-	$(COMPOSE) -f compose/docker-compose.yml down
+	$(COMPOSE) $(COMPOSE_ARGS) down
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

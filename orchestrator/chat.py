@@ -17,6 +17,7 @@ CHAT_HELP = """commands:
   %tokens         tokens used so far
   %auto on|off    run blocks without asking (sandboxed) / ask again
   %save [FILE]    save the conversation as markdown (default: oi-chat-SESSION.md here)
+  %instructions   the standing instructions in force, and where they come from
   %help           this help
   exit, quit, Ctrl-D   leave (Ctrl-C stops a running block or reply)"""
 
@@ -103,6 +104,10 @@ def chat_command(session: Session, text: str) -> None:
         with errors_in_chat():
             path = save_markdown(session.messages, Path(name))
             plain(f"saved the conversation to {path}")
+    elif command == "%instructions":
+        from orchestrator.instruction_view import show_instructions  # noqa: PLC0415
+
+        show_instructions(session.instructions, err_console)
     elif command == "%help":
         err_console.print(CHAT_HELP, markup=False)
     else:

@@ -68,7 +68,7 @@ app.add_typer(policy_app, name="policy")
 
 AGENT_FLAGS = (
     "auto_run", *MODEL_FLAGS, "max_model_len", *LIMIT_FLAGS, *SANDBOX_FLAGS, "no_pool",
-    "no_state", "session_env",
+    "no_state", "session_env", "instructions", "profile",
 )  # fmt: skip
 EXIT_FOR_STATUS = {
     "finished": 0,
@@ -173,13 +173,13 @@ def _report_limits(result: ExecResult, loaded: Loaded) -> None:
 def _open(loaded: Loaded, resume: str | None = None) -> Opened:
     from orchestrator.wiring import open_session  # noqa: PLC0415
 
-    opened = open_session(loaded, resume=resume, docker_client=docker_client())
+    opened = open_session(loaded, resume=resume, docker_client=docker_client(), on_model_wait=say)
     if opened.sandbox.identity.warning:
         say(opened.sandbox.identity.warning, "yellow")
     return opened
 
 
-def _drive_terminal(events: SessionEvents, renderer: Any) -> EndStatus:
+def _drive_terminal(events: SessionEvents, renderer: Any, render: Any = None) -> EndStatus:
     from orchestrator.drive import drive  # noqa: PLC0415
     from orchestrator.render import InteractiveApprover  # noqa: PLC0415
 
@@ -190,7 +190,7 @@ def _drive_terminal(events: SessionEvents, renderer: Any) -> EndStatus:
     try:
         return drive(
             events,
-            render=renderer.render,
+            render=render or renderer.render,
             approve=InteractiveApprover().decide,
             on_interrupt=interrupted,
         )
@@ -224,13 +224,16 @@ def run_command(
     Exit codes: 0 finished, 1 model or Docker unreachable, 2 bad usage or config,
     3 stopped (max turns, you quit, the loop guard, Ctrl-C).
     """
+    from orchestrator.wiring import announce_project_instructions  # noqa: PLC0415
+
     with errors():
         session_id = ""
         try:
             with _open(load_flags(flags)) as opened:
                 session_id = opened.session_id
                 renderer = _renderer(as_json, markdown=False)
-                status = _drive_terminal(opened.session.send(task), renderer)
+                render = announce_project_instructions(renderer.render, opened.session.instructions)
+                status = _drive_terminal(opened.session.send(task), renderer, render)
         finally:
             if session_id and not as_json:  # also after an error: the record says what happened
                 say(f"session {session_id} (oi sessions show {session_id})", "dim")
@@ -255,6 +258,7 @@ def chat_command(
     In the chat, %help lists the commands (%save, %undo, %tokens, %auto on|off, ...).
     """
     from orchestrator.chat import chat_loop  # noqa: PLC0415
+    from orchestrator.wiring import announce_project_instructions  # noqa: PLC0415
 
     with errors():
         loaded = load_flags(flags)
@@ -275,7 +279,8 @@ def chat_command(
                 )
             plain("type a task, %help for commands, Ctrl-D to leave")
             session = opened.session
-            chat_loop(session, lambda text: _drive_terminal(session.send(text), renderer))
+            render = announce_project_instructions(renderer.render, session.instructions)
+            chat_loop(session, lambda text: _drive_terminal(session.send(text), renderer, render))
         say(f"session {opened.session_id}", "dim")
 
 
@@ -435,9 +440,13 @@ def gc_command() -> None:
 
 # --- oi config / oi trust / oi policy -----------------------------------------------------------
 @config_app.command("show")
-def config_show() -> None:
+def config_show(
+    profile: Annotated[
+        str | None, typer.Option("--profile", "-p", help="Show the settings with this profile.")
+    ] = None,
+) -> None:
     """Print each effective setting with where it comes from (flag, OI_* variable, a config
-    file, the admin policy, or the default)."""
+    file, a profile, the admin policy, or the default), then the standing instructions."""
     from orchestrator.settings import (  # noqa: PLC0415
         project_config_path,
         shown_value,
@@ -445,11 +454,15 @@ def config_show() -> None:
     )
 
     with errors():
-        loaded = load_flags()
+        loaded = load_flags(profile=profile)
         for key, value in loaded.settings.model_dump().items():
             shown = shown_value(key, value)
             source = loaded.source_of(key)
             out(f"{key} = {json.dumps(shown, default=str)}  # {source}")
+        for piece in loaded.instructions.pieces:
+            out(f"# instructions from {piece.source}:")
+            for line in piece.text.strip().splitlines():
+                out(f"#   {line}")
         files = [user_config_path(), project_config_path()]
         out(
             "# config files: " + ", ".join(f"{p}{'' if p.exists() else ' (absent)'}" for p in files)

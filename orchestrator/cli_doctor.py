@@ -17,7 +17,7 @@ from orchestrator.errors import OiError
 from orchestrator.safe_text import clean_line
 
 if TYPE_CHECKING:
-    from orchestrator.settings import Settings
+    from orchestrator.loading import Loaded
 
 Report = Callable[..., None]
 
@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
     app.command("doctor")(doctor)
 
 
-@with_setting_flags("api_base", "model", "api_key", "isolation")
+@with_setting_flags("api_base", "model", "api_key", "isolation", "profile", "instructions")
 def doctor(*, flags: SettingFlags) -> None:
     """Check the Docker engine, runtimes, images and disk, and the model endpoint (--api-base,
     --model); print the fix for each problem.
@@ -84,7 +84,7 @@ def doctor(*, flags: SettingFlags) -> None:
                 "oi images build",
             )
     _doctor_disk(str(info.get("DockerRootDir") or "/"), report)
-    _doctor_model(settings, report)
+    _doctor_model(loaded, report)
     if problems:
         err_console.print(f"[red]{problems} problem(s): the sandbox cannot run until fixed[/]")
         raise typer.Exit(1)
@@ -107,11 +107,12 @@ def _doctor_disk(root: str, report: Report) -> None:
     )
 
 
-def _doctor_model(settings: Settings, report: Report) -> None:
-    """Model endpoint checks: reachable, model served, tool calling. Warnings only, since
-    the sandbox (oi exec) works without a model."""
+def _doctor_model(loaded: Loaded, report: Report) -> None:
+    """Model endpoint checks: reachable, model served, its context against what the settings
+    need, tool calling. Warnings only, since the sandbox (oi exec) works without a model."""
     from orchestrator.wiring import model_client  # noqa: PLC0415
 
+    settings = loaded.settings
     quick = {"request_timeout": 15.0, "first_token_timeout": 15.0, "retry_attempts": 1}
     client = model_client(settings.model_copy(update=quick))  # a check, not a conversation
     try:
@@ -134,6 +135,7 @@ def _doctor_model(settings: Settings, report: Report) -> None:
         f"model {settings.model}, context {length or settings.max_model_len} tokens"
         + ("" if length else " (from settings: the server does not say)"),
     )
+    _doctor_context(loaded, length or settings.max_model_len, report)
     try:
         tools = client.supports_tools()
     except OiError as exc:
@@ -143,5 +145,59 @@ def _doctor_model(settings: Settings, report: Report) -> None:
         tools,
         "tool calling " + ("on" if tools else "off: oi will use markdown code blocks"),
         "start vLLM with --enable-auto-tool-choice --tool-call-parser hermes",
+        fatal=False,
+    )
+
+
+def _doctor_context(loaded: Loaded, length: int, report: Report) -> None:
+    """Does the model's context hold oi's prompt, the standing instructions and a block's
+    whole output? Below that, oi still works (outputs are cut to fit), but say so."""
+    import json  # noqa: PLC0415
+
+    from orchestrator.context import context_need, instructions_problem  # noqa: PLC0415
+    from orchestrator.llm.prompts import (  # noqa: PLC0415
+        EXECUTE_TOOL,
+        PromptContext,
+        build_system_prompt,
+    )
+    from orchestrator.session import LANGUAGE_NOTES  # noqa: PLC0415
+
+    settings, instructions = loaded.settings, loaded.instructions
+    prompt = build_system_prompt(
+        PromptContext(
+            str(settings.workdir),
+            LANGUAGE_NOTES,
+            settings.network,
+            tuple(settings.allow_hosts),
+            tool_mode_is_tools=settings.tool_mode != "markdown",
+        )
+    )
+    sources = ", ".join(p.source for p in instructions.pieces if p.text.strip())
+    problem = instructions_problem(
+        instructions.size, sources, length, settings.max_tokens, framing=instructions.framing
+    )
+    if problem is not None:
+        report(
+            False,
+            f"instructions: {problem}",
+            "oi run, chat and batch refuse to start until then",
+            fatal=False,
+        )
+    parts = context_need(
+        len(prompt) + len(json.dumps(EXECUTE_TOOL)),
+        instructions.size,
+        settings.max_output,
+        length,
+        settings.max_tokens,
+    )
+    need = sum(parts.values())
+    detail = ", ".join(f"{name} ~{tokens}" for name, tokens in parts.items() if tokens)
+    report(
+        length >= need,
+        f"context {length} tokens for about {need} the settings need ({detail}; "
+        f"--max-output {settings.max_output})"
+        + ("" if length >= need else ": block outputs will be cut to fit"),
+        "lower --max-output (max_output in a profile), shorten the instructions, or serve the "
+        "model with a larger context (MAX_MODEL_LEN in compose/.env)",
         fatal=False,
     )

@@ -155,6 +155,20 @@ MaxModelLenOpt = Annotated[
         help="Context size when the server does not say. (default: 32768)",
     ),
 ]
+InstructionsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--instructions",
+        metavar="TEXT|@FILE",
+        help="Standing instructions for the model, after oi's own facts (replace your config's).",
+    ),
+]
+ProfileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--profile", "-p", metavar="NAME", help="Use the profiles.NAME table of your user config."
+    ),
+]
 NoPoolOpt = Annotated[
     bool, typer.Option("--no-pool", help="Do not pre-start containers (slower, fewer resources).")
 ]
@@ -213,6 +227,8 @@ SETTING_FLAGS: Mapping[str, FlagSpec] = {
     "no_pool": FlagSpec(NoPoolOpt, "pool", False, lambda value: False if value else None),
     "no_state": FlagSpec(NoStateOpt, "python_state", False, lambda v: False if v else None),
     "session_env": FlagSpec(SessionEnvOpt, "session_env"),
+    "instructions": FlagSpec(InstructionsOpt, "instructions"),
+    "profile": FlagSpec(ProfileOpt, "profile"),
 }
 MODEL_FLAGS = ("api_base", "model", "api_key", "tool_mode", "max_turns", "temperature")
 LIMIT_FLAGS = (

@@ -80,3 +80,64 @@ def result_room(messages: Messages, tools: list[dict[str, Any]] | None, budget: 
     condensed = [{**m, "content": TRIMMED_OUTPUT} if is_result(m) else m for m in messages]
     left = budget - estimate_tokens(condensed, tools) - 64
     return max(MIN_RESULT_CHARS, int(left * CHARS_PER_TOKEN * 0.8))
+
+
+def prompt_budget(max_model_len: int, max_tokens: int | None) -> int:
+    """Tokens the conversation may take: the context less what the reply may need."""
+    return max(256, max_model_len - reply_reserve(max_model_len, max_tokens))
+
+
+INSTRUCTIONS_SHARE = 4
+"""Standing instructions may take at most a quarter of the prompt budget: at a 4096-token
+context (the seed's advice for a 12 GB card) that is 768 tokens, about 2,300 characters; the
+rest is for oi's facts, the task, the code and its output."""
+
+
+def instructions_room(max_model_len: int, max_tokens: int | None) -> int:
+    """Tokens standing instructions may take at this context length."""
+    return prompt_budget(max_model_len, max_tokens) // INSTRUCTIONS_SHARE
+
+
+def tokens_of(chars: int) -> int:
+    return int(chars / CHARS_PER_TOKEN) + 1
+
+
+def instructions_problem(
+    chars: int, sources: str, max_model_len: int, max_tokens: int | None, *, framing: int = 0
+) -> str | None:
+    """Why instructions taking ``chars`` characters of the prompt (``framing`` of them oi's
+    own frame and reminder) do not fit this context, or None."""
+    need, room = tokens_of(chars), instructions_room(max_model_len, max_tokens)
+    if chars == 0 or need <= room:
+        return None
+    fit = max(0, int((room - 1) * CHARS_PER_TOKEN) - framing)
+    return (
+        f"the standing instructions ({sources}) take about {need} tokens, more than the "
+        f"{room} a context of {max_model_len} tokens leaves them (a quarter of what the "
+        f"conversation may use); shorten them (about {fit} characters fit), or serve the "
+        "model with a larger --max-model-len"
+    )
+
+
+def reply_reserve(max_model_len: int, max_tokens: int | None) -> int:
+    """Tokens kept free for the model's reply (as ``prompt_budget`` keeps them)."""
+    return max_tokens or min(4096, max_model_len // 4)
+
+
+def context_need(
+    system_chars: int,
+    instructions_chars: int,
+    max_output: int,
+    max_model_len: int,
+    max_tokens: int | None,
+) -> dict[str, int]:
+    """Tokens the settings need, part by part, so that a block's whole output (``max_output``
+    bytes of stdout) reaches the model in the first turn: oi's prompt with the execute tool,
+    the instructions, a short task, the output, the reply. For ``oi doctor``."""
+    return {
+        "oi's prompt": tokens_of(system_chars),
+        "instructions": tokens_of(instructions_chars) if instructions_chars else 0,
+        "a task": 200,
+        "a block's whole output": tokens_of(max_output),
+        "the reply": reply_reserve(max_model_len, max_tokens),
+    }

@@ -22,6 +22,8 @@ from pydantic_settings import EnvSettingsSource
 
 from orchestrator.errors import ConfigError
 from orchestrator.fsafe import read_owned, read_regular
+from orchestrator.instruction_sources import resolve as resolve_instructions
+from orchestrator.llm.instructions import InstructionPiece, Instructions
 from orchestrator.policy import Policy, apply_policy, load_policy
 from orchestrator.presets import expand_hosts
 from orchestrator.sandbox.config import (
@@ -33,15 +35,13 @@ from orchestrator.sandbox.config import (
 from orchestrator.settings import (
     FIELDS,
     Settings,
+    SourceKind,
     field_meta,
     project_config_path,
     shown_value,
     user_config_path,
 )
 from orchestrator.trust import TrustStore
-
-SourceKind = Literal["default", "user config", "project", "env", "flag", "policy"]
-
 
 # --- sources ---------------------------------------------------------------------------------
 
@@ -117,9 +117,23 @@ def _where(layer: Layer, key: str) -> str:
     return f"{layer.source.where}: {key}"
 
 
+PROFILES = "profiles"
+"""The user config's table of named profiles (``[profiles.NAME]``)."""
+
+
 def check_keys(layer: Layer) -> None:
-    """Unknown keys (with a hint) and admin-only keys are refused, naming where."""
+    """Unknown keys (with a hint) and admin-only keys are refused, naming where; profiles are
+    defined only in the user config, and chosen only by the user."""
+    kind = layer.source.kind
     for key in layer.values:
+        if key == PROFILES and kind == "user config":
+            continue
+        if key == PROFILES or (key == "profile" and kind in ("project", "profile")):
+            where = layer.file or layer.source.where or kind
+            raise ConfigError(
+                f"{where}: {key} is refused here: profiles are defined in your user config "
+                f"({user_config_path()}) and chosen with --profile NAME or OI_PROFILE"
+            )
         if key not in Settings.model_fields:
             where = layer.source.where or layer.source.kind
             raise ConfigError(f"{where}: unknown key {key!r}{_did_you_mean(key)}")
@@ -259,6 +273,7 @@ class Loaded:
     settings: Settings
     policy: Policy
     sources: Mapping[str, Source] = field(default_factory=dict)
+    instructions: Instructions = field(default_factory=Instructions)
 
     def source_of(self, key: str) -> Source:
         return self.sources.get(key, DEFAULT)
@@ -308,15 +323,21 @@ def load(
         if status == "changed":
             changed.add(project.source.where)
         project = replace(project, trusted=status == "trusted")
+    env = env_layer(environ)
+    flag = Layer(Source("flag", "command line"), given)
+    for layer in (user, project, *untrusted, env, flag, *untrusted_top):
+        if layer is not None:
+            check_keys(layer)
+    user, profile = split_profile(user, flag, env)
     layers = [
-        *(layer for layer in (user, project) if layer is not None),
+        *(layer for layer in (user, profile, project) if layer is not None),
         *untrusted,
-        env_layer(environ),
-        Layer(Source("flag", "command line"), given),
+        env,
+        flag,
         *untrusted_top,
     ]
-    for layer in layers:
-        check_keys(layer)
+    added: list[InstructionPiece] = []
+    layers = [_take_project_instructions(layer, added) for layer in layers]
     merged = _Merged(_expander(policy))
     for layer in layers:
         if layer.trusted:
@@ -339,7 +360,72 @@ def load(
     for key in FIELDS:
         if getattr(capped, key) != getattr(settings, key):
             sources[key] = policy_source(policy, key)
-    return Loaded(capped, policy, sources)
+    instructions = Instructions((*merged.user_instructions(), *added))
+    return Loaded(capped, policy, sources, instructions)
+
+
+# --- profiles and instructions ----------------------------------------------------------------
+
+
+def split_profile(user: Layer | None, flag: Layer, env: Layer) -> tuple[Layer | None, Layer | None]:
+    """The user config without its profiles, and the profile chosen (``--profile``, else
+    ``OI_PROFILE``, else the config's own ``profile = NAME``) as a layer of its own."""
+    table: Any = user.values.get(PROFILES, {}) if user is not None else {}
+    where = user.source.where if user is not None else str(user_config_path())
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise ConfigError(
+            f"{where}: profiles must be tables, e.g. [profiles.data] with settings under it"
+        )
+    if user is not None and PROFILES in user.values:
+        user = replace(user, values={k: v for k, v in user.values.items() if k != PROFILES})
+    name = next(
+        (
+            layer.values["profile"]
+            for layer in (flag, env, user)
+            if layer and "profile" in layer.values
+        ),
+        None,
+    )
+    if name is None:
+        return user, None
+    if name not in table:
+        known = ", ".join(sorted(table)) or "none defined"
+        raise ConfigError(
+            f"profile {name!r} is not in your user config {where} (profiles there: {known}); "
+            f"add a [profiles.{name}] table to it, or choose another"
+        )
+    layer = Layer(Source("profile", f"{name} ({where} [profiles.{name}])"), table[name])
+    check_keys(layer)
+    return user, layer
+
+
+def _base_dir(layer: Layer) -> Path:
+    """The folder a relative @FILE of ``layer`` is relative to."""
+    if layer.source.kind in ("user config", "profile", "project"):
+        named = layer.file or layer.source.where
+        if layer.source.kind == "profile":
+            named = str(user_config_path())
+        return Path(named).absolute().parent
+    return Path.cwd()
+
+
+def _take_project_instructions(layer: Layer, added: list[InstructionPiece]) -> Layer:
+    """A project's instructions (``./oi.toml``, a task) are added to the user's, never replace
+    them: read them here and leave them out of the merge."""
+    if layer.source.kind != "project" or "instructions" not in layer.values:
+        return layer
+    added.append(
+        resolve_instructions(
+            layer.values["instructions"],
+            where=_where(layer, "instructions"),
+            source=f"project {layer.source.where}",
+            base_dir=_base_dir(layer),
+            project=True,
+            confined=not layer.trusted,
+        )
+    )
+    rest = {k: v for k, v in layer.values.items() if k != "instructions"}
+    return replace(layer, values=rest)
 
 
 class _Merged:
@@ -350,6 +436,7 @@ class _Merged:
         self.values: dict[str, Any] = {}
         self.wheres: dict[str, str] = {}
         self.sources: dict[str, Source] = {}
+        self.layers: dict[str, Layer] = {}
 
     def take(self, layer: Layer, values: Mapping[str, Any]) -> None:
         if values.get("allow_hosts") and "network" not in values:
@@ -359,9 +446,27 @@ class _Merged:
             self.values[key] = value
             self.wheres[key] = _where(layer, key)
             self.sources[key] = layer.source
+            self.layers[key] = layer
 
     def settings(self) -> Settings:
         return _validate(self.values, self.wheres)
+
+    def user_instructions(self) -> tuple[InstructionPiece, ...]:
+        """The user's own instructions (the highest source that sets them wins)."""
+        if "instructions" not in self.values or self.values["instructions"] is None:
+            return ()
+        layer = self.layers["instructions"]
+        piece = resolve_instructions(
+            self.values["instructions"],
+            where=self.wheres["instructions"],
+            source=f"{layer.source.kind} {self.wheres['instructions']}"
+            if layer.source.kind in ("env", "flag")
+            else str(layer.source),
+            base_dir=_base_dir(layer),
+            project=False,
+            confined=False,
+        )
+        return (piece,)
 
     def narrow(self, layer: Layer) -> list[Refusal]:
         """Take what an untrusted layer may set over what is here; return what it may not."""

@@ -94,6 +94,9 @@ class PolicyFile(BaseModel):
     max_concurrent_per_user: int | None = Field(
         None, ge=1, description="sandboxes one user may run at once (across processes)"
     )
+    max_model_requests: int | None = Field(
+        None, ge=1, description="model requests one user may have in flight to one endpoint"
+    )
     max_concurrent_total: int | None = Field(
         None, ge=1, description="sandboxes all users together may run at once"
     )
@@ -318,6 +321,7 @@ NUMBER_CAPS: tuple[tuple[str, str, Any], ...] = (
     ("max_workdir_files", "workdir_max_files", lambda v: f"{v} files"),
     ("max_pool_size", "pool_size", lambda v: f"{v} containers"),
     ("max_env_bytes", "env_max_bytes", format_size),
+    ("max_model_requests", "max_model_requests", lambda v: f"{v} requests"),
 )
 """(policy key, setting, how to show a value): settings capped by a number."""
 

@@ -25,6 +25,7 @@ from orchestrator.context import (
     RESULT_PREFIX,
     estimate_tokens,
     fit_context,
+    prompt_budget,
     result_room,
 )
 from orchestrator.errors import (
@@ -58,6 +59,7 @@ from orchestrator.llm.client import (
     Usage,
 )
 from orchestrator.llm.extract import ProposedBlock, extract_blocks, parse_tool_arguments
+from orchestrator.llm.instructions import Instructions, add_instructions
 from orchestrator.llm.prompts import (
     EXECUTE_TOOL,
     EXECUTE_TOOL_REMEMBERING,
@@ -105,8 +107,10 @@ class Session:
         transcript: Transcript | None = None,
         history: list[dict[str, Any]] | None = None,
         outputs: OutputStore | None = None,
+        instructions: Instructions | None = None,  # standing instructions, after oi's facts
     ) -> None:
         self.model = model
+        self.instructions = instructions or Instructions()
         self.outputs = outputs
         self.runner = runner
         self.settings = settings
@@ -146,7 +150,7 @@ class Session:
             keeps_installs=box.keeps_installs,
             python_state=box.python_state,
         )
-        return build_system_prompt(context)
+        return add_instructions(build_system_prompt(context), context, self.instructions)
 
     def _set_system_prompt(self) -> None:
         system = {"role": "system", "content": self._system_prompt()}
@@ -335,8 +339,7 @@ class Session:
                 self._max_model_len = self.model.model_max_len() or self.settings.max_model_len
             except ModelError:
                 self._max_model_len = self.settings.max_model_len
-        reserve = self.settings.max_tokens or min(4096, self._max_model_len // 4)
-        return max(256, self._max_model_len - reserve)
+        return prompt_budget(self._max_model_len, self.settings.max_tokens)
 
     def _fit_context(self, budget: int) -> list[str]:
         """Trim the history to ``budget`` tokens: old outputs first, then old exchanges."""

@@ -2,8 +2,8 @@
 
 Sources, from the least to the most precedence (flags win)::
 
-    default  <  user config (~/.config/oi/config.toml)  <  project file (./oi.toml)
-             <  OI_* environment  <  flags
+    default  <  user config (~/.config/oi/config.toml)  <  its [profiles.NAME] (--profile)
+             <  project file (./oi.toml)  <  OI_* environment  <  flags
 
 and above them all the admin policy (``policy.py``), which caps or fixes what any of them asks.
 
@@ -47,7 +47,7 @@ Trust = Literal["any", "narrow", "user", "admin"]
 """Who may set a key: ``any`` source (harmless); a project file only to ``narrow`` it; only the
 ``user`` (or a file they trusted); only the ``admin`` policy."""
 
-SourceKind = Literal["default", "user config", "project", "env", "flag", "policy"]
+SourceKind = Literal["default", "user config", "profile", "project", "env", "flag", "policy"]
 
 
 def _setting(default: Any = None, *, trust: Trust, policy: str, description: str, **kw: Any) -> Any:
@@ -323,6 +323,28 @@ class Settings(BaseSettings):
         policy="harmless: a wait on the model server, not sandbox time",
         description="bound on one whole model reply, in seconds",
         gt=0,
+    )
+    instructions: str | None = _setting(
+        None,
+        trust="any",
+        policy=(
+            "harmless: words for the model, placed after oi's own facts, which they cannot "
+            "change; a project's are added to yours, never replace them"
+        ),
+        description="standing instructions for the model: text, or @FILE",
+    )
+    max_model_requests: int = _setting(
+        4,
+        trust="narrow",
+        policy="cap max_model_requests",
+        description="model requests in flight at once to one endpoint, across your oi processes",
+        ge=1,
+    )
+    profile: str | None = _setting(
+        None,
+        trust="user",
+        policy="harmless: selects a table of your own config, whose values the policy caps",
+        description="a [profiles.NAME] table of the user config to use",
     )
     auto_run: bool = _setting(
         False,

@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from orchestrator import __version__
-from orchestrator.errors import OiError
+from orchestrator.context import instructions_problem
+from orchestrator.errors import ConfigError, ModelError, OiError
+from orchestrator.events import CodeProposed, Event, Notice
 from orchestrator.fsafe import write_beneath
 from orchestrator.llm.client import ModelClient
+from orchestrator.llm.instructions import Instructions
+from orchestrator.llm.slots import BoundedModel, ModelSlots
 from orchestrator.loading import Loaded
 from orchestrator.protocols import ChatModel
 from orchestrator.records import RECORD_VERSION
@@ -58,6 +63,63 @@ def model_client(settings: Settings) -> ModelClient:
         retry_deadline=settings.retry_deadline,
         retry_backoff=settings.retry_backoff,
     )
+
+
+def bounded_model(settings: Settings, on_wait: Callable[[str], None] | None = None) -> BoundedModel:
+    """The model client behind the per-user bound on requests in flight to its endpoint
+    (``max_model_requests``; see ``llm/slots.py``). A request waits for a slot at most
+    ``request_timeout`` seconds; ``on_wait`` is told once when it has to wait."""
+    slots = ModelSlots(settings.api_base, settings.max_model_requests)
+    return BoundedModel(
+        model_client(settings), slots, wait_s=settings.request_timeout, on_wait=on_wait
+    )
+
+
+def check_instructions(instructions: Instructions, model: ChatModel, settings: Settings) -> None:
+    """Refuse standing instructions the model's context cannot hold (a quarter of it), before
+    anything runs; the server's context length when it says, else ``max_model_len``."""
+    if instructions.empty:
+        return
+    try:
+        length = model.model_max_len() or settings.max_model_len
+    except ModelError:
+        length = settings.max_model_len
+    sources = ", ".join(piece.source for piece in instructions.pieces if piece.text.strip())
+    problem = instructions_problem(
+        instructions.size, sources, length, settings.max_tokens, framing=instructions.framing
+    )
+    if problem is not None:
+        raise ConfigError(problem)
+
+
+def project_instructions_notice(instructions: Instructions) -> str | None:
+    """What the first approval screen of a session says when a project's instructions are in
+    force (a cloned repository wrote them), or None."""
+    sources = instructions.project_sources
+    if not sources:
+        return None
+    return (
+        f"instructions from {'; '.join(sources)} are in force for this session (%instructions "
+        "in chat shows them); they add to yours and cannot change the sandbox below"
+    )
+
+
+def announce_project_instructions(
+    render: Callable[[Event], None], instructions: Instructions
+) -> Callable[[Event], None]:
+    """``render``, which shows the project-instructions notice just before the session's first
+    proposed block (on the approval screen); unchanged when there are none."""
+    notice = project_instructions_notice(instructions)
+    if notice is None:
+        return render
+    pending = [Notice(notice)]
+
+    def wrapped(event: Event) -> None:
+        if pending and isinstance(event, CodeProposed):
+            render(pending.pop())
+        render(event)
+
+    return wrapped
 
 
 def record_header(
@@ -158,6 +220,7 @@ def open_session(
     model: ChatModel | None = None,
     relocate_hint: str | None = None,
     env_root: Path | None = None,
+    on_model_wait: Callable[[str], None] | None = None,
 ) -> Opened:
     """Sandbox, model client and record from ``loaded``.
 
@@ -166,8 +229,13 @@ def open_session(
     data dir (batch keeps it beside the task's workdir; ``relocate_hint`` then says how to
     make room, e.g. "choose another --out folder"). ``env_root`` puts the session's
     environment elsewhere than the data dir's ``envs`` (batch keeps it with the task).
+    ``on_model_wait`` is told when a model request waits for a slot (``max_model_requests``).
+    Standing instructions too large for the model's context are refused here, before anything
+    runs.
     """
     settings = loaded.settings
+    model = model or bounded_model(settings, on_model_wait)
+    check_instructions(loaded.instructions, model, settings)
     history = None
     if resume:
         path = find_session(settings.sessions_dir, resume)
@@ -198,12 +266,13 @@ def open_session(
                 extra=extra,
             )
             session = Session(
-                model=model or model_client(settings),
+                model=model,
                 runner=sandbox,
                 settings=settings,
                 transcript=transcript,
                 history=history,
                 outputs=WorkdirOutputs(settings.workdir),
+                instructions=loaded.instructions,
             )
         except BaseException:
             sandbox.close()

@@ -45,6 +45,11 @@ Misbehaviour, as real servers and the proxies in front of them fail (``Reply`` f
 - ``hang_models``: ``GET /v1/models`` accepts and never answers.
 - ``chunk_delay_s``: a pause before each event after the first (a slow, steady generation).
 
+Concurrency: ``fake.in_flight`` is the number of chat requests being generated now (from the
+moment the request is read until its last event is written, as vLLM counts a running request)
+and ``fake.max_in_flight`` the most there ever were at once, so tests can check a client-side
+bound on requests in flight.
+
 A hang lasts until the fake is closed (or ``HANG_LIMIT_S``), then the connection is closed.
 
 Scripting: queue ``Reply`` objects (or callables ``(request_json) -> Reply``) with
@@ -246,6 +251,8 @@ class FakeVllm:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._released = threading.Event()  # set on close: every hang ends
+        self.in_flight = 0
+        self.max_in_flight = 0
 
     # --- scripting and assertions -----------------------------------------------------------
 
@@ -307,6 +314,15 @@ class FakeVllm:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def request_started(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def request_ended(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
 
     # --- protocol (called from the handler thread) ----------------------------------------------
 
@@ -559,6 +575,7 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     _events_written = 0
     _reply_delay_s = 0.0
+    _generating = False
 
     @property
     def fake(self) -> FakeVllm:
@@ -600,6 +617,19 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.split("?", 1)[0] != "/v1/chat/completions":
             self._send_json(404, {"detail": "Not Found"})
             return
+        self._generating = True
+        self.fake.request_started()
+        try:
+            self._chat(body)
+        finally:
+            self._generation_ended()
+
+    def _generation_ended(self) -> None:
+        if self._generating:
+            self._generating = False
+            self.fake.request_ended()
+
+    def _chat(self, body: Any) -> None:
         if not isinstance(body, dict):
             self._send_error(ErrorReply(400, "Expecting value: line 1 column 1 (char 0)"))
             return
@@ -681,6 +711,7 @@ class _Handler(BaseHTTPRequestHandler):
             events.append(error if "error" in error else {"error": error})
         for event in events:
             self._write_event(event)
+        self._generation_ended()  # the reply is generated; only [DONE] is left to send
         self._write_chunk("data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()

@@ -449,7 +449,7 @@ class BatchRunner:
     ) -> tuple[str, str, int]:
         """Run the model's session to its end (or a stop); (status, reason, blocks run)."""
         from orchestrator.drive import drive  # noqa: PLC0415
-        from orchestrator.wiring import open_session  # noqa: PLC0415
+        from orchestrator.wiring import announce_project_instructions, open_session  # noqa: PLC0415
 
         planned = control.planned
         opened = open_session(
@@ -467,14 +467,17 @@ class BatchRunner:
             model=self._model_factory(planned.settings) if self._model_factory else None,
             relocate_hint="choose another --out folder",
             env_root=task_dir,  # its packages and Python state stay with the task's results
+            on_model_wait=lambda message: self._done.put(("notice", planned.spec.id, message)),
         )
         control.sandbox = opened.sandbox
         ended: list[SessionEnded] = []
 
-        def render(event: Event) -> None:
+        def record(event: Event) -> None:
             log.event(event)
             if isinstance(event, SessionEnded):
                 ended.append(event)
+
+        render = announce_project_instructions(record, planned.loaded.instructions)
 
         try:
             if opened.sandbox.identity.warning:

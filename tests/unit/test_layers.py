@@ -34,6 +34,7 @@ LAYERS: dict[str, int] = {
     "orchestrator.transcript": 3,
     "orchestrator.records": 3,
     "orchestrator.context": 3,
+    "orchestrator.instruction_sources": 3,
     # 4: the loop
     "orchestrator.protocols": 4,
     "orchestrator.session": 4,
@@ -45,6 +46,7 @@ LAYERS: dict[str, int] = {
     "orchestrator.code_hider": 5,
     "orchestrator.replay": 5,
     "orchestrator.batch": 5,
+    "orchestrator.instruction_view": 5,
     "orchestrator.chat": 6,
     # 6: the command line
     "orchestrator.cli_options": 6,
