@@ -9,6 +9,7 @@ loopback and the real Docker engine, pool on. Usage: python bench/overhead.py [-
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -59,6 +60,40 @@ def turn_overheads(turns: int) -> tuple[list[float], list[float], list[float]]:
     return overheads, models, blocks
 
 
+def first_request_and_exit(runs: int) -> tuple[float, float]:
+    """`oi run` with a model that answers at once without code: (median seconds from the
+    command's start to its first request reaching the model server, median seconds from the
+    final answer to the command's exit). The server's and this process's clocks are one
+    (CLOCK_MONOTONIC)."""
+    to_request, to_exit = [], []
+    with (
+        FakeVllm() as fake,
+        tempfile.TemporaryDirectory() as tmp,
+        tempfile.TemporaryDirectory() as data,
+    ):
+        env = {
+            **os.environ,
+            "OI_API_BASE": fake.base_url,
+            "XDG_DATA_HOME": data,
+            "OI_CONFIG_FILE": f"{data}/none.toml",
+        }
+        for _ in range(runs + 1):
+            fake.script(Reply(text="Done: nothing to run."))
+            before = len(fake.requests)
+            started = time.monotonic()
+            subprocess.run(
+                [OI, "run", "say done", "-y", "--workdir", tmp],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
+            ended = time.monotonic()
+            chat = [r for r in fake.requests[before:] if r.path.endswith("/chat/completions")]
+            to_request.append(chat[0].at - started)
+            to_exit.append(ended - fake.replies_sent[-1])
+    return statistics.median(to_request[1:]), statistics.median(to_exit[1:])
+
+
 def startup(argv: list[str], runs: int) -> float:
     times = []
     for _ in range(runs):
@@ -85,6 +120,10 @@ def main() -> None:
     print(f"  python -c pass       {bare * 1000:7.1f} ms")
     print(f"  oi --version         {version * 1000:7.1f} ms")
     print(f"  oi run --help        {helptext * 1000:7.1f} ms")
+    first, leave = first_request_and_exit(10)
+    print("oi run with a model that answers at once, median of 10 (targets 250 ms, 100 ms):")
+    print(f"  start -> first model request   {first * 1000:7.1f} ms")
+    print(f"  final answer -> exit           {leave * 1000:7.1f} ms")
 
 
 if __name__ == "__main__":

@@ -174,12 +174,21 @@ def _announce(console: Console, plan: BatchPlan, concurrency: int) -> None:
         if plan.trusted
         else "a task may only narrow these"
     )
+    budgets = sorted({p.budget_s for p in planned})
+    budget = (
+        f"budget {format_clock(budgets[0])} per task"
+        if len(budgets) == 1
+        else f"budgets of {format_clock(budgets[0])} to {format_clock(budgets[-1])} per task"
+    )
     say(
         "oi batch: auto-run is on: every block runs without asking, each in a throwaway "
         f"sandbox (network {first.network}, memory {format_size(first.memory)}, "
-        f"{first.timeout:g} s per block; {trust}, capped by policy); "
-        f"budget {format_clock(plan.budget_s)} per task unless a task sets one"
+        f"{first.timeout:g} s per block; {trust}, capped by policy); {budget}"
     )
+
+
+OUTPUT_LINES = 6
+"""The last lines of a failed task's output (its check's) shown under its line."""
 
 
 def _say(console: Console) -> Callable[[str], None]:
@@ -263,6 +272,9 @@ class BatchDisplay:
             if not self.tty:
                 line.append(f"  [{self.state.line(now)}]")
             self._print(line)
+            if result.outcome in ("failed", "error") and result.output_tail.strip():
+                for tail in result.output_tail.rstrip().splitlines()[-OUTPUT_LINES:]:
+                    self._print(Text(f"    {clean_line(tail)}", style="dim"))
         elif isinstance(event, BatchNotice):
             self._print(Text(f"oi: {self._clean(event.message)}", style="yellow"))
 

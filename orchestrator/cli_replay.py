@@ -15,7 +15,7 @@ from rich.console import Console
 from orchestrator.cli_common import docker_client, err_console
 from orchestrator.cli_options import SettingFlags
 from orchestrator.errors import ConfigError, PolicyError
-from orchestrator.fsafe import adopted_owner, copy_tree, remove_tree
+from orchestrator.fsafe import adopted_owner, copy_tree, remove_tree, write_inline_files
 from orchestrator.replay import (
     BlockComparison,
     RecordedBlock,
@@ -23,6 +23,7 @@ from orchestrator.replay import (
     ReplaySummary,
     record_layer,
     recorded_blocks,
+    recorded_files,
     replay_blocks,
     session_info,
 )
@@ -88,13 +89,17 @@ class Replayer:
             self._temp = Path(tempfile.mkdtemp(prefix="oi-replay-"))
             workdir = self._temp / "workdir"
         try:
+            owner = None
             if workdir_from is not None:
-                copy_tree(workdir_from, workdir, owner=adopted_owner(workdir_from))
+                owner = adopted_owner(workdir_from)
+                copy_tree(workdir_from, workdir, owner=owner)
             else:
                 workdir.mkdir(mode=0o755)
                 owner = adopted_owner(workdir.parent) if self.kept is not None else None
                 if owner is not None:
                     os.chown(workdir, *owner)
+            # A batch task's inline files, as its workdir began (after its template).
+            write_inline_files(workdir, recorded_files(self.records), owner=owner)
         except BaseException:
             self._cleanup()
             raise

@@ -143,12 +143,30 @@ def session_info(records: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
     return next((r for r in records if r.get("type") == "session"), {})
 
 
+def recorded_files(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """The inline files a batch task's workdir began with (``files:`` in its tasks file), so a
+    replay starts where the task did. Untrusted like the rest: only (text, text) pairs, and
+    written without leaving the workdir (``fsafe.write_inline_files``)."""
+    batch = session_info(records).get("batch")
+    entries = batch.get("files") if isinstance(batch, dict) else None
+    if not isinstance(entries, list):
+        return []
+    return [
+        (str(entry[0]), str(entry[1]))
+        for entry in entries
+        if isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)
+    ]
+
+
 def recorded_limits(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The sandbox limits the session ran with (``LIMIT_KEYS`` only)."""
+    """The sandbox limits the session ran with (``LIMIT_KEYS`` only), and whether it kept
+    Python state (a record made before oi kept any did not: its blocks ran without)."""
     settings = session_info(records).get("settings")
     if not isinstance(settings, dict):
         return {}
-    return {key: settings[key] for key in LIMIT_KEYS if settings.get(key) is not None}
+    limits = {key: settings[key] for key in LIMIT_KEYS if settings.get(key) is not None}
+    limits["python_state"] = settings.get("python_state") is True
+    return limits
 
 
 def record_layer(records: Sequence[Mapping[str, Any]], source: str) -> Layer:

@@ -224,6 +224,7 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: Any  # parsed JSON, or None
+    at: float = field(default_factory=time.monotonic)  # when it arrived (system-wide clock)
 
 
 class FakeVllm:
@@ -246,6 +247,7 @@ class FakeVllm:
         self.enable_auto_tool_choice = enable_auto_tool_choice
         self.error_shape: ErrorShape = error_shape
         self.requests: list[RecordedRequest] = []
+        self.replies_sent: list[float] = []  # when each streamed reply was sent whole
         self._replies: deque[ReplyScript] = deque()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -715,6 +717,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._write_chunk("data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
+        self.fake.replies_sent.append(time.monotonic())
 
     def _write_event(self, event: Any) -> None:
         if self._events_written and self._reply_delay_s:

@@ -461,6 +461,7 @@ class BatchRunner:
                     "task_id": planned.spec.id,
                     "tasks_file": self._tasks_file,
                     "check": planned.spec.check,
+                    "files": [list(item) for item in planned.spec.files],  # for `oi replay`
                 }
             },
             docker_client=client,

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 import docker
 
 from orchestrator.errors import ConfigError, OiError, SandboxError
-from orchestrator.languages import Language, parse_language
+from orchestrator.languages import LANGUAGES, Language, parse_language
 from orchestrator.sandbox.audit import AuditLog
 from orchestrator.sandbox.bootstrap import (
     OutputScanner,
@@ -79,6 +79,8 @@ from orchestrator.sandbox.workdir_quota import (
 )
 from orchestrator.units import format_amount, format_size
 
+WARM_WAIT_S = 60.0
+"""How long ``close`` waits for a warm-up that is still making its network or container."""
 ENV_MEASURE_WAIT_S = 10.0
 """How long a block waits for the size of the session's environment after the last block."""
 
@@ -148,6 +150,8 @@ class Sandbox:
             config.workdir, config.workdir_max_bytes, config.workdir_max_files
         )
         self._attachment: NetworkAttachment | None = None
+        self._attachment_lock = threading.Lock()
+        self._warming: threading.Thread | None = None  # close() waits for it: it may make things
         self._specs: dict[Language, ContainerSpec] = {}
         self._runtime_checked = False
         self._specs_lock = threading.Lock()
@@ -193,9 +197,22 @@ class Sandbox:
     def warm(self, language: Language | str) -> None:
         """Hint that a block in ``language`` is likely soon: pre-start its containers.
 
-        Returns at once (at most one image lookup). A no-op without the pool; errors (say, the
-        image is not built) are left for ``run`` to report.
+        Returns at once: at most one image lookup here; a network to set up first (an
+        allowlist's network and proxy) is made on a thread of its own, beside the model's first
+        request. A no-op without the pool; errors (say, the image is not built) are left for
+        ``run`` to report.
         """
+        if self.pool is None:
+            return
+        if self.config.network == "none" or self._attachment is not None:
+            self._warm_now(language)  # one image lookup at most: no need for a thread
+            return
+        self._warming = threading.Thread(
+            target=self._warm_now, args=(language,), name="oi-warm", daemon=True
+        )
+        self._warming.start()
+
+    def _warm_now(self, language: Language | str) -> None:
         if self.pool is None:
             return
         try:
@@ -224,6 +241,9 @@ class Sandbox:
             self._engine_frozen = False
             threading.Thread(target=self.close, daemon=True).start()
             return
+        warming = self._warming
+        if warming is not None:
+            warming.join(WARM_WAIT_S)
         if self.pool is not None:
             self.pool.close()
         self._reaper.drain()
@@ -273,7 +293,9 @@ class Sandbox:
         """Where a block in ``language`` would run, for the approval screen."""
         config = self.config
         return SandboxDescription(
-            image=self.spec_for(language).image,
+            # The tag the image must have (no engine call: the system prompt is built before
+            # the first model request, and that must not wait on Docker).
+            image=self._images.expected_tag(LANGUAGES[language].image),
             memory=format_size(config.memory),
             cpus=config.cpus,
             pids=config.pids,
@@ -303,6 +325,10 @@ class Sandbox:
         config = self.config
         if config.network == "none":
             return None
+        with self._attachment_lock:  # a warm-up thread and a block may both ask
+            return self._attach(config)
+
+    def _attach(self, config: SandboxConfig) -> NetworkAttachment | None:
         if self._attachment is None:
             ca_bundle = find_ca_bundle(config.ca_bundle)
             if config.network == "open":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests.fake_vllm import FakeVllm, Reply
 from tests.sandbox_fixtures import OtherUser, run_oi
 
 
@@ -38,3 +39,26 @@ def test_the_engine_down_still_says_so(workdir: Path) -> None:
     )
     assert proc.returncode == 1
     assert "no Docker engine answers" in proc.stderr and "permission denied" not in proc.stderr
+
+
+def test_batch_says_the_budget_in_force_shows_a_failed_checks_output_and_replays_inline_files(
+    tmp_path: Path, fake_vllm: FakeVllm
+) -> None:
+    tasks = tmp_path / "tasks.yaml"
+    tasks.write_text(
+        "defaults:\n  budget: 2m\ntasks:\n"
+        '  - id: inline\n    prompt: count\n    files: {data/n.txt: "3\\n"}\n'
+        "    check: 'echo the check looked for 4 && grep -q 4 data/n.txt'\n"
+    )
+    block = "Reading it.\n\n```sh\ncat data/n.txt\n```\n"
+    fake_vllm.script(Reply(text=block), Reply(text="done"))
+    env = {"OI_API_BASE": fake_vllm.base_url, "XDG_DATA_HOME": str(tmp_path / "data")}
+    out = tmp_path / "out"
+    proc = run_oi("batch", str(tasks), "--out", str(out), env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "budget 2:00 per task" in proc.stderr, proc.stderr  # not --budget's 15:00
+    assert "the check looked for 4" in proc.stderr + proc.stdout  # the failed check's output
+
+    replay = run_oi("replay", str(out / "inline" / "session.jsonl"), "--yes", env=env, cwd=tmp_path)
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    assert "1 of 1 block(s) match" in replay.stdout

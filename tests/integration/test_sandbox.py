@@ -314,7 +314,7 @@ def test_a_block_outlives_neither_its_timeout_nor_a_frozen_oi(docker_client, wor
     """oi frozen (SIGSTOP: it can enforce nothing) during a `while true` block with a 3 s
     timeout: the watchdog removes the container at timeout + kill grace + its margin."""
     proc = subprocess.Popen(
-        [OI, "exec", "sh", "-", "--workdir", str(workdir), "--timeout", "3", "--no-pool"],
+        [OI, "exec", "sh", "-", "--workdir", str(workdir), "--timeout", "3"],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

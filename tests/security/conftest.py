@@ -1,24 +1,4 @@
-import pytest
+"""The security checklist runs against the real engine with the integration tests' fixtures."""
 
-from tests.sandbox_fixtures import (
-    docker_client,
-    make_sandbox,
-    oi_user,
-    session_id,
-    shared_site,
-    workdir,
-)
-
-__all__ = [
-    "docker_client",
-    "make_sandbox",
-    "oi_user",
-    "session_id",
-    "shared_site",
-    "workdir",
-]
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        item.add_marker(pytest.mark.docker)
+from tests.integration.conftest import *  # noqa: F403
+from tests.integration.conftest import __all__, pytest_collection_modifyitems  # noqa: F401

@@ -156,7 +156,10 @@ def test_recorded_limits_take_only_the_limits() -> None:
         "max_output": None,
     }
     records = [{"type": "session", "settings": settings}]
-    assert recorded_limits(records) == {"memory": 123, "timeout": 5.0}
+    # python_state: False for a record made before oi kept Python state (its blocks had none)
+    assert recorded_limits(records) == {"memory": 123, "timeout": 5.0, "python_state": False}
+    settings["python_state"] = True
+    assert recorded_limits(records)["python_state"] is True
     assert recorded_limits([]) == {}
 
 
