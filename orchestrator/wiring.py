@@ -4,7 +4,8 @@ session's model client, sandbox and record from loaded settings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from orchestrator.errors import OiError
 from orchestrator.fsafe import write_beneath
 from orchestrator.llm.client import ModelClient
 from orchestrator.loading import Loaded
-from orchestrator.protocols import ChatModel
+from orchestrator.protocols import BlockRunner, ChatModel
 from orchestrator.records import RECORD_VERSION
 from orchestrator.sandbox.container import new_session_id
 from orchestrator.sandbox.runner import Sandbox
@@ -132,13 +133,16 @@ def open_session(
     docker_client: Any = None,
     model: ChatModel | None = None,
     relocate_hint: str | None = None,
+    wrap_runner: Callable[[BlockRunner], BlockRunner] | None = None,
+    audit_user: str | None = None,
 ) -> Opened:
     """Sandbox, model client and record from ``loaded``.
 
     With ``resume`` (a session id or unique prefix), the history comes from its record and new
     records are appended to the same file. ``record_path`` puts the record elsewhere than the
     data dir (batch keeps it beside the task's workdir; ``relocate_hint`` then says how to
-    make room, e.g. "choose another --out folder").
+    make room, e.g. "choose another --out folder"). A server passes ``wrap_runner`` (its
+    per-user block gate around the sandbox) and ``audit_user`` (who the audit log names).
     """
     settings = loaded.settings
     history = None
@@ -157,9 +161,10 @@ def open_session(
     else:
         transcript = Transcript.create(settings.sessions_dir, session_id)
     try:
-        sandbox = Sandbox.from_config(
-            loaded.sandbox_config(), session_id=session_id, client=docker_client
-        )
+        config = loaded.sandbox_config()
+        if audit_user is not None:
+            config = replace(config, audit_user=audit_user)
+        sandbox = Sandbox.from_config(config, session_id=session_id, client=docker_client)
         try:
             record_header(
                 transcript,
@@ -170,7 +175,7 @@ def open_session(
             )
             session = Session(
                 model=model or model_client(settings),
-                runner=sandbox,
+                runner=wrap_runner(sandbox) if wrap_runner else sandbox,
                 settings=settings,
                 transcript=transcript,
                 history=history,

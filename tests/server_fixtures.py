@@ -1,0 +1,133 @@
+"""A real ``oi serve`` (uvicorn, on a free loopback port) for tests, with users from a users
+file and the fake vLLM as its model. Each server is stopped by PID, and every container its
+sessions made (they carry the server's ``oi.pid`` label) must be gone afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from orchestrator.server.users import UserLimits, add_user
+from tests.sandbox_fixtures import OI, pid_containers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class OiServer:
+    url: str
+    proc: subprocess.Popen[bytes]
+    workspaces: Path
+    tokens: dict[str, str] = field(default_factory=dict)
+    log: Path | None = None
+
+    def headers(self, user: str | None = "alice") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[user]}"} if user else {}
+
+    def call(self, method: str, path: str, user: str | None = "alice", **kw: Any) -> Any:
+        headers = {**self.headers(user), **kw.pop("headers", {})}
+        return requests.request(method, self.url + path, headers=headers, timeout=60, **kw)
+
+    def new_session(self, user: str = "alice") -> str:
+        reply = self.call("POST", "/api/sessions", user, json={})
+        assert reply.status_code == 201, reply.text
+        return str(reply.json()["id"])
+
+    def events(self, session_id: str, text: str, user: str = "alice") -> Iterator[dict[str, Any]]:
+        """The SSE events of one message, as they come (the response stays open while the
+        caller iterates; closing the generator closes the connection)."""
+        reply = self.call(
+            "POST", f"/api/sessions/{session_id}/messages", user, json={"text": text}, stream=True
+        )
+        assert reply.status_code == 200, reply.text
+        try:
+            for raw in reply.iter_lines():
+                if raw.startswith(b"data: "):
+                    yield json.loads(raw[6:])
+        finally:
+            reply.close()
+
+    def approve(self, session_id: str, sha: str, user: str = "alice", **extra: Any) -> Any:
+        body = {"action": "approve", "sha256": sha, **extra}
+        return self.call("POST", f"/api/sessions/{session_id}/approval", user, json=body)
+
+    def containers(self, client: Any) -> list[dict[str, Any]]:
+        return pid_containers(client, self.proc.pid)
+
+
+def start_server(
+    tmp_path: Path,
+    api_base: str,
+    *,
+    users: dict[str, UserLimits] | None = None,
+    args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> OiServer:
+    config = tmp_path / "config"
+    config.mkdir(mode=0o700, exist_ok=True)
+    users_file = config / "users.toml"
+    tokens = {
+        name: add_user(users_file, name, limits)
+        for name, limits in (users or {"alice": UserLimits(), "bob": UserLimits()}).items()
+    }
+    port = free_port()
+    workspaces = tmp_path / "workspaces"
+    full_env = {
+        **os.environ,
+        "OI_API_BASE": api_base,
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+        "XDG_CONFIG_HOME": str(config),
+        "OI_CONFIG_FILE": str(tmp_path / "no-config.toml"),
+        **(env or {}),
+    }
+    full_env.pop("OI_SERVER_TOKEN", None)
+    log = tmp_path / f"server-{port}.log"
+    command = [OI, "serve", "--port", str(port), "--users", str(users_file)]
+    command += ["--workspaces", str(workspaces), "--timeout", "90", *args]
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(command, env=full_env, stdout=sink, stderr=subprocess.STDOUT)
+    server = OiServer(f"http://127.0.0.1:{port}", proc, workspaces, tokens, log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"oi serve exited {proc.returncode}: {log.read_text()}")
+        try:
+            if requests.get(server.url + "/healthz", timeout=1).status_code == 200:
+                return server
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    stop_server(server)
+    raise AssertionError(f"oi serve did not answer: {log.read_text()}")
+
+
+def stop_server(server: OiServer) -> None:
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            server.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait(10)
+
+
+def wait_for(check: Any, timeout: float = 15.0, every: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(every)
