@@ -231,7 +231,7 @@ def users_remove(
         plain(f"{'removed' if found else 'no user'} {name}")
 
 
-@with_setting_flags(*LIMIT_FLAGS, *SANDBOX_FLAGS)
+@with_setting_flags(*LIMIT_FLAGS, *SANDBOX_FLAGS, "no_pool")
 def mcp_command(*, flags: SettingFlags) -> None:
     """An MCP server over stdio: execute(language, code) in a fresh sandbox per call, and
     list_files / read_file / write_file in the workdir (--workdir, default: here)."""

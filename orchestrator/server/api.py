@@ -192,7 +192,7 @@ def add_file_routes(router: APIRouter, hub: Hub, UserDep: Any) -> None:
         limit = user.limits.max_upload_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            raise RequestError(f"upload is larger than your limit of {limit} bytes")
+            raise TooLargeError(f"upload is larger than your limit of {limit} bytes")
         target = await asyncio.to_thread(workdir, user, session_id)
         data = bytearray()
         async for chunk in request.stream():  # the body, bounded as it arrives
