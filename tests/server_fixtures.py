@@ -17,8 +17,32 @@ from typing import Any
 
 import requests
 
+from orchestrator.context import RESULT_PREFIX
 from orchestrator.server.users import UserLimits, add_user
+from tests.fake_vllm import Reply, ToolCallSpec
 from tests.sandbox_fixtures import OI, pid_containers
+
+SAY = "SAY "
+SLOW = "SLOW "
+RUN = "RUN "  # a task "RUN <language>\n<code>": the scripted model proposes exactly that block
+
+
+def scripted_model(request: dict[str, Any]) -> Reply:
+    """The fake model: a task "RUN lang\\ncode" gets that block as a tool call; a block's
+    result gets a final answer quoting it."""
+    last = request["messages"][-1]
+    content = str(last.get("content") or "")
+    if last["role"] == "tool" or content.startswith(RESULT_PREFIX):
+        return Reply(text="Done: " + content[:60].replace("\n", " "))
+    if content.startswith(RUN):
+        language, _, code = content[len(RUN) :].partition("\n")
+        call = ToolCallSpec("execute", {"language": language, "code": code})
+        return Reply(text="Running it.", tool_calls=[call])
+    if content.startswith(SAY):  # the model says exactly this
+        return Reply(text=content[len(SAY) :], chunk_size=3)
+    if content.startswith(SLOW):  # ... one character at a time, 50 ms apart
+        return Reply(text=content[len(SLOW) :], chunk_size=1, chunk_delay_s=0.05)
+    return Reply(text="Hello <b>there</b>.")
 
 
 def free_port() -> int:

@@ -16,27 +16,10 @@ from typing import Any
 
 import pytest
 
-from orchestrator.context import RESULT_PREFIX
 from orchestrator.server.users import UserLimits
-from tests.fake_vllm import FakeVllm, Reply, ToolCallSpec
+from tests.fake_vllm import FakeVllm
 from tests.sandbox_fixtures import run_oi
-from tests.server_fixtures import OiServer, start_server, stop_server, wait_for
-
-RUN = "RUN "  # a task "RUN <language>\n<code>": the scripted model proposes exactly that block
-
-
-def scripted_model(request: dict[str, Any]) -> Reply:
-    """The fake model: a task "RUN lang\\ncode" gets that block as a tool call; a block's
-    result gets a final answer quoting it."""
-    last = request["messages"][-1]
-    content = str(last.get("content") or "")
-    if last["role"] == "tool" or content.startswith(RESULT_PREFIX):
-        return Reply(text="Done: " + content[:60].replace("\n", " "))
-    if content.startswith(RUN):
-        language, _, code = content[len(RUN) :].partition("\n")
-        call = ToolCallSpec("execute", {"language": language, "code": code})
-        return Reply(text="Running it.", tool_calls=[call])
-    return Reply(text="Hello <b>there</b>.")
+from tests.server_fixtures import RUN, OiServer, scripted_model, start_server, stop_server, wait_for
 
 
 @pytest.fixture(scope="module")
