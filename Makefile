@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.oi-installed
 COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo "docker-compose")
 PYTEST_ARGS ?=
 
-.PHONY: setup venv engine images test lint typecheck unit integration security bench up down demo clean help
+.PHONY: setup venv engine images browser test lint typecheck unit integration security bench up down demo clean help
 
 help:
 	@echo "make demo    - replay a scripted CSV session in the sandbox into ./demo-out (no GPU)"
@@ -15,7 +15,7 @@ help:
 	@echo "make bench   - per-block latency: bare subprocess vs docker run vs oi"
 	@echo "make up/down - start/stop vLLM with Qwen3-4B-Instruct-2507 on a GPU (compose/)"
 
-setup: venv engine images
+setup: venv engine images browser
 
 venv: $(STAMP)
 
@@ -32,6 +32,15 @@ engine:
 
 images: venv engine
 	@$(BIN)/oi images build
+
+# The web UI's tests drive Debian's chromium headless through chromium-driver (never a browser
+# download). Installed when missing, as root on Debian; otherwise say how.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium and chromium-driver (for the web UI tests)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else echo "the web UI tests need chromium and chromium-driver: sudo apt-get install chromium chromium-driver"; fi
 
 lint: venv
 	$(BIN)/ruff check .

@@ -2,7 +2,9 @@
 (native API, OpenAI-compatible endpoint, MCP over streamable HTTP, the web UI) mounted on it.
 
 Every route that reaches a session, a file, a model or a sandbox needs ``Authorization:
-Bearer TOKEN``; without it, or with a token nobody has, the answer is 401. Only the web UI's
+Bearer TOKEN``; without it, or with a token nobody has, the answer is 401, given by ``Gate``
+before any body is read (an unknown client cannot make the server buffer anything). Only the
+web UI's
 own files (``/``, ``/ui/...``), the OpenAPI description (``/openapi.json``, ``/docs``) and
 ``/healthz`` are public: they hold nothing of any user.
 """
@@ -18,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from orchestrator import __version__
-from orchestrator.errors import ConfigError, OiError, PolicyError, RequestError
+from orchestrator.errors import ConfigError, OiError, PolicyError, RequestError, TooLargeError
 from orchestrator.server.api import build_router
 from orchestrator.server.hub import Hub
 from orchestrator.server.openai_api import build_openai_router
@@ -36,6 +38,8 @@ UI_CSP = (
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 UI_FILES = {"app.js": "text/javascript", "app.css": "text/css"}
+PUBLIC_PATHS = frozenset({"/", "/healthz", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
+MAX_BODY = 4 << 20  # a message, an approval with edited code, a chat completion request
 
 
 class AuthError(RequestError):
@@ -52,7 +56,9 @@ def bearer(header: str | None) -> str | None:
 
 def make_current_user(users: Users) -> Callable[[Request], User]:
     def current_user(request: Request) -> User:
-        user = users.authenticate(bearer(request.headers.get("authorization")))
+        user = request.scope.get("oi.user")  # set by Gate; checked again, to stay safe alone
+        if not isinstance(user, User) or user is not users.by_name.get(user.name):
+            user = users.authenticate(bearer(request.headers.get("authorization")))
         if user is None:
             raise AuthError(UNAUTHORIZED)
         return user
@@ -102,25 +108,53 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-class RequireUser:
-    """Authenticates an ASGI sub-app (MCP): 401 without a known token, else the user is
-    put in ``scope["oi.user"]`` for the app's handlers."""
+class Gate:
+    """Authenticates every request but the public files *before* anything reads its body, and
+    bounds the body: an upload to the user's ``max_upload_bytes``, anything else to
+    ``MAX_BODY``. The user is put in ``scope["oi.user"]`` (the MCP app reads it there)."""
 
     def __init__(self, app: ASGIApp, users: Users) -> None:
         self.app = app
         self.users = users
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            headers = {
-                k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
-            }
-            user = self.users.authenticate(bearer(headers.get("authorization")))
-            if user is None:
-                await error_response(AuthError(UNAUTHORIZED))(scope, receive, send)
-                return
-            scope["oi.user"] = user
-        await self.app(scope, receive, send)
+        if scope["type"] != "http" or is_public(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        user = self.users.authenticate(bearer(headers.get("authorization")))
+        if user is None:
+            await error_response(AuthError(UNAUTHORIZED))(scope, receive, send)
+            return
+        scope["oi.user"] = user
+        upload = scope["method"] == "PUT" and scope["path"].endswith("/files")
+        # an upload's own route counts exactly and answers 413; this is the backstop
+        limit = user.limits.max_upload_bytes + (1 << 16) if upload else MAX_BODY
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            too_large = TooLargeError(f"the request body is larger than {limit} bytes")
+            await error_response(too_large)(scope, receive, send)
+            return
+        await self.app(scope, _bounded(receive, limit), send)
+
+
+def _bounded(receive: Receive, limit: int) -> Receive:
+    seen = 0
+
+    async def bounded() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:  # a body without a length that keeps coming: cut it off
+                return {"type": "http.disconnect"}
+        return message
+
+    return bounded
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith("/ui/")
 
 
 def _ui_file(name: str) -> bytes:
@@ -186,5 +220,5 @@ def create_app(
     app.include_router(build_openai_router(hub, current_user, auto_run=auto_run))
     add_ui_routes(app)
     if mcp_app is not None:
-        app.mount("/mcp", RequireUser(mcp_app, users))
-    return SecurityHeaders(app)
+        app.mount("/mcp", mcp_app)
+    return SecurityHeaders(Gate(app, users))

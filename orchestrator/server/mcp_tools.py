@@ -134,7 +134,7 @@ def build_mcp(resolve: Resolve) -> Any:
 
 
 def user_of(ctx: Any) -> Any:
-    """The ``oi serve`` user a tool call came from (set by ``app.RequireUser``)."""
+    """The ``oi serve`` user a tool call came from (set by ``app.Gate``)."""
     request = ctx.request_context.request
     user = request.scope.get("oi.user") if request is not None else None
     if user is None:

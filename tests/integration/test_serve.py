@@ -71,6 +71,10 @@ def test_no_token_or_a_wrong_token_gets_401(server: OiServer) -> None:
             reply = server.call(method, path, None, headers=headers, json={})
             assert reply.status_code == 401, (method, path, headers, reply.text)
             assert "bearer token" in reply.json()["detail"]
+    # a body is never read before the token is checked, and is bounded after
+    huge = b"x" * (5 << 20)
+    assert server.call("POST", "/api/sessions", None, data=huge).status_code == 401
+    assert server.call("POST", "/api/sessions", "alice", data=huge).status_code == 413
     # positive control: the same routes answer with a right token
     assert server.call("GET", "/api/whoami").json()["user"] == "alice"
     assert server.call("GET", "/v1/models", "bob").status_code == 200
@@ -275,8 +279,14 @@ def test_a_client_that_disconnects_stops_its_block(server: OiServer, docker_clie
 @pytest.fixture
 def quota_server(tmp_path: Path, model: FakeVllm) -> Iterator[OiServer]:
     one = UserLimits(max_concurrent_blocks=1)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'audit_log = "{tmp_path / "audit.jsonl"}"\n')
     running = start_server(
-        tmp_path, model.base_url, users={"alice": one, "bob": one}, args=("--no-pool", "-y")
+        tmp_path,
+        model.base_url,
+        users={"alice": one, "bob": one},
+        args=("--no-pool", "-y"),
+        env={"OI_POLICY_FILE": str(policy)},
     )
     yield running
     stop_server(running)
@@ -312,6 +322,8 @@ def test_two_users_at_once_under_a_quota_of_one_block_each(quota_server: OiServe
     bob = outcome[2]["done"] - started
     assert alice_last >= 5.5, alice_last  # alice's blocks ran one after the other
     assert bob < alice_last - 2, (bob, alice_last)  # bob's ran beside alice's first
+    audit = [json.loads(line) for line in (server.workspaces.parent / "audit.jsonl").open()]
+    assert sorted(line["server_user"] for line in audit) == ["alice", "alice", "bob"]
 
 
 # --- the OpenAI-compatible endpoint --------------------------------------------------------------

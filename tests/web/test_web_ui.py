@@ -22,7 +22,7 @@ Driver = Any
 
 
 def wait(driver: Driver, check: Any, timeout: float = 40) -> Any:
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(lambda d: check(d))
+    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(check)
 
 
 def text_of(driver: Driver, css: str) -> str:
