@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -34,6 +35,8 @@ import tests.fake_vllm as fake_module
 from orchestrator.events import ModelText, SessionEnded
 from orchestrator.loading import Loaded
 from orchestrator.policy import Policy
+from orchestrator.server.app import create_app
+from orchestrator.server.hub import Hub
 from orchestrator.server.users import UserLimits, Users, from_env_token
 from orchestrator.settings import Settings
 from tests.fake_vllm import FakeVllm, Reply
@@ -74,11 +77,6 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def per_event_cost(count: int, gap_s: float) -> dict[str, Any]:
-    import uvicorn
-
-    from orchestrator.server.app import create_app
-    from orchestrator.server.hub import Hub
-
     with tempfile.TemporaryDirectory() as tmp:
         loaded = Loaded(Settings(workdir=Path(tmp), data_dir=Path(tmp) / "d"), Policy())
 

@@ -193,13 +193,15 @@ def add_file_routes(router: APIRouter, hub: Hub, UserDep: Any) -> None:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise TooLargeError(f"upload is larger than your limit of {limit} bytes")
-        target = await asyncio.to_thread(workdir, user, session_id)
+        live = await asyncio.to_thread(hub.get, user, session_id)
+        target = Workdir(live.workdir)
+        room = live.opened.session.settings.workdir_max_bytes  # the policy capped it
         data = bytearray()
         async for chunk in request.stream():  # the body, bounded as it arrives
             data += chunk
             if len(data) > limit:
                 raise TooLargeError(f"upload is larger than your limit of {limit} bytes")
-        entry = await asyncio.to_thread(target.write, path, iter([bytes(data)]), limit)
+        entry = await asyncio.to_thread(target.write, path, iter([bytes(data)]), limit, room)
         return entry.__dict__
 
     @router.get("/sessions/{session_id}/files/content", tags=["files"])

@@ -189,9 +189,17 @@ def create_app(
     mcp: Any = None,
 ) -> Any:
     """The ASGI application. ``mcp`` (an ``MCPServer``) is served at ``/mcp``."""
-    mcp_app = (
-        mcp.streamable_http_app(streamable_http_path="/", stateless_http=True) if mcp else None
-    )
+    mcp_app = None
+    if mcp is not None:
+        from mcp.server.transport_security import TransportSecuritySettings  # noqa: PLC0415
+
+        # Its Host check guards servers that trust whoever reaches them (DNS rebinding); every
+        # request here carries a bearer token instead, and a proxy in front has its own name.
+        mcp_app = mcp.streamable_http_app(
+            streamable_http_path="/",
+            stateless_http=True,
+            transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -63,10 +64,21 @@ class Workdir:
         except ConfigError:
             raise NotFoundError("no such folder in the workdir (links are not followed)") from None
 
-    def write(self, name: str, chunks: Iterator[bytes], limit: int) -> FileEntry:
-        """Write ``name`` from ``chunks``, at most ``limit`` bytes (else nothing is left)."""
+    def write(
+        self, name: str, chunks: Iterator[bytes], limit: int, room: int | None = None
+    ) -> FileEntry:
+        """Write ``name`` from ``chunks``, at most ``limit`` bytes (else nothing is left); with
+        ``room``, only while the workdir stays within that many bytes in all."""
         *parents, leaf = check_name(name)
-        temp = f".oi-upload-{os.getpid()}-{id(chunks)}.part"
+        if room is not None:
+            used = self.used_bytes()
+            limit = min(limit, room - used)
+            if limit <= 0:
+                raise TooLargeError(
+                    f"the workdir already holds {used} bytes, its limit is {room} "
+                    "(workdir_max_bytes); delete files first"
+                )
+        temp = f".oi-upload-{secrets.token_hex(8)}.part"
         with self._folder(tuple(parents), create=True) as fd:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             out = os.open(temp, flags, 0o644, dir_fd=fd)
@@ -77,8 +89,9 @@ class Workdir:
                         written += len(chunk)
                         if written > limit:
                             raise TooLargeError(
-                                f"upload is larger than your limit of {limit} bytes; "
-                                "split it or ask the admin for a higher max_upload_bytes"
+                                f"upload is larger than the {limit} bytes it may take "
+                                "(your max_upload_bytes, or the room left under the "
+                                "workdir's limit); split it or delete files"
                             )
                         fh.write(chunk)
                 self._refuse_folder(fd, leaf)
@@ -129,6 +142,15 @@ class Workdir:
             if size > limit:
                 raise TooLargeError(f"{name!r} is larger than {limit} bytes")
             return fh.read(limit)
+
+    def used_bytes(self) -> int:
+        """What the workdir takes on disk (allocated blocks, as ``du``; links not followed)."""
+        total = 0
+        for top, _dirs, files in os.walk(self.root, followlinks=False):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.join(top, name)).st_blocks * 512
+        return total
 
     def list(self) -> list[FileEntry]:
         """Regular files under the workdir (links not followed, ``.oi`` left out), sorted."""

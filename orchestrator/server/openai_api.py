@@ -26,7 +26,7 @@ from fastapi import APIRouter, Depends, Header
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.errors import RequestError
+from orchestrator.errors import NotFoundError, RequestError
 from orchestrator.server.api import sse_response
 from orchestrator.server.hub import Hub, LiveSession
 from orchestrator.server.turns import Turn
@@ -145,7 +145,10 @@ def build_openai_router(hub: Hub, current_user: Any, *, auto_run: bool) -> APIRo
                 raise RequestError("conversation key: 1-128 letters, digits and . @ : _ -")
             known = conversations.get((user.name, key))
             if known is not None:
-                return hub.get(user, known)
+                try:
+                    return hub.get(user, known)
+                except NotFoundError:  # deleted meanwhile: the conversation starts anew
+                    conversations.pop((user.name, key), None)
         live = hub.create(user)
         if key is not None:
             conversations[(user.name, key)] = live.id

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+from pathlib import Path
 
 import pytest
 
 from orchestrator.cli_serve import check_exposure
-from orchestrator.errors import ConfigError, RequestError
-from orchestrator.server.files import check_name
+from orchestrator.errors import ConfigError, NotFoundError, RequestError, TooLargeError
+from orchestrator.server.files import Workdir, check_name
 from orchestrator.server.openai_api import MarkdownReply, fence, last_user_text
 from orchestrator.server.turns import MAX_PENDING_BYTES, Subscriber
 from orchestrator.server.users import (
@@ -174,3 +176,23 @@ def test_a_slow_subscriber_drops_output_not_decisions() -> None:
         loop.close()
     assert sum(len(q or "") for q in queued) < MAX_PENDING_BYTES + 2 * len(line)
     assert "were not sent" in str(queued[-2]) and queued[-1] == '{"event": "result"}'
+
+
+def test_uploads_stay_within_the_workdir_limit(tmp_path: Path) -> None:
+    workdir = Workdir(tmp_path)
+    (tmp_path / "big").write_bytes(b"x" * 12288)
+    used = workdir.used_bytes()
+    assert used >= 12288
+    with pytest.raises(TooLargeError, match="may take"):
+        workdir.write("more", iter([b"y" * 8192]), 1 << 20, room=used + 4096)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big"]  # no partial file
+    workdir.write("small", iter([b"y" * 1000]), 1 << 20, room=used + 4096)
+    with pytest.raises(TooLargeError, match="already holds"):
+        workdir.write("none", iter([b""]), 1 << 20, room=used)
+
+
+def test_a_fifo_in_the_workdir_is_refused_without_waiting(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(NotFoundError, match="FIFO"):
+        Workdir(tmp_path).open("pipe")
+    assert [e.name for e in Workdir(tmp_path).list()] == []
