@@ -18,6 +18,7 @@ from typing import Any
 import requests
 
 from orchestrator.context import RESULT_PREFIX
+from orchestrator.sandbox.docker import connect
 from orchestrator.server.users import UserLimits, add_user
 from tests.fake_vllm import Reply, ToolCallSpec
 from tests.sandbox_fixtures import OI, pid_containers
@@ -100,6 +101,7 @@ def start_server(
     users: dict[str, UserLimits] | None = None,
     args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    scheme: str = "http",
 ) -> OiServer:
     config = tmp_path / "config"
     config.mkdir(mode=0o700, exist_ok=True)
@@ -124,21 +126,23 @@ def start_server(
     command += ["--workspaces", str(workspaces), "--timeout", "90", *args]
     with log.open("wb") as sink:
         proc = subprocess.Popen(command, env=full_env, stdout=sink, stderr=subprocess.STDOUT)
-    server = OiServer(f"http://127.0.0.1:{port}", proc, workspaces, tokens, log)
+    server = OiServer(f"{scheme}://127.0.0.1:{port}", proc, workspaces, tokens, log)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"oi serve exited {proc.returncode}: {log.read_text()}")
         try:
-            if requests.get(server.url + "/healthz", timeout=1).status_code == 200:
+            if requests.get(server.url + "/healthz", timeout=1, verify=False).status_code == 200:
                 return server
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.exceptions.SSLError):
             time.sleep(0.1)
     stop_server(server)
     raise AssertionError(f"oi serve did not answer: {log.read_text()}")
 
 
 def stop_server(server: OiServer) -> None:
+    """Stop the server by its PID; every container it made must be gone (removed here if not,
+    so one failure does not cascade)."""
     if server.proc.poll() is None:
         server.proc.send_signal(signal.SIGTERM)
         try:
@@ -146,6 +150,11 @@ def stop_server(server: OiServer) -> None:
         except subprocess.TimeoutExpired:
             server.proc.kill()
             server.proc.wait(10)
+    client = connect()
+    left = pid_containers(client, server.proc.pid)
+    for container in left:
+        client.api.remove_container(container["Id"], force=True)
+    assert not left, f"oi serve left containers behind: {left}"
 
 
 def wait_for(check: Any, timeout: float = 15.0, every: float = 0.1) -> Any:

@@ -25,6 +25,7 @@ from orchestrator.server.users import User
 from orchestrator.transcript import scan_records
 
 MAX_MESSAGE_CHARS = 100_000
+KEEPALIVE_S = 15.0
 INLINE_TYPES = {
     ".png": "image/png",
     ".jpg": "image/jpeg",
@@ -63,7 +64,11 @@ async def stream_turn(turn: Turn, *, stop_on_disconnect: bool) -> AsyncIterator[
     subscriber = turn.subscribe(asyncio.get_running_loop())
     try:
         while True:
-            line = await subscriber.queue.get()
+            try:
+                line = await asyncio.wait_for(subscriber.queue.get(), KEEPALIVE_S)
+            except TimeoutError:  # a long model wait or a quiet block: proxies keep the stream
+                yield ": keep-alive\n\n"
+                continue
             if line is None:
                 return
             subscriber.taken(line)

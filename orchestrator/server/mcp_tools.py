@@ -112,23 +112,26 @@ def build_mcp(resolve: Resolve) -> Any:
     async def execute(language: str, code: str, ctx: Context) -> str:
         """Run code in a fresh sandbox (language: python, javascript or shell) with the workdir
         at /workspace; returns the exit code, trimmed stdout/stderr and any limit hit."""
-        space = resolve(ctx)
+        space = await anyio.to_thread.run_sync(resolve, ctx)  # may make the user's sandbox
         return await anyio.to_thread.run_sync(execute_block, space, language, code)
 
     @server.tool()
     async def list_files(ctx: Context) -> str:
         """List the files of the workdir (name and size)."""
-        return await anyio.to_thread.run_sync(list_workdir, resolve(ctx))
+        space = await anyio.to_thread.run_sync(resolve, ctx)
+        return await anyio.to_thread.run_sync(list_workdir, space)
 
     @server.tool()
     async def read_file(path: str, ctx: Context) -> str:
         """Read a UTF-8 text file of the workdir (a path relative to it, at most 1 MiB)."""
-        return await anyio.to_thread.run_sync(read_workdir_file, resolve(ctx), path)
+        space = await anyio.to_thread.run_sync(resolve, ctx)
+        return await anyio.to_thread.run_sync(read_workdir_file, space, path)
 
     @server.tool()
     async def write_file(path: str, content: str, ctx: Context) -> str:
         """Write a text file in the workdir (a path relative to it; folders are made)."""
-        return await anyio.to_thread.run_sync(write_workdir_file, resolve(ctx), path, content)
+        space = await anyio.to_thread.run_sync(resolve, ctx)
+        return await anyio.to_thread.run_sync(write_workdir_file, space, path, content)
 
     return server
 

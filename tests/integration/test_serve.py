@@ -450,3 +450,32 @@ def test_mcp_over_http_needs_a_token_and_keeps_users_apart(server: OiServer) -> 
     )
     assert "alice's" not in anyio.run(call, "bob", "read_file", {"path": "secret.txt"})
     assert server.call("POST", "/mcp/", None, json={}).status_code == 401
+
+
+def test_tls_with_a_certificate_of_our_own(tmp_path: Path, model: FakeVllm) -> None:
+    import subprocess
+
+    import requests
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    running = start_server(
+        tmp_path,
+        model.base_url,
+        args=("--no-pool", "--tls-cert", str(cert), "--tls-key", str(key)),
+        scheme="https",
+    )
+    try:
+        reply = requests.get(
+            running.url + "/api/whoami", headers=running.headers("alice"), verify=str(cert)
+        )
+        assert reply.json()["user"] == "alice"
+        with pytest.raises(requests.ConnectionError):
+            requests.get(running.url.replace("https:", "http:") + "/healthz", timeout=2)
+    finally:
+        stop_server(running)

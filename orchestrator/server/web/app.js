@@ -230,7 +230,9 @@ async function follow(path, method, body) {
   } finally {
     setBusy(false);
     state.pending = null;
-    refreshSessions();
+    await refreshSessions();
+    const row = document.querySelector(`#sessions li.current .title`);
+    if (row) { $("session-title").replaceChildren(); putText($("session-title"), row.textContent); }
   }
 }
 
