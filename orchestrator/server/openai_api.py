@@ -173,21 +173,24 @@ def build_openai_router(hub: Hub, current_user: Any, *, auto_run: bool) -> APIRo
         text = last_user_text(body.messages)
         live = await asyncio.to_thread(session_for, user, x_oi_conversation or body.user)
 
-        def hint(sha256: str) -> str:
+        def hint(sha256: str, lead: str = "This block waits") -> str:
             return (
-                "\n\n**This block waits for your approval** (oi serve runs nothing without "
+                f"\n\n**{lead} for your approval** (oi serve runs nothing without "
                 f"it): open the web UI, session `{live.id}`, or POST "
                 f'/api/sessions/{live.id}/approval {{"action": "approve", "sha256": "{sha256}"}}.\n'
             )
 
-        reply = MarkdownReply(hint)
-        turn = live.start_turn(text)
+        waiting = live.turn.pending if live.turn is not None else None
+        if waiting is not None:  # say so again, rather than a 409 an OpenAI client cannot use
+            pieces = _say(hint(waiting.sha256, "A block of this conversation still waits"))
+        else:
+            pieces = _pieces(live.start_turn(text), MarkdownReply(hint))
         reply_id = "chatcmpl-oi-" + uuid.uuid4().hex[:16]
         created = int(time.time())
         headers = {"X-Oi-Session": live.id}
         if body.stream:
-            return _stream(turn, reply, reply_id, created, headers)
-        content = "".join([piece async for piece in _pieces(turn, reply)])
+            return _stream(pieces, reply_id, created, headers)
+        content = "".join([piece async for piece in pieces])
         return {
             "id": reply_id,
             "object": "chat.completion",
@@ -208,12 +211,16 @@ def build_openai_router(hub: Hub, current_user: Any, *, auto_run: bool) -> APIRo
     return router
 
 
+async def _say(text: str) -> AsyncIterator[str]:
+    yield text
+
+
 def _stream(
-    turn: Turn, reply: MarkdownReply, reply_id: str, created: int, headers: dict[str, str]
+    pieces: AsyncIterator[str], reply_id: str, created: int, headers: dict[str, str]
 ) -> StreamingResponse:
     async def body() -> AsyncIterator[str]:
         yield _chunk(reply_id, created, {"role": "assistant", "content": ""}, None)
-        async for piece in _pieces(turn, reply):
+        async for piece in pieces:
             yield _chunk(reply_id, created, {"content": piece}, None)
         yield _chunk(reply_id, created, {}, "stop")
         yield "data: [DONE]\n\n"

@@ -378,6 +378,20 @@ def test_openai_endpoint_without_auto_run_shows_where_to_approve(server: OiServe
     content = reply.choices[0].message.content or ""
     assert "waits for your approval" in content and "```shell\necho hi" in content
     assert "exit code" not in content  # nothing ran
+    # the same conversation asks again: it is told the block still waits, nothing else runs
+    again = client.chat.completions.create(
+        model="oi",
+        messages=[{"role": "user", "content": f"{RUN}shell\necho other"}],
+        extra_headers={"X-Oi-Conversation": "waiting-1"},
+    )
+    first = client.chat.completions.create(
+        model="oi",
+        messages=[{"role": "user", "content": f"{RUN}shell\necho first"}],
+        extra_headers={"X-Oi-Conversation": "waiting-1"},
+    )
+    assert "still waits for your approval" in (first.choices[0].message.content or "")
+    assert "echo first" not in (first.choices[0].message.content or "")
+    assert "waits for your approval" in (again.choices[0].message.content or "")
 
 
 # --- MCP ---------------------------------------------------------------------------------------
