@@ -233,7 +233,7 @@ def test_stop_kills_the_block_and_removes_its_container(
     browser.find_element(By.XPATH, "//button[starts-with(text(), 'Stop')]").click()
     assert wait_for(lambda: not server.containers(docker_client), timeout=15)
     assert time.monotonic() - started < 10
-    wait(browser, lambda d: "stopped" in text_of(d, ".conversation"))
+    wait(browser, lambda d: "stopped by you" in text_of(d, ".card .status"))
     screenshot(browser, "08-stopped")
 
 

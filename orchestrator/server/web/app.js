@@ -206,6 +206,7 @@ async function send(text) {
 // Read a stream of Server-Sent Events (fetch: EventSource cannot send the token in a header).
 async function follow(path, method, body) {
   setBusy(true);
+  state.stopping = false;
   state.reply = null;
   try {
     const reply = await api(method, path, body);
@@ -376,6 +377,7 @@ function cardFor(index) {
   return cards[cards.length - 1];
 }
 async function stopTurn() {
+  state.stopping = true;
   try { await api("POST", `/api/sessions/${q(state.session)}/stop`); } catch (err) { note("oi: " + err.message, "error"); }
 }
 
@@ -394,7 +396,7 @@ function output(ev) {
 function limitWords(ev) {
   const r = ev.result || {};
   const parts = [];
-  if (ev.interrupted) parts.push("stopped by you: the block was killed and its container removed");
+  if (ev.interrupted || state.stopping) parts.push("stopped by you: the block was killed and its container removed");
   if (ev.timed_out) parts.push("timed out (wall-clock limit)");
   if (ev.oom_killed) parts.push("killed: memory limit");
   if (r.workdir_overrun) parts.push("stopped: the workdir limit was reached");
