@@ -110,7 +110,6 @@ def start_server(
         name: add_user(users_file, name, limits)
         for name, limits in (users or {"alice": UserLimits(), "bob": UserLimits()}).items()
     }
-    port = free_port()
     workspaces = tmp_path / "workspaces"
     full_env = {
         **os.environ,
@@ -121,23 +120,32 @@ def start_server(
         **(env or {}),
     }
     full_env.pop("OI_SERVER_TOKEN", None)
-    log = tmp_path / f"server-{port}.log"
-    command = [OI, "serve", "--port", str(port), "--users", str(users_file)]
-    command += ["--workspaces", str(workspaces), "--timeout", "90", *args]
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(command, env=full_env, stdout=sink, stderr=subprocess.STDOUT)
-    server = OiServer(f"{scheme}://127.0.0.1:{port}", proc, workspaces, tokens, log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"oi serve exited {proc.returncode}: {log.read_text()}")
+    for _attempt in range(3):  # another process may take the free port before the server does
+        port = free_port()
+        log = tmp_path / f"server-{port}.log"
+        command = [OI, "serve", "--port", str(port), "--users", str(users_file)]
+        command += ["--workspaces", str(workspaces), "--timeout", "90", *args]
+        with log.open("wb") as sink:
+            proc = subprocess.Popen(command, env=full_env, stdout=sink, stderr=subprocess.STDOUT)
+        server = OiServer(f"{scheme}://127.0.0.1:{port}", proc, workspaces, tokens, log)
+        if _answers(server):
+            return server
+        stop_server(server)
+        if "address already in use" not in log.read_text():
+            break
+    raise AssertionError(f"oi serve did not answer: {log.read_text()}")
+
+
+def _answers(server: OiServer, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and server.proc.poll() is None:
         try:
-            if requests.get(server.url + "/healthz", timeout=1, verify=False).status_code == 200:
-                return server
+            reply = requests.get(server.url + "/healthz", timeout=1, verify=False)
+            if reply.status_code == 200:
+                return True
         except (requests.ConnectionError, requests.exceptions.SSLError):
             time.sleep(0.1)
-    stop_server(server)
-    raise AssertionError(f"oi serve did not answer: {log.read_text()}")
+    return False
 
 
 def stop_server(server: OiServer) -> None:
