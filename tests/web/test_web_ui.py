@@ -296,3 +296,21 @@ def test_measure_first_paint_and_token_to_screen(
 
 def test_artifacts_exist() -> None:
     assert Path(ARTIFACTS).is_dir()
+
+
+def test_the_ui_hides_exactly_what_the_terminal_hides(browser: Driver, server: OiServer) -> None:
+    """app.js mirrors safe_text.py: the same code points are shown as escapes."""
+    from orchestrator.safe_text import _HIDDEN
+
+    ranges = [(0, 0x3200), (0xD7F0, 0xE010), (0xFE00, 0x10000), (0x110B0, 0x110D0),
+              (0x13420, 0x13450), (0x1BC90, 0x1BCB0), (0x1D160, 0x1D190), (0xE0000, 0xE0200)]  # fmt: skip
+    points = [c for start, end in ranges for c in range(start, end)]
+    open_ui(browser, server)
+    in_browser = browser.execute_script(
+        "const re = new RegExp(window.oiHidden.source, 'u');"
+        "return arguments[0].filter(c => re.test(String.fromCodePoint(c)));",
+        points,
+    )
+    in_python = [c for c in points if c not in (0x0A, 0x09) and _HIDDEN.fullmatch(chr(c))]
+    assert set(in_browser) == set(in_python)
+    assert 0x202E in in_browser and 0x1B in in_browser and 0x41 not in in_browser
