@@ -8,7 +8,7 @@ COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 COMPOSE_ARGS := -p oi -f compose/docker-compose.yml $(if $(wildcard compose/.env),--env-file compose/.env)
 PYTEST_ARGS ?=
 
-.PHONY: setup venv engine compose-tools images test lint typecheck unit integration security bench up down demo clean help
+.PHONY: setup venv engine compose-tools images browser test lint typecheck unit integration security bench up down demo clean help
 
 help:
 	@echo "make demo    - replay a scripted CSV session in the sandbox into ./demo-out (no GPU)"
@@ -17,7 +17,7 @@ help:
 	@echo "make bench   - per-block latency: bare subprocess vs docker run vs oi"
 	@echo "make up/down - start/stop vLLM with Qwen3-4B-Instruct-2507 on a GPU (compose/, compose/.env)"
 
-setup: venv engine compose-tools images
+setup: venv engine compose-tools images browser
 
 compose-tools:
 	@bash scripts/ensure-compose.sh
@@ -37,6 +37,15 @@ engine:
 
 images: venv engine
 	@$(BIN)/oi images build
+
+# The web UI's tests drive Debian's chromium headless through chromium-driver (never a browser
+# download). Installed when missing, as root on Debian; otherwise say how.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium and chromium-driver (for the web UI tests)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else echo "the web UI tests need chromium and chromium-driver: sudo apt-get install chromium chromium-driver"; fi
 
 lint: venv
 	$(BIN)/ruff check .

@@ -517,9 +517,11 @@ def policy_show() -> None:
 def _register_extensions() -> None:
     from orchestrator.cli_batch import register  # noqa: PLC0415
     from orchestrator.cli_doctor import register as register_doctor  # noqa: PLC0415
+    from orchestrator.cli_serve import register as register_serve  # noqa: PLC0415
 
     register(app)
     register_doctor(app)
+    register_serve(app)
 
 
 _register_extensions()

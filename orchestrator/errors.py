@@ -18,9 +18,14 @@
     │   ├── ContextOverflowError    the conversation does not fit the model's context
     │   ├── ToolsUnsupportedError   the server refuses tool calls (auto falls back) [llm]
     │   └── MalformedReplyError     a reply not in OpenAI's streaming format        [llm]
-    └── RecordWriteError         a session record could not be written whole        (exit 1)
-                                 (disk full, quota, I/O error); the record is left
-                                 ending at a whole line
+    ├── RecordWriteError         a session record could not be written whole        (exit 1)
+    │                            (disk full, quota, I/O error); the record is left
+    │                            ending at a whole line
+    └── RequestError             ``oi serve`` refuses a request (``status``: 400-429)
+        ├── NotFoundError           no such session or file *for this user*        (404)
+        ├── ConflictError           not now: a turn runs, nothing waits, sha256 differs (409)
+        ├── TooLargeError           an upload over the user's limit                 (413)
+        └── LimitError              over the user's session limit                   (429)
 
 ``[llm]``: defined in ``orchestrator/llm/types.py``, beside the client that raises them.
 Failed *user code* is never an exception: it is data in an ``ExecResult``.
@@ -103,3 +108,34 @@ class RecordWriteError(OiError):
         super().__init__(message)
         self.path = path
         self.record_type = record_type
+
+
+class RequestError(OiError):
+    """A request ``oi serve`` refuses; ``status`` is the HTTP status it answers with."""
+
+    status = 400
+
+
+class NotFoundError(RequestError):
+    """No such session or file for this user (another user's ids answer the same)."""
+
+    status = 404
+
+
+class ConflictError(RequestError):
+    """The session is not in a state to do this (a turn runs, nothing awaits approval, the
+    sha256 named is not the code waiting)."""
+
+    status = 409
+
+
+class TooLargeError(RequestError):
+    """An upload over the user's size limit."""
+
+    status = 413
+
+
+class LimitError(RequestError):
+    """Over one of the user's limits (open sessions)."""
+
+    status = 429

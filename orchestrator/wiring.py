@@ -20,7 +20,7 @@ from orchestrator.llm.client import ModelClient
 from orchestrator.llm.instructions import Instructions
 from orchestrator.llm.slots import BoundedModel, ModelSlots
 from orchestrator.loading import Loaded
-from orchestrator.protocols import ChatModel
+from orchestrator.protocols import BlockRunner, ChatModel
 from orchestrator.records import RECORD_VERSION
 from orchestrator.sandbox.config import SandboxConfig
 from orchestrator.sandbox.container import new_session_id
@@ -221,6 +221,8 @@ def open_session(
     relocate_hint: str | None = None,
     env_root: Path | None = None,
     on_model_wait: Callable[[str], None] | None = None,
+    wrap_runner: Callable[[BlockRunner], BlockRunner] | None = None,
+    audit_user: str | None = None,
 ) -> Opened:
     """Sandbox, model client and record from ``loaded``.
 
@@ -231,7 +233,8 @@ def open_session(
     environment elsewhere than the data dir's ``envs`` (batch keeps it with the task).
     ``on_model_wait`` is told when a model request waits for a slot (``max_model_requests``).
     Standing instructions too large for the model's context are refused here, before anything
-    runs.
+    runs. A server passes ``wrap_runner`` (its per-user block gate around the sandbox) and
+    ``audit_user`` (who the audit log names).
     """
     settings = loaded.settings
     model = model or bounded_model(settings, on_model_wait)
@@ -252,11 +255,10 @@ def open_session(
     else:
         transcript = Transcript.create(settings.sessions_dir, session_id)
     try:
-        sandbox = Sandbox.from_config(
-            session_config(loaded, session_id, env_root),
-            session_id=session_id,
-            client=docker_client,
-        )
+        config = session_config(loaded, session_id, env_root)
+        if audit_user is not None:
+            config = dataclasses.replace(config, audit_user=audit_user)
+        sandbox = Sandbox.from_config(config, session_id=session_id, client=docker_client)
         try:
             record_header(
                 transcript,
@@ -267,7 +269,7 @@ def open_session(
             )
             session = Session(
                 model=model,
-                runner=sandbox,
+                runner=wrap_runner(sandbox) if wrap_runner else sandbox,
                 settings=settings,
                 transcript=transcript,
                 history=history,

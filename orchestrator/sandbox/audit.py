@@ -1,6 +1,7 @@
 """The audit trail: one structlog JSON line per block, for admins of shared servers.
 
-Each line says who ran what where and how it ended: user, session, code sha256, language,
+Each line says who ran what where and how it ended: user (and ``server_user``, the user of
+``oi serve`` a block ran for), session, code sha256, language,
 image, limits, network tier, runtime, outcome, duration. Nothing secret goes in: no code, no
 output, no environment values. The file is opened append-only and never through a symlink.
 """
@@ -28,8 +29,9 @@ def _user_name(uid: int) -> str:
 class AuditLog:
     """Appends audit records to ``path`` (created 0640 if missing)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, server_user: str = "") -> None:
         self.path = path
+        self.server_user = server_user  # oi serve's user, who the block ran for
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,6 +55,8 @@ class AuditLog:
     def block(self, **record: Any) -> None:
         """One line for one block (see the module docstring for the fields)."""
         uid = int(record.pop("uid", os.getuid()))
+        if self.server_user:
+            record["server_user"] = self.server_user
         self._logger.info("block", uid=uid, user=_user_name(uid), **record)
 
     def close(self) -> None:

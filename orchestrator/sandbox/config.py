@@ -65,6 +65,7 @@ class SandboxConfig:
     image_prefix: str = "oi-sandbox"
     base_image: str = "debian:bookworm-slim"
     audit_log: Path | None = None
+    audit_user: str = ""  # a server's own user (oi serve), named in the audit log beside the uid
     quota_per_user: int | None = None
     quota_total: int | None = None
     # The session's environment (session_env.py): a host folder mounted at /oi/env, chosen by

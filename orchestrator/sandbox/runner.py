@@ -189,7 +189,9 @@ class Sandbox:
             ImageCatalog(client, prefix=config.image_prefix, base_image=config.base_image),
             identity,
             session_id=session_id,
-            audit=AuditLog(config.audit_log) if config.audit_log else None,
+            audit=AuditLog(config.audit_log, server_user=config.audit_user)
+            if config.audit_log
+            else None,
             quota=None if caps.unlimited else QuotaGate(client, caps, identity.owner_uid),
             watchdog=process_watchdog(),
         )

@@ -55,6 +55,9 @@ LAYERS: dict[str, int] = {
     "orchestrator.cli_batch": 6,
     "orchestrator.cli_replay": 6,
     "orchestrator.cli_doctor": 6,
+    "orchestrator.cli_serve": 6,
+    # 6: the HTTP server and MCP (adapters like the command line)
+    "orchestrator.server": 6,
 }
 
 
