@@ -206,14 +206,15 @@ def test_approval_names_the_sha256_shown_edit_and_deny(server: OiServer) -> None
 
 
 def normalised(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Events without what differs between two runs (times, containers, the workdir, and the
-    token counts, since the system prompt names the workdir)."""
+    """Events without what differs between two runs (times, containers, the workdir, the
+    session id, and the token counts, since the system prompt names the workdir)."""
     out = []
     for raw in events:
         event = raw
         if event["event"] in ("usage", "end"):
             event = {k: v for k, v in event.items() if "tokens" not in k}
-        event = {k: v for k, v in event.items() if k not in ("seconds", "duration_s", "result")}
+        volatile = ("seconds", "duration_s", "result", "session_id")
+        event = {k: v for k, v in event.items() if k not in volatile}
         if "sandbox" in event:
             event["sandbox"] = {k: v for k, v in event["sandbox"].items() if k != "workdir"}
         last = out[-1] if out else {}

@@ -139,8 +139,10 @@ def test_05_mount_and_unshare_fail(make_sandbox: SandboxFactory, isolation: str)
         isolation,
         "sh",
         "mount -t tmpfs none /mnt && echo MOUNTED; unshare -Ur true && echo UNSHARED; "
-        "unshare -m true && echo UNSHARED_M; true",
+        "unshare -m true && echo UNSHARED_M; echo PROBED",
     )
+    assert "PROBED" in result.stdout, result  # positive control: the probe itself ran
+    assert "mount" in result.stderr.lower(), result  # and mount said why it could not
     assert "MOUNTED" not in result.stdout
     if isolation == "runc":
         assert "UNSHARED" not in result.stdout
@@ -155,8 +157,10 @@ def test_06_proc_is_protected(make_sandbox: SandboxFactory, isolation: str) -> N
         "sh",
         "echo '|/tmp/x' > /proc/sys/kernel/core_pattern && echo WROTE; "
         "head -c 16 /proc/kcore > /dev/null && echo READ_KCORE; "
-        "echo 1 > /proc/sysrq-trigger && echo SYSRQ; true",
+        "echo 1 > /proc/sysrq-trigger && echo SYSRQ; head -c 5 /proc/self/status && echo",
     )
+    assert result.stdout.startswith("Name:"), result  # positive control: /proc is there
+    assert result.stderr.strip(), result  # each write and read said why it failed
     for marker in ("WROTE", "READ_KCORE", "SYSRQ"):
         assert marker not in result.stdout
 
@@ -165,9 +169,12 @@ def test_07_host_processes_are_invisible(make_sandbox: SandboxFactory, isolation
     marker = subprocess.Popen(["sleep", "4242.25"])
     try:
         result = run(make_sandbox, isolation, "sh", "ps -eo pid,args")
+        host = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True)
     finally:
         marker.kill()
         marker.wait()
+    assert "4242.25" in host.stdout  # positive control: ps shows it where it is visible
+    assert "ps -eo pid,args" in result.stdout, result  # and ps ran in the sandbox
     assert "4242.25" not in result.stdout
     assert "dockerd" not in result.stdout
     assert len(result.stdout.strip().splitlines()) < 10

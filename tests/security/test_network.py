@@ -197,7 +197,19 @@ def test_proxy_logs_each_decision_and_goes_away_with_its_session(
     assert docker_client.api.networks(names=[network]) == []
 
 
+def pypi_reachable() -> bool:
+    """Whether this machine reaches the package index at all (the one outside host the
+    tests use, and only for an install)."""
+    try:
+        socket.create_connection(("pypi.org", 443), timeout=5).close()
+    except OSError:
+        return False
+    return True
+
+
 def test_31_real_install_from_the_package_index(make_sandbox: SandboxFactory) -> None:
+    if not pypi_reachable():
+        pytest.skip("pypi.org:443 does not answer from this machine: no real install to try")
     sandbox = make_sandbox(network="allowlist", allow_hosts=["pypi"], timeout=180)
     try:
         result = sandbox.run(

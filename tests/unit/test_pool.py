@@ -250,8 +250,12 @@ def test_take_waits_for_a_container_being_started(
     got: list[FakeLive | None] = []
     taker = threading.Thread(target=lambda: got.append(pool.take(spec)))
     taker.start()
-    time.sleep(0.1)
-    assert not got  # still waiting for the start
+    # The taker has the slot (it left the shape) and waits on its start, held at the gate.
+    deadline = time.monotonic() + 5
+    while pool._shapes[shape_key(spec)].slots and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert not pool._shapes[shape_key(spec)].slots
+    assert launcher.entered == 1 and taker.is_alive() and not got  # still waiting for the start
     launcher.gate.set()
     taker.join(5)
     assert got and got[0] is not None and got[0].id == "c0"
