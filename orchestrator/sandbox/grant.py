@@ -10,7 +10,8 @@ both runtimes. The grant gives every folder and regular file of the workdir the 
 ``SANDBOX_GID`` (a gid no group has: nobody else gains anything) and group read/write (and
 search/execute where the owner has it). Owners are unchanged, so ``git`` still sees root's
 repository; ``git`` does not track groups or group write. Symlinks are never followed, and
-FIFOs, sockets, devices and setuid/setgid files are left alone.
+FIFOs, sockets, devices, setuid/setgid files and files with more than one hard link (the same
+file may have a name outside the workdir) are left alone.
 
 Files a block creates belong to ``SANDBOX_UID``; root can read and change them as ever.
 Granting is idempotent: a later session finds the workdir granted and changes nothing.
@@ -140,6 +141,11 @@ def _grant(
     result.entries += 1
     if not directory and info.st_mode & _SETID:
         result.skipped += 1  # a change of group would clear the bits: not ours to decide
+        return
+    if not directory and info.st_nlink > 1:
+        # The same file under another name, maybe outside the workdir (a hard link made by
+        # root): giving it to the group would reach there too.
+        result.skipped += 1
         return
     mode = granted_mode(info.st_mode, directory=directory)
     if info.st_gid == gid and stat.S_IMODE(info.st_mode) == mode:

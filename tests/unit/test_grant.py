@@ -55,6 +55,9 @@ def test_grant_gives_folders_and_files_the_group_and_nothing_else(tmp_path: Path
     setuid = work / "tool"
     setuid.write_text("")
     setuid.chmod(0o4755)
+    elsewhere = outside / "linked"
+    elsewhere.write_text("outside the workdir")
+    os.link(elsewhere, work / "hardlink")  # one file, a name outside too
 
     result = grant_workdir(work)
 
@@ -71,7 +74,8 @@ def test_grant_gives_folders_and_files_the_group_and_nothing_else(tmp_path: Path
     assert outside.lstat().st_gid != SANDBOX_GID
     assert (work / "fifo").lstat().st_gid != SANDBOX_GID  # nor FIFOs opened
     assert mode(setuid) == 0o4755 and setuid.lstat().st_gid != SANDBOX_GID  # left alone
-    assert (result.changed, result.skipped) == (4, 1)
+    assert elsewhere.lstat().st_gid != SANDBOX_GID and mode(elsewhere) == 0o644  # and this
+    assert (result.changed, result.skipped) == (4, 2)
 
     again = grant_workdir(work)
     assert again.changed == 0 and again.entries == result.entries  # idempotent
