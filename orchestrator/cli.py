@@ -170,10 +170,22 @@ def _report_limits(result: ExecResult, loaded: Loaded) -> None:
 # --- oi run / oi chat ---------------------------------------------------------------------------
 
 
+def _preload_wiring() -> None:
+    """Start importing the session's modules (the openai SDK above all: most of oi's start-up)
+    on a thread, so the settings files and the Docker engine are read meanwhile."""
+    import importlib  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    threading.Thread(
+        target=importlib.import_module, args=("orchestrator.wiring",), daemon=True
+    ).start()
+
+
 def _open(loaded: Loaded, resume: str | None = None) -> Opened:
+    client = docker_client()  # while the session's modules load (``_preload_wiring``)
     from orchestrator.wiring import open_session  # noqa: PLC0415
 
-    opened = open_session(loaded, resume=resume, docker_client=docker_client(), on_model_wait=say)
+    opened = open_session(loaded, resume=resume, docker_client=client, on_model_wait=say)
     if opened.sandbox.identity.warning:
         say(opened.sandbox.identity.warning, "yellow")
     return opened
@@ -224,14 +236,15 @@ def run_command(
     Exit codes: 0 finished, 1 model or Docker unreachable, 2 bad usage or config,
     3 stopped (max turns, you quit, the loop guard, Ctrl-C).
     """
-    from orchestrator.wiring import announce_project_instructions  # noqa: PLC0415
-
+    _preload_wiring()
     with errors():
         session_id = ""
         try:
             with _open(load_flags(flags)) as opened:
                 session_id = opened.session_id
                 renderer = _renderer(as_json, markdown=False)
+                from orchestrator.wiring import announce_project_instructions  # noqa: PLC0415
+
                 render = announce_project_instructions(renderer.render, opened.session.instructions)
                 status = _drive_terminal(opened.session.send(task), renderer, render)
         finally:
@@ -258,8 +271,8 @@ def chat_command(
     In the chat, %help lists the commands (%save, %undo, %tokens, %auto on|off, ...).
     """
     from orchestrator.chat import chat_loop  # noqa: PLC0415
-    from orchestrator.wiring import announce_project_instructions  # noqa: PLC0415
 
+    _preload_wiring()
     with errors():
         loaded = load_flags(flags)
         if resume:
@@ -279,6 +292,8 @@ def chat_command(
                 )
             plain("type a task, %help for commands, Ctrl-D to leave")
             session = opened.session
+            from orchestrator.wiring import announce_project_instructions  # noqa: PLC0415
+
             render = announce_project_instructions(renderer.render, session.instructions)
             chat_loop(session, lambda text: _drive_terminal(session.send(text), renderer, render))
         say(f"session {opened.session_id}", "dim")
