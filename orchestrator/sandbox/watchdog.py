@@ -96,10 +96,20 @@ def _launch() -> subprocess.Popen[bytes]:
 
     pid = os.getpid()
     return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.sandbox.watchdog", str(pid), process_start_time(pid)],
+        # -I: isolated, and started in /: nothing of the current folder (a repository, a
+        # block's workdir) or of PYTHON* variables can stand in for a module it imports.
+        [
+            sys.executable,
+            "-I",
+            "-m",
+            "orchestrator.sandbox.watchdog",
+            str(pid),
+            process_start_time(pid),
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        cwd="/",
         start_new_session=True,  # not in oi's process group: Ctrl-C and kill -PGID miss it
         close_fds=True,
     )
