@@ -489,3 +489,91 @@ def test_another_user_cannot_stop_oi_by_squatting_its_run_folder(
     finally:
         rm_rf(scratch)
         subprocess.run(["userdel", attacker], check=False, capture_output=True)
+
+
+# --- 7. the watchdog is imported from the working directory ---------------------------------
+
+WATCHDOG_TROJAN = (
+    "import os\n"
+    "open({marker!r}, 'w').write(f'uid={{os.getuid()}} key={{os.environ.get(\"OI_API_KEY\")}}')\n"
+)
+
+
+def plant_package(root: Path, marker: Path) -> None:
+    """``orchestrator/sandbox/watchdog.py`` below ``root``: what ``python -m
+    orchestrator.sandbox.watchdog`` imports when ``root`` is its working directory."""
+    package = root / "orchestrator" / "sandbox"
+    package.mkdir(parents=True)
+    (root / "orchestrator" / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "watchdog.py").write_text(WATCHDOG_TROJAN.format(marker=str(marker)))
+
+
+def test_a_repository_file_never_runs_on_the_host(
+    tmp_path: Path, workdir: Path, docker_client: docker.DockerClient
+) -> None:
+    """oi starts its watchdog as ``sys.executable -m orchestrator.sandbox.watchdog`` in oi's
+    own working directory - the workdir, a cloned repository - and ``python -m`` puts that
+    directory first on ``sys.path``. A repository holding ``orchestrator/sandbox/watchdog.py``
+    therefore runs its code on the host, outside every sandbox, as the user oi runs as (root
+    in CI) with oi's environment (its API key), as soon as the first block starts. Safe:
+    nothing of the workdir is imported on the host (positive control: the block ran)."""
+    marker = tmp_path / "host-pwned"
+    plant_package(workdir, marker)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OI_")}
+    env.update(OI_API_KEY="sk-canary-api-key", XDG_DATA_HOME=str(tmp_path / "data"))
+    proc = subprocess.Popen(
+        [OI, "exec", "sh"], cwd=workdir, env=env, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate("echo the block ran\n", timeout=120)
+    finally:
+        for container in docker_client.api.containers(
+            all=True, filters={"label": f"oi.pid={proc.pid}"}
+        ):
+            docker_client.api.remove_container(container["Id"], force=True)
+    assert "the block ran" in out, (out, err)
+    if not marker.exists():  # the watchdog may still be starting
+        subprocess.run(["sleep", "1"], check=False)
+    assert not marker.exists(), (
+        "a file of the repository ran on the host as the watchdog: " + marker.read_text()
+    )
+
+
+def test_a_block_cannot_plant_code_that_a_later_oi_runs_on_the_host(
+    fake_vllm: FakeVllm, tmp_path: Path, workdir: Path
+) -> None:
+    """The same import, reached from inside the sandbox: a block writes
+    ``/workspace/orchestrator/sandbox/watchdog.py`` (the workdir is read-write, and as root it
+    is granted to the block's uid). The next ``oi run`` in that folder imports it as its
+    watchdog: the block's code leaves the sandbox and runs on the host as root. Safe: the
+    second session's block runs and nothing of the first block runs on the host."""
+    marker = tmp_path / "escaped"
+    source = WATCHDOG_TROJAN.format(marker=str(marker))
+    escape = (
+        "import os\n"
+        "os.makedirs('orchestrator/sandbox', exist_ok=True)\n"
+        "for name in ('orchestrator/__init__.py', 'orchestrator/sandbox/__init__.py'):\n"
+        "    open(name, 'w').close()\n"
+        f"open('orchestrator/sandbox/watchdog.py', 'w').write({source!r})\n"
+        "print('written')\n"
+    )
+    env = model_env(fake_vllm, tmp_path, OI_API_KEY="sk-canary-api-key")
+    fake_vllm.script(fenced("python", escape), Reply(text="Done."))
+    first = oi("run", "tidy up", "-y", env=env, cwd=workdir)
+    assert first.returncode == 0, first.stderr
+    assert (workdir / "orchestrator" / "sandbox" / "watchdog.py").exists()
+    marker.unlink(missing_ok=True)  # only what the next oi does counts
+
+    fake_vllm.script(fenced("python", BENIGN), Reply(text="Done."))
+    second = oi("run", "say hello", env=env, cwd=workdir, stdin="y\n")
+    assert second.returncode == 0, second.stderr
+    result = json.dumps(fake_vllm.chat_requests[-1]["messages"][-1])
+    assert "hello from the approved block" in result, result
+    if not marker.exists():
+        subprocess.run(["sleep", "1"], check=False)
+    assert not marker.exists(), (
+        "code a block wrote into the workdir ran on the host (as the watchdog of the next "
+        "oi): " + marker.read_text()
+    )
