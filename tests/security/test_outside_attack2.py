@@ -577,3 +577,161 @@ def test_a_block_cannot_plant_code_that_a_later_oi_runs_on_the_host(
         "code a block wrote into the workdir ran on the host (as the watchdog of the next "
         "oi): " + marker.read_text()
     )
+
+
+# --- 8. the admin guide's sudo rule makes every user one ------------------------------------
+
+
+def test_behind_the_admin_guides_sudo_rule_users_do_not_share_sessions(
+    fake_vllm: FakeVllm, tmp_path: Path
+) -> None:
+    """The admin guide: "Let them run oi through a sudo rule for a dedicated account that is
+    in [the docker group], e.g. ``%oi-users ALL=(oi-runner) NOPASSWD: /usr/local/bin/oi``".
+    Then every user's oi runs as ``oi-runner``, with one data dir: bob lists alice's sessions
+    (their tasks), reads their records (every block's output) with ``oi sessions show``,
+    resumes them with ``--resume`` (her workdir mounted read-write in his blocks, her
+    environment and Python state restored), although checklist 27/46 promise that one user
+    never reads another's workdir, environment or snapshots. sudo tells oi who called it
+    (``SUDO_UID``/``SUDO_USER``, which the user cannot set through the rule); oi ignores it.
+    Here both run as this test's uid with sudo's variables. Safe: bob does not see alice's
+    session (positive control: alice does)."""
+    base = tmp_path / "oi-runner"
+    (base / "work").mkdir(parents=True)
+    runner = model_env(fake_vllm, base)
+
+    def as_caller(name: str, uid: int) -> dict[str, str]:
+        return {**runner, "COLUMNS": "200", "SUDO_USER": name, "SUDO_UID": str(uid), "SUDO_GID": str(uid),
+                "SUDO_COMMAND": "/usr/local/bin/oi"}  # fmt: skip
+
+    fake_vllm.script(Reply(text="Your salary review notes are summarised."))
+    task = "summarise alice-private-salary-review.txt"
+    alice = oi("run", task, "--workdir", str(base / "work"), env=as_caller("alice", 5001))
+    assert alice.returncode == 0, alice.stderr
+    mine = oi("sessions", "list", env=as_caller("alice", 5001))
+    assert "alice-private" in mine.stdout, mine.stdout  # positive control
+    theirs = oi("sessions", "list", env=as_caller("bob", 5002))
+    assert "alice-private" not in theirs.stdout, (
+        "behind the sudo rule bob lists (and can show and resume) alice's session:\n"
+        + theirs.stdout
+    )
+
+
+# --- 9. a block redirects a mount the user named to another host folder ----------------------
+
+REDIRECT = "rm -rf /workspace/data && ln -s {target} /workspace/data && echo redirected"
+WRITE_MOUNT = "echo from-the-sandbox > /mnt/data/planted && echo wrote"
+
+
+@NEEDS_ROOT
+def test_a_block_cannot_point_a_named_mount_at_another_host_folder(
+    docker_client: docker.DockerClient, local_user: tuple[str, int, int]
+) -> None:
+    """The user mounts a folder of the project read-write (``--mount data:rw``, say in a
+    profile; relative to the workdir). A block replaces ``data`` with a symlink to any folder
+    of the user's (here: a stand-in for ``~/.local/bin``; anything but $HOME itself and
+    ~/.ssh, ~/.aws, ~/.gnupg, ~/.docker, ~/.kube, ~/.config, ~/.azure is allowed). The next
+    session resolves the symlink (``parse_mount`` calls ``resolve()``) and mounts *that*
+    folder read-write: the block writes programs onto the user's PATH on the host. (Blocks
+    run as the workdir's owner here, as for any non-root user; read-only mounts leak the same
+    way.) Safe: the mount is refused, or is the folder the user named (positive control: with
+    a real ``data`` folder the block writes there)."""
+    _name, uid, gid = local_user
+    scratch = Path(tempfile.mkdtemp(prefix="oi-attack2-", dir="/var/tmp"))
+    sessions: list[Sandbox] = []
+    try:
+        scratch.chmod(0o755)
+        work, victim = scratch / "work", scratch / "home-local-bin"
+        for folder in (work, work / "data", victim):
+            folder.mkdir()
+            os.chown(folder, uid, gid)
+
+        def session() -> Sandbox:
+            config = make_config(workdir=work, pool=False, mounts=[f"{work}/data:/mnt/data:rw"])
+            box = Sandbox.from_config(config, session_id="test-" + uuid.uuid4().hex[:10],
+                                      client=docker_client)  # fmt: skip
+            sessions.append(box)
+            return box
+
+        first = session()
+        assert first.identity.uid == uid and not first.identity.grant
+        assert "wrote" in first.run("sh", WRITE_MOUNT).stdout  # positive control
+        assert (work / "data" / "planted").exists()
+        assert "redirected" in first.run("sh", REDIRECT.format(target=victim)).stdout
+        first.close()
+
+        try:
+            later = session().run("sh", WRITE_MOUNT)
+        except Exception as refused:  # an oi error naming the link is a safe answer
+            later = refused
+        assert not (victim / "planted").exists(), (
+            f"the next session mounted {victim} (where the block's symlink led) read-write in "
+            f"place of {work}/data, and the block wrote into it: {later}"
+        )
+    finally:
+        for box in sessions:
+            box.close()
+            for container in docker_client.api.containers(
+                all=True, filters={"label": f"oi.session={box.session_id}"}
+            ):
+                docker_client.api.remove_container(container["Id"], force=True)
+        rm_rf(scratch)
+
+
+@NEEDS_ROOT
+def test_roots_grant_never_reaches_past_a_link_in_a_mount_path(
+    docker_client: docker.DockerClient,
+) -> None:
+    """As root in root's folder the workdir and ``--mount ...:rw`` folders are granted to the
+    sandbox's group *before* the mounts are checked, and the grant opens the mount path with
+    O_NOFOLLOW on its last component only. A block makes ``data`` (named in the user's
+    ``--mount data/cache:rw``) a symlink to, here, a stand-in for ``/var``: the next session
+    gives every file of ``/var/cache`` group 2000000000 and group write, then mounts it
+    read-write (``/var`` is not among the refused system folders), and the block rewrites
+    root's files there (``/var/cache/apt/archives/*.deb``, or ``/usr/local`` + ``bin``).
+    Safe: nothing outside the named folder changes (positive control: the named folder is
+    granted and written)."""
+    scratch = Path(tempfile.mkdtemp(prefix="oi-attack2-", dir="/var/tmp"))
+    sessions: list[Sandbox] = []
+    try:
+        scratch.chmod(0o755)
+        work = scratch / "work"
+        (work / "data" / "cache").mkdir(parents=True)
+        var = scratch / "var"  # stands in for /var
+        (var / "cache").mkdir(parents=True)
+        secret = var / "cache" / "root-only.deb"
+        secret.write_text("root's package\n")
+        secret.chmod(0o600)
+
+        def session() -> Sandbox:
+            config = make_config(
+                workdir=work, pool=False, mounts=[f"{work}/data/cache:/mnt/data:rw"]
+            )
+            box = Sandbox.from_config(config, session_id="test-" + uuid.uuid4().hex[:10],
+                                      client=docker_client)  # fmt: skip
+            sessions.append(box)
+            return box
+
+        first = session()
+        assert first.identity.grant  # root, root's folder
+        assert "wrote" in first.run("sh", WRITE_MOUNT).stdout  # positive control
+        assert "redirected" in first.run("sh", REDIRECT.format(target=var)).stdout
+        first.close()
+
+        try:
+            later: object = session().run("sh", WRITE_MOUNT + " && cat /mnt/data/root-only.deb")
+        except Exception as refused:
+            later = refused
+        info = secret.stat()
+        assert (info.st_gid, stat.S_IMODE(info.st_mode)) == (0, 0o600), (
+            f"root's file outside the workdir was granted to the sandbox: gid {info.st_gid}, "
+            f"mode {oct(stat.S_IMODE(info.st_mode))}"
+        )
+        assert not (var / "cache" / "planted").exists(), f"the block wrote there: {later}"
+    finally:
+        for box in sessions:
+            box.close()
+            for container in docker_client.api.containers(
+                all=True, filters={"label": f"oi.session={box.session_id}"}
+            ):
+                docker_client.api.remove_container(container["Id"], force=True)
+        rm_rf(scratch)
