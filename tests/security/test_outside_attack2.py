@@ -735,3 +735,57 @@ def test_roots_grant_never_reaches_past_a_link_in_a_mount_path(
             ):
                 docker_client.api.remove_container(container["Id"], force=True)
         rm_rf(scratch)
+
+
+# --- 10. root's grant changes files outside the workdir that share an inode with it ----------
+
+
+@NEEDS_ROOT
+def test_roots_grant_leaves_files_hard_linked_from_outside_alone(
+    make_sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """``git clone /some/local/repo work`` hard-links the clone's ``.git/objects`` to the
+    source repository's (as ``cp -al`` and pnpm's global store do for their files). As root
+    in that clone, the grant gives every regular file group 2000000000 and group write -
+    also these shared inodes, so the source repository's objects (0444, root's, outside the
+    workdir) become writable by every block, and a block rewrites them: the repository that
+    root builds from elsewhere is changed. Safe: a file whose inode other paths share is left
+    as it is (as setuid files are), so the block cannot write it (positive control: the
+    block writes the clone's own new files)."""
+    source, work = tmp_path / "source", tmp_path / "clone"
+    git = ["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q", str(source)], check=True)
+    (source / "build.sh").write_text("echo building\n")
+    subprocess.run([*git, "-C", str(source), "add", "build.sh"], check=True)
+    subprocess.run([*git, "-C", str(source), "commit", "-qm", "one"], check=True)
+    subprocess.run(["git", "clone", "-q", str(source), str(work)], check=True)
+    shared = [p for p in (source / ".git" / "objects").rglob("*") if p.is_file()]
+    shared = [p for p in shared if p.stat().st_nlink > 1]
+    assert shared, "git did not hard-link the clone's objects"
+    before = {p: (p.read_bytes(), p.stat().st_gid, stat.S_IMODE(p.stat().st_mode)) for p in shared}
+
+    box = make_sandbox(workdir=work, pool=False)
+    assert box.identity.grant
+    tamper = (
+        "import glob, os\n"
+        "hit = 0\n"
+        "for path in glob.glob('.git/objects/??/*'):\n"
+        "    try:\n"
+        "        open(path, 'ab').write(b'tampered')\n"
+        "        hit += 1\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "open('new-file', 'w').write('mine')\n"
+        "print('tampered', hit)\n"
+    )
+    result = box.run("python", tamper)
+    assert (work / "new-file").read_text() == "mine", result  # positive control
+    changed = [
+        str(p.relative_to(source))
+        for p, (data, gid, mode) in before.items()
+        if (p.read_bytes(), p.stat().st_gid, stat.S_IMODE(p.stat().st_mode)) != (data, gid, mode)
+    ]
+    assert not changed, (
+        f"files of {source} (outside the workdir) were granted to the sandbox and rewritten "
+        f"by a block through the clone's hard links: {changed} ({result.stdout.strip()})"
+    )
