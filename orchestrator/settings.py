@@ -33,7 +33,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from orchestrator.paths import xdg_dir
+from orchestrator.paths import invoking_uid, xdg_dir
 from orchestrator.sandbox.config import (
     DEFAULTS,
     Isolation,
@@ -68,7 +68,12 @@ def user_config_path() -> Path:
 
 
 def default_data_dir() -> Path:
-    return xdg_dir("XDG_DATA_HOME", ".local/share") / "oi"
+    """``$XDG_DATA_HOME/oi``; under sudo for someone else, one folder per calling user below
+    it, so users of a shared account (the admin guide's sudo rule) never see each other's
+    sessions, records or environments."""
+    base = xdg_dir("XDG_DATA_HOME", ".local/share") / "oi"
+    caller = invoking_uid()
+    return base if caller == os.geteuid() else base / "users" / str(caller)
 
 
 def project_config_path() -> Path:

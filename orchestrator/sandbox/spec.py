@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ConfigError
 from orchestrator.languages import Language
+from orchestrator.paths import invoking_uid
 from orchestrator.sandbox.bootstrap import ENV_DIR, START_DIR, bootstrap_command
 from orchestrator.sandbox.config import SandboxConfig
 from orchestrator.sandbox.grant import SANDBOX_GID, SANDBOX_UID
@@ -406,7 +407,7 @@ def current_identity(workdir: Path) -> Identity:
     """The identity of this oi process for a given workdir (reads the process and the fs)."""
     st = workdir.stat()
     pid = os.getpid()
-    return resolve_identity(
+    identity = resolve_identity(
         uid=os.getuid(),
         gid=os.getgid(),
         workdir_uid=st.st_uid,
@@ -414,3 +415,6 @@ def current_identity(workdir: Path) -> Identity:
         pid=pid,
         pid_start=process_start_time(pid),
     )
+    # Quotas and the audit log count the person who asked (sudo's caller under the admin
+    # guide's shared account), not the account oi runs as.
+    return replace(identity, owner_uid=invoking_uid())
