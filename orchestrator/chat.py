@@ -16,6 +16,7 @@ CHAT_HELP = """commands:
   %tokens         tokens used so far
   %auto on|off    run blocks without asking (sandboxed) / ask again
   %save FILE      save the conversation as markdown
+  %image FILE     send an image with your next message (with --vision)
   %help           this help
   exit, quit, Ctrl-D   leave (Ctrl-C stops a running block or reply)"""
 
@@ -77,6 +78,9 @@ def chat_command(session: Session, text: str) -> None:
         with errors_in_chat():
             path = save_markdown(session.messages, Path(argument))
             plain(f"saved to {path}")
+    elif command == "%image" and argument:
+        with errors_in_chat():
+            plain(f"with your next message: {session.images.queue(Path(argument)).describe()}")
     elif command == "%help":
         err_console.print(CHAT_HELP, markup=False)
     else:

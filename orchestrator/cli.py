@@ -198,6 +198,10 @@ def run_command(
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON event per line on stdout.")
     ] = False,
+    images: Annotated[
+        list[Path] | None,
+        typer.Option("--image", help="An image sent with the task (repeatable; implies --vision)."),
+    ] = None,
     *,
     flags: SettingFlags,
 ) -> None:
@@ -207,7 +211,9 @@ def run_command(
     (max turns, quit, loop guard, Ctrl-C).
     """
     with errors():
-        with _open(load_flags(flags)) as opened:
+        with _open(load_flags(flags, vision=True if images else None)) as opened:
+            for image in images or []:
+                opened.session.images.queue(image)
             status = _drive_terminal(opened.session.send(task), _renderer(as_json, markdown=False))
         if not as_json:
             say(f"session {opened.session_id} (oi sessions show {opened.session_id})", "dim")

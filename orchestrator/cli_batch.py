@@ -67,7 +67,7 @@ _MARKS = {
 }
 BATCH_FLAGS = (
     *MODEL_FLAGS, "max_model_len", *LIMIT_FLAGS, "network", "allow_host", "isolation", "env",
-    "no_pool",
+    "no_pool", "toolbox",
 )  # fmt: skip
 REPLAY_FLAGS = ("memory", "timeout", "network", "allow_host", "isolation", "env", "no_pool")
 

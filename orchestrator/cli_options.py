@@ -65,7 +65,11 @@ NetworkOpt = Annotated[
 AllowHostOpt = Annotated[
     list[str] | None,
     typer.Option(
-        "--allow-host", help="Host reachable under --network allowlist; presets: pypi, npm, debian."
+        "--allow-host",
+        help=(
+            "Host reachable under --network allowlist (HTTP, HTTPS); HOST:PORT for plain TCP "
+            "to that port (SMTP, a database); presets: pypi, npm, debian, huggingface, whisper."
+        ),
     ),
 ]
 CaBundleOpt = Annotated[
@@ -101,6 +105,20 @@ TemperatureOpt = Annotated[
 ]
 MaxModelLenOpt = Annotated[
     int | None, typer.Option("--max-model-len", help="Context size if the server does not say.")
+]
+ToolboxOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--toolbox",
+        help="Sandbox images: standard, or full (adds a headless browser and media tools).",
+    ),
+]
+VisionOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--vision",
+        help="Send images blocks make (and --image files) to the model (a vision model).",
+    ),
 ]
 NoPoolOpt = Annotated[
     bool, typer.Option("--no-pool", help="Do not pre-start containers (slower, fewer resources).")
@@ -145,12 +163,16 @@ SETTING_FLAGS: Mapping[str, FlagSpec] = {
     "ca_bundle": FlagSpec(CaBundleOpt, "ca_bundle"),
     "mount": FlagSpec(MountOpt, "mounts", convert=_list),
     "no_pool": FlagSpec(NoPoolOpt, "pool", False, lambda value: False if value else None),
+    "toolbox": FlagSpec(ToolboxOpt, "toolbox"),
+    "vision": FlagSpec(VisionOpt, "vision"),
 }
-MODEL_FLAGS = ("api_base", "model", "api_key", "tool_mode", "max_turns", "temperature")
+MODEL_FLAGS = ("api_base", "model", "api_key", "tool_mode", "max_turns", "temperature", "vision")
 LIMIT_FLAGS = (
     "memory", "cpus", "pids", "timeout", "max_output", "workdir_max_bytes", "workdir_max_files",
 )  # fmt: skip
-SANDBOX_FLAGS = ("workdir", "env", "isolation", "network", "allow_host", "ca_bundle", "mount")
+SANDBOX_FLAGS = (
+    "workdir", "env", "isolation", "network", "allow_host", "ca_bundle", "mount", "toolbox",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

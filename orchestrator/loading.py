@@ -25,6 +25,7 @@ from orchestrator.fsafe import read_owned, read_regular
 from orchestrator.policy import Policy, apply_policy, load_policy
 from orchestrator.presets import expand_hosts
 from orchestrator.sandbox.config import NETWORK_ORDER, NetworkTier, SandboxConfig
+from orchestrator.sandbox.toolbox import TOOLBOX_ORDER
 from orchestrator.settings import (
     FIELDS,
     Settings,
@@ -151,6 +152,8 @@ def narrows(key: str, value: Any, base: Settings, expand: Expander) -> bool:
         return set(value) <= set(current)
     if key == "isolation":
         return value in (current, "gvisor")
+    if key == "toolbox":
+        return TOOLBOX_ORDER.index(value) <= TOOLBOX_ORDER.index(current)
     if key == "auto_run":
         return (not value) or bool(current)
     if isinstance(current, int | float) and isinstance(value, int | float):
@@ -378,6 +381,7 @@ def sandbox_config(settings: Settings, policy: Policy) -> SandboxConfig:
         ca_bundle=settings.ca_bundle,
         mounts=tuple(settings.mounts),
         isolation=settings.isolation,
+        toolbox=settings.toolbox,
         gvisor_runtime=settings.gvisor_runtime,
         gvisor_network_runtime=settings.gvisor_network_runtime,
         pool=settings.pool,

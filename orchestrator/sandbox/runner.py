@@ -30,6 +30,7 @@ from orchestrator.sandbox.bootstrap import (
     OutputScanner,
     frame_program,
 )
+from orchestrator.sandbox.ca import find_ca_bundle
 from orchestrator.sandbox.config import SandboxConfig, SandboxDescription
 from orchestrator.sandbox.container import (
     OOM_EXIT,
@@ -51,7 +52,7 @@ from orchestrator.sandbox.health import (
     lost,
 )
 from orchestrator.sandbox.images import ImageCatalog, ResolvedImage
-from orchestrator.sandbox.network import EgressManager, EgressPolicy, find_ca_bundle
+from orchestrator.sandbox.network import EgressManager, EgressPolicy
 from orchestrator.sandbox.output import STDERR, STDOUT, CappedBuffer, FrameDecoder
 from orchestrator.sandbox.pool import ContainerPool, Reaper
 from orchestrator.sandbox.quota import QuotaCaps, QuotaGate, QuotaLauncher
@@ -272,7 +273,7 @@ class Sandbox:
         if cached is not None:
             return cached
         self._check_runtime()
-        image = self._images.resolve(language)
+        image = self._images.resolve(language, self.config.toolbox)
         spec = build_spec(
             language,
             image.tag,
@@ -367,7 +368,9 @@ class Sandbox:
                         labels=owner_labels(self.identity, self.session_id),
                     )
                 route = self._egress.ensure(EgressPolicy(hosts, config.egress_ranges))
-                self._attachment = NetworkAttachment(route.network, route.proxy_url, ca_bundle)
+                self._attachment = NetworkAttachment(
+                    route.network, route.proxy_url, ca_bundle, route.extra_hosts
+                )
         return self._attachment
 
     def proxy_log(self, tail: int = 50) -> str:
@@ -395,7 +398,7 @@ class Sandbox:
         lang = language if isinstance(language, Language) else parse_language(language)
         program = code.encode() if isinstance(code, str) else code
         spec = self.spec_for(lang)
-        image = self._images.resolve(lang)
+        image = self._images.resolve(lang, self.config.toolbox)
         started = time.monotonic()
         outcome = "error"
         result: ExecResult | None = None
