@@ -69,7 +69,9 @@ BATCH_FLAGS = (
     *MODEL_FLAGS, "max_model_len", *LIMIT_FLAGS, "network", "allow_host", "isolation", "env",
     "no_pool", "toolbox",
 )  # fmt: skip
-REPLAY_FLAGS = ("memory", "timeout", "network", "allow_host", "isolation", "env", "no_pool")
+REPLAY_FLAGS = (
+    "memory", "timeout", "network", "allow_host", "isolation", "env", "no_pool", "toolbox",
+)  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:

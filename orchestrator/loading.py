@@ -25,6 +25,7 @@ from orchestrator.fsafe import read_owned, read_regular
 from orchestrator.policy import Policy, apply_policy, load_policy
 from orchestrator.presets import expand_hosts
 from orchestrator.sandbox.config import NETWORK_ORDER, NetworkTier, SandboxConfig
+from orchestrator.sandbox.hosts import split_entries
 from orchestrator.sandbox.toolbox import TOOLBOX_ORDER
 from orchestrator.settings import (
     FIELDS,
@@ -357,8 +358,15 @@ def _expander(policy: Policy) -> Expander:
 
 
 def sandbox_config(settings: Settings, policy: Policy) -> SandboxConfig:
-    """What the sandbox layer is told (presets expanded; admin-only values from the policy)."""
+    """What the sandbox layer is told (presets expanded; admin-only values from the policy).
+    A session's ``HOST:PORT`` entries are checked here (one host per port)."""
     per_user, total = policy.concurrency_caps()
+    allow_hosts = (
+        expand_hosts(settings.allow_hosts, policy.presets())
+        if settings.network == "allowlist"
+        else ()
+    )
+    split_entries(allow_hosts)
     return SandboxConfig(
         workdir=settings.workdir,
         memory=settings.memory,
@@ -374,9 +382,7 @@ def sandbox_config(settings: Settings, policy: Policy) -> SandboxConfig:
         kill_grace=settings.kill_grace,
         env=tuple(settings.env),
         network=settings.network,
-        allow_hosts=expand_hosts(settings.allow_hosts, policy.presets())
-        if settings.network == "allowlist"
-        else (),
+        allow_hosts=allow_hosts,
         egress_ranges=tuple(settings.egress_ranges),
         ca_bundle=settings.ca_bundle,
         mounts=tuple(settings.mounts),

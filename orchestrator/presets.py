@@ -26,7 +26,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from orchestrator.errors import ConfigError
-from orchestrator.sandbox.hosts import normalize_entry, split_entries
+from orchestrator.sandbox.hosts import normalize_entry
 
 PYPI_HOSTS = ("pypi.org", "files.pythonhosted.org")
 HUGGINGFACE_HOSTS = (
@@ -110,7 +110,7 @@ def expand_hosts(
     root: Path | None = None,
 ) -> tuple[str, ...]:
     """Hosts, ``HOST:PORT`` entries and presets -> sorted unique entries (normalised; IP
-    literals refused; no two TCP entries on one port)."""
+    literals refused)."""
     hosts: set[str] = set()
     for name in names:
         found = preset_hosts(name, policy_table, root)
@@ -120,5 +120,4 @@ def expand_hosts(
             raise ConfigError(f"--allow-host {name}: the admin's {name} preset names no hosts")
         else:
             hosts.update(normalize_entry(h) for h in found)
-    split_entries(hosts)  # refuses two hosts on one TCP port
     return tuple(sorted(hosts))

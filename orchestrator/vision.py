@@ -364,19 +364,21 @@ def strip_images(messages: list[dict[str, Any]], note: str = REMOVED) -> int:
 
 
 def recordable(message: dict[str, Any]) -> dict[str, Any]:
-    """What the session record keeps of a message: images as a description, not their data."""
+    """What the session record keeps of a message: text, each image as a description instead
+    of its data (a record's content is text: ``records.ChatMessage``; a resumed session gets
+    the descriptions)."""
     if not has_images(message):
         return message
-    content = []
+    pieces = []
     for part in message["content"]:
         if is_image_part(part):
             url = str(part["image_url"].get("url", ""))
             digest = hashlib.sha256(url.encode()).hexdigest()[:16]
             mime = url[5 : url.find(";")] if url.startswith("data:") else "url"
-            content.append({"type": "text", "text": f"[image {mime} sha256:{digest} not kept]"})
-        else:
-            content.append(part)
-    return {**message, "content": content}
+            pieces.append(f"[image {mime} sha256:{digest} not kept]")
+        elif isinstance(part, dict):
+            pieces.append(str(part.get("text", "")))
+    return {**message, "content": "\n".join(pieces)}
 
 
 # --- a session's images ------------------------------------------------------------------------

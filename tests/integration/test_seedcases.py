@@ -605,3 +605,29 @@ def test_a_server_that_refuses_images_is_named_once(
     assert len(refused) == 1  # the first request, with the person's image, then none
     assert [image_urls(r) for r in requests if r not in refused] == [[], [], []]
     assert os.path.exists(workdir / "chart2.png")  # the session went on
+
+
+def test_mail_through_the_allowlist_under_gvisor(
+    make_sandbox: SandboxFactory, docker_client: docker.DockerClient, mail_servers: ServerSet
+) -> None:
+    """The forwarder and the sandbox's hosts entry work the same under gVisor's network stack."""
+    mail = mail_servers.names["mail"]
+    sandbox = make_sandbox(
+        isolation="gvisor",
+        allow_hosts=[f"{mail}:587"],
+        egress_ranges=[mail_servers.subnet],
+        env=["SMTP_PASSWORD"],
+        host_env={"SMTP_PASSWORD": "under-gvisor"},
+    )
+    code = (
+        "printf 'Subject: g\\n\\nfrom gvisor\\n' > m.txt\n"
+        f'curl --silent --show-error --url smtp://{mail}:587 --user "oi:$SMTP_PASSWORD" '
+        "--mail-from a@example.org --mail-rcpt b@example.org --upload-file m.txt && echo sent"
+    )
+    try:
+        result = sandbox.run("shell", code)
+    finally:
+        sandbox.close()
+    assert result.stdout.strip() == "sent", result
+    log = server_log(docker_client, mail_servers, "mail")
+    assert '"auth": "oi:under-gvisor"' in log and "from gvisor" in log, log

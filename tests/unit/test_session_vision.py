@@ -19,7 +19,7 @@ from orchestrator.languages import Language
 from orchestrator.llm.client import ImagesUnsupportedError, ModelClient
 from orchestrator.session import Session
 from orchestrator.settings import Settings
-from orchestrator.transcript import Transcript
+from orchestrator.transcript import Transcript, read_records, rebuild_history
 from tests.fake_vllm import FakeVllm, Reply
 from tests.fakes import FakeRunner, Say, ScriptedModel
 from tests.unit.test_session_loop import Script, fence
@@ -86,6 +86,10 @@ def test_the_chart_a_block_saved_goes_with_the_next_request(tmp_path: Path) -> N
     session.transcript.close()  # type: ignore[union-attr]
     text = record.read_text()
     assert "base64" not in text and "[image image/png sha256:" in text  # described, not kept
+    records = list(read_records(record))
+    history = rebuild_history(records)  # a resumed session gets every message back, as text
+    assert [m["role"] for m in history] == [m["role"] for m in session.messages]
+    assert "[oi] images the block made, attached: chart.png" in history[-2]["content"]
 
 
 def test_without_vision_nothing_changes(tmp_path: Path) -> None:
@@ -164,3 +168,20 @@ def test_the_client_maps_vllms_refusal(fake_vllm: FakeVllm) -> None:
         events = list(sees.stream_chat(messages))
         assert events[-1].text == "a picture"  # type: ignore[union-attr]
         assert seeing.chat_requests[0]["messages"][0]["content"][1] == image
+
+
+def test_chat_image_command_queues_for_the_next_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from orchestrator.chat import chat_command
+
+    photo = tmp_path / "shot.png"
+    photo.write_bytes(png_bytes(1600, 800))
+    session, model = session_for(tmp_path, "A wide picture.", vision=True)
+    chat_command(session, f"%image {photo}")
+    assert "with your next message: shot.png (768x384 from 1600x800" in capsys.readouterr().err
+    Script().run(session.send("describe it"))
+    assert len(images_in(model.requests[0])) == 1
+    off, _ = session_for(tmp_path, vision=False)
+    chat_command(off, f"%image {photo}")
+    assert "images go to the model only with --vision" in capsys.readouterr().err

@@ -301,6 +301,17 @@ def test_the_policy_caps_tcp_ports_and_hosts(tmp_path: Path) -> None:
         apply_policy(Settings(workdir=tmp_path, allow_hosts=["smtp.corp.example"]), hosts)
 
 
+def test_two_hosts_on_one_port_are_refused_for_a_session_not_in_a_policy(
+    home: Path, tmp_path: Path
+) -> None:
+    both = policy_of('allowed_hosts = ["smtp.a.example:587", "smtp.b.example:587"]\n')
+    one = load({"allow_hosts": ["smtp.a.example:587"]}, policy=both)  # either may be chosen
+    assert one.sandbox_config().allow_hosts == ("smtp.a.example:587",)
+    two = load({"allow_hosts": ["smtp.a.example:587", "smtp.b.example:587"]}, policy=Policy())
+    with pytest.raises(ConfigError, match="share port 587"):
+        two.sandbox_config()
+
+
 def test_model_download_presets(tmp_path: Path) -> None:
     empty = tmp_path / "root"
     empty.mkdir()

@@ -16,6 +16,7 @@ from PIL import Image
 
 from orchestrator.context import TRIMMED_IMAGE, estimate_tokens, fit_context, is_result
 from orchestrator.errors import ConfigError
+from orchestrator.records import ChatMessage
 from orchestrator.vision import (
     MAX_IMAGES,
     MAX_SEND_BYTES,
@@ -294,7 +295,9 @@ def test_fit_context_drops_older_images_first_then_the_newest() -> None:
 def test_strip_and_recordable() -> None:
     messages = [user_message("a", [part_of(), part_of()]), {"role": "user", "content": "b"}]
     record = recordable(messages[0])
-    assert "base64" not in str(record) and "[image image/png sha256:" in str(record)
+    assert record["content"].startswith("a\n[image image/png sha256:")
+    assert "base64" not in str(record) and record["content"].count("[image ") == 2
+    assert ChatMessage.model_validate(record).content == record["content"]  # a valid record
     assert recordable(messages[1]) is messages[1]
     assert strip_images(messages, "gone") == 2
     assert messages[0]["content"][1] == {"type": "text", "text": "[gone]"}
