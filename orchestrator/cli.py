@@ -301,7 +301,7 @@ def sessions_show(
 def images_build(
     names: Annotated[
         list[str] | None,
-        typer.Argument(help="Images to build: python, node, shell, proxy (default: all)."),
+        typer.Argument(help="Images to build: python, node, shell, full, proxy (default: all)."),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if up to date.")] = False,
     prune: Annotated[bool, typer.Option("--prune", help="Remove stale image tags.")] = False,

@@ -414,8 +414,10 @@ class SessionImages:
         if before is None or not self.enabled:
             return
         changed = changed_images(before, snapshot(self.workdir))
-        for name in changed[MAX_IMAGES:]:
-            self._skipped.append(f"{name}: more than {MAX_IMAGES} images in one block")
+        if len(changed) > MAX_IMAGES:
+            extra = changed[MAX_IMAGES:]
+            shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+            self._skipped.append(f"{shown}: more than {MAX_IMAGES} images in one block")
         for name in changed[:MAX_IMAGES]:
             try:
                 data = read_workdir_image(self.workdir, name)
