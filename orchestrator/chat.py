@@ -18,6 +18,7 @@ CHAT_HELP = """commands:
   %auto on|off    run blocks without asking (sandboxed) / ask again
   %save [FILE]    save the conversation as markdown (default: oi-chat-SESSION.md here)
   %instructions   the standing instructions in force, and where they come from
+  %image FILE     send an image with your next message (with --vision)
   %help           this help
   exit, quit, Ctrl-D   leave (Ctrl-C stops a running block or reply)"""
 
@@ -108,6 +109,9 @@ def chat_command(session: Session, text: str) -> None:
         from orchestrator.instruction_view import show_instructions  # noqa: PLC0415
 
         show_instructions(session.instructions, err_console)
+    elif command == "%image" and argument:
+        with errors_in_chat():
+            plain(f"with your next message: {session.images.queue(Path(argument)).describe()}")
     elif command == "%help":
         err_console.print(CHAT_HELP, markup=False)
     else:

@@ -224,6 +224,10 @@ def run_command(
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON event per line on stdout.")
     ] = False,
+    images: Annotated[
+        list[Path] | None,
+        typer.Option("--image", help="An image sent with the task (repeatable; implies --vision)."),
+    ] = None,
     *,
     flags: SettingFlags,
 ) -> None:
@@ -240,8 +244,10 @@ def run_command(
     with errors():
         session_id = ""
         try:
-            with _open(load_flags(flags)) as opened:
+            with _open(load_flags(flags, vision=True if images else None)) as opened:
                 session_id = opened.session_id
+                for image in images or []:
+                    opened.session.images.queue(image)
                 renderer = _renderer(as_json, markdown=False)
                 from orchestrator.wiring import announce_project_instructions  # noqa: PLC0415
 
@@ -378,7 +384,7 @@ def sessions_show(
 def images_build(
     names: Annotated[
         list[str] | None,
-        typer.Argument(help="Images to build: python, node, shell, proxy (default: all)."),
+        typer.Argument(help="Images to build: python, node, shell, full, proxy (default: all)."),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if up to date.")] = False,
     prune: Annotated[bool, typer.Option("--prune", help="Remove stale image tags.")] = False,

@@ -67,9 +67,11 @@ _MARKS = {
 }
 BATCH_FLAGS = (
     *MODEL_FLAGS, "max_model_len", *LIMIT_FLAGS, "network", "allow_host", "isolation", "env",
-    "no_pool", "instructions", "profile",
+    "no_pool", "instructions", "profile", "toolbox",
 )  # fmt: skip
-REPLAY_FLAGS = ("memory", "timeout", "network", "allow_host", "isolation", "env", "no_pool")
+REPLAY_FLAGS = (
+    "memory", "timeout", "network", "allow_host", "isolation", "env", "no_pool", "toolbox",
+)  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:

@@ -158,4 +158,9 @@ def image_catalog(client: Any, loaded: Loaded) -> Any:
     from orchestrator.sandbox.images import ImageCatalog  # noqa: PLC0415
 
     settings = loaded.settings
-    return ImageCatalog(client, prefix=settings.image_prefix, base_image=settings.base_image)
+    return ImageCatalog(
+        client,
+        prefix=settings.image_prefix,
+        base_image=settings.base_image,
+        ca_bundle=settings.ca_bundle,
+    )

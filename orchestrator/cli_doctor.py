@@ -160,13 +160,13 @@ def _doctor_context(loaded: Loaded, length: int, report: Report) -> None:
         PromptContext,
         build_system_prompt,
     )
-    from orchestrator.session import LANGUAGE_NOTES  # noqa: PLC0415
+    from orchestrator.sandbox.toolbox import language_notes  # noqa: PLC0415
 
     settings, instructions = loaded.settings, loaded.instructions
     prompt = build_system_prompt(
         PromptContext(
             str(settings.workdir),
-            LANGUAGE_NOTES,
+            language_notes(settings.toolbox),
             settings.network,
             tuple(settings.allow_hosts),
             tool_mode_is_tools=settings.tool_mode != "markdown",

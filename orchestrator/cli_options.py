@@ -93,8 +93,12 @@ AllowHostOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--allow-host",
-        metavar="HOST",
-        help="A host the allowlist lets through (repeat it); presets: pypi, npm, debian.",
+        metavar="HOST[:PORT]",
+        help=(
+            "A host the allowlist lets through (HTTP, HTTPS; repeat it); HOST:PORT for plain "
+            "TCP to that port (SMTP, a database); presets: pypi, npm, debian, huggingface, "
+            "whisper."
+        ),
     ),
 ]
 CaBundleOpt = Annotated[
@@ -169,6 +173,20 @@ ProfileOpt = Annotated[
         "--profile", "-p", metavar="NAME", help="Use the profiles.NAME table of your user config."
     ),
 ]
+ToolboxOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--toolbox",
+        help="Sandbox images: standard, or full (adds a headless browser and media tools).",
+    ),
+]
+VisionOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--vision",
+        help="Send images blocks make (and --image files) to the model (a vision model).",
+    ),
+]
 NoPoolOpt = Annotated[
     bool, typer.Option("--no-pool", help="Do not pre-start containers (slower, fewer resources).")
 ]
@@ -229,12 +247,16 @@ SETTING_FLAGS: Mapping[str, FlagSpec] = {
     "session_env": FlagSpec(SessionEnvOpt, "session_env"),
     "instructions": FlagSpec(InstructionsOpt, "instructions"),
     "profile": FlagSpec(ProfileOpt, "profile"),
+    "toolbox": FlagSpec(ToolboxOpt, "toolbox"),
+    "vision": FlagSpec(VisionOpt, "vision"),
 }
-MODEL_FLAGS = ("api_base", "model", "api_key", "tool_mode", "max_turns", "temperature")
+MODEL_FLAGS = ("api_base", "model", "api_key", "tool_mode", "max_turns", "temperature", "vision")
 LIMIT_FLAGS = (
     "memory", "cpus", "pids", "timeout", "max_output", "workdir_max_bytes", "workdir_max_files",
 )  # fmt: skip
-SANDBOX_FLAGS = ("workdir", "env", "isolation", "network", "allow_host", "ca_bundle", "mount")
+SANDBOX_FLAGS = (
+    "workdir", "env", "isolation", "network", "allow_host", "ca_bundle", "mount", "toolbox",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

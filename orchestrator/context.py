@@ -3,8 +3,10 @@
 Older block outputs are condensed first, then whole old exchanges go (tool calls stay paired
 with their answers), and the newest result is cut to what is left (``result_room``), so a run
 never ends because one output was large: oi must work at ``--max-model-len`` 4096 and 2048.
-Token counts are estimated (characters / 3, conservative for code); the server's own count is
-the real bound, and a context error from it makes the session trim harder and retry once.
+Token counts are estimated (characters / 3, conservative for code; images by their size, see
+``vision.image_tokens``); the server's own count is the real bound, and a context error from it
+makes the session trim harder and retry once. Images go first (all but the newest message's),
+the newest message's images last, before giving up.
 """
 
 from __future__ import annotations
@@ -13,25 +15,57 @@ import json
 from typing import Any
 
 from orchestrator.errors import ContextOverflowError
+from orchestrator.vision import (
+    RESULT_PREFIX,
+    has_images,
+    image_tokens,
+    is_image_part,
+    text_of,
+    without_images,
+)
 
-RESULT_PREFIX = "[oi] "
+__all__ = ["RESULT_PREFIX", "estimate_tokens", "fit_context", "is_result", "result_room"]
 TRIMMED_OUTPUT = "[oi] output of this block removed to fit the context window"
 CHARS_PER_TOKEN = 3.0  # conservative for code; vLLM counts real tokens, we only need a bound
 MIN_RESULT_CHARS = 400  # the least of a block's output the model is given, however small
 Messages = list[dict[str, Any]]
 
 
+TRIMMED_IMAGE = "oi: image removed to fit the context window"
+
+
 def estimate_tokens(messages: Messages, tools: list[dict[str, Any]] | None) -> int:
-    size = sum(len(json.dumps(m, ensure_ascii=False)) for m in messages)
+    size = images = 0
+    for message in messages:
+        if has_images(message):
+            parts = message["content"]
+            images += sum(image_tokens(p) for p in parts if is_image_part(p))
+            message = {**message, "content": [p for p in parts if not is_image_part(p)]}  # noqa: PLW2901
+        size += len(json.dumps(message, ensure_ascii=False))
     if tools:
         size += len(json.dumps(tools))
-    return int(size / CHARS_PER_TOKEN) + 8 * len(messages)
+    return int(size / CHARS_PER_TOKEN) + 8 * len(messages) + images
 
 
 def is_result(message: dict[str, Any]) -> bool:
-    return message.get("role") == "tool" or str(message.get("content", "")).startswith(
-        RESULT_PREFIX
-    )
+    return message.get("role") == "tool" or text_of(message).startswith(RESULT_PREFIX)
+
+
+def _drop_images(
+    messages: Messages, tools: list[dict[str, Any]] | None, budget: int, *, keep_newest: bool
+) -> int:
+    """Replace images with a note, oldest first (the newest message's kept when asked); how
+    many messages lost theirs."""
+    holders = [i for i, m in enumerate(messages) if has_images(m)]
+    dropped = 0
+    for index in holders[:-1] if keep_newest else holders:
+        if estimate_tokens(messages, tools) <= budget:
+            break
+        message = messages[index]
+        if has_images(message):
+            messages[index] = without_images(message, TRIMMED_IMAGE)
+            dropped += 1
+    return dropped
 
 
 def fit_context(messages: Messages, tools: list[dict[str, Any]] | None, budget: int) -> list[str]:
@@ -39,6 +73,8 @@ def fit_context(messages: Messages, tools: list[dict[str, Any]] | None, budget: 
     notes: list[str] = []
     if estimate_tokens(messages, tools) <= budget:
         return notes
+    # 0. Older images (hundreds of tokens each); the newest message's only if nothing else helps.
+    dropped_images = _drop_images(messages, tools, budget, keep_newest=True)
     # 1. Old block outputs, oldest first (the newest result stays whole).
     results = [
         i for i, m in enumerate(messages) if is_result(m) and m.get("content") != TRIMMED_OUTPUT
@@ -65,6 +101,9 @@ def fit_context(messages: Messages, tools: list[dict[str, Any]] | None, budget: 
         dropped += end - start
     if dropped:
         notes.append(f"dropped {dropped} old message(s) to fit the context")
+    dropped_images += _drop_images(messages, tools, budget, keep_newest=False)
+    if dropped_images:
+        notes.insert(0, f"removed the images of {dropped_images} message(s) to fit the context")
     if estimate_tokens(messages, tools) > budget:
         raise ContextOverflowError(
             f"the conversation does not fit the model's context (about {budget} tokens "

@@ -17,6 +17,7 @@
     │   ├── ModelNotFoundError      the server does not serve that model
     │   ├── ContextOverflowError    the conversation does not fit the model's context
     │   ├── ToolsUnsupportedError   the server refuses tool calls (auto falls back) [llm]
+    │   ├── ImagesUnsupportedError  the server refuses images (--vision goes on without) [llm]
     │   └── MalformedReplyError     a reply not in OpenAI's streaming format        [llm]
     ├── RecordWriteError         a session record could not be written whole        (exit 1)
     │                            (disk full, quota, I/O error); the record is left

@@ -32,6 +32,8 @@ from orchestrator.sandbox.config import (
     NetworkTier,
     SandboxConfig,
 )
+from orchestrator.sandbox.hosts import split_entries
+from orchestrator.sandbox.toolbox import TOOLBOX_ORDER
 from orchestrator.settings import (
     FIELDS,
     Settings,
@@ -172,6 +174,8 @@ def narrows(key: str, value: Any, base: Settings, expand: Expander) -> bool:
         return set(value) <= set(current)
     if key == "isolation":
         return value in (current, "gvisor")
+    if key == "toolbox":
+        return TOOLBOX_ORDER.index(value) <= TOOLBOX_ORDER.index(current)
     if key == "auto_run":
         return (not value) or bool(current)
     if isinstance(current, int | float) and isinstance(value, int | float):
@@ -495,8 +499,15 @@ def _expander(policy: Policy) -> Expander:
 
 
 def sandbox_config(settings: Settings, policy: Policy) -> SandboxConfig:
-    """What the sandbox layer is told (presets expanded; admin-only values from the policy)."""
+    """What the sandbox layer is told (presets expanded; admin-only values from the policy).
+    A session's ``HOST:PORT`` entries are checked here (one host per port)."""
     per_user, total = policy.concurrency_caps()
+    allow_hosts = (
+        expand_hosts(settings.allow_hosts, policy.presets())
+        if settings.network == "allowlist"
+        else ()
+    )
+    split_entries(allow_hosts)
     return SandboxConfig(
         workdir=settings.workdir,
         memory=settings.memory,
@@ -512,13 +523,12 @@ def sandbox_config(settings: Settings, policy: Policy) -> SandboxConfig:
         kill_grace=settings.kill_grace,
         env=tuple(settings.env),
         network=settings.network,
-        allow_hosts=expand_hosts(settings.allow_hosts, policy.presets())
-        if settings.network == "allowlist"
-        else (),
+        allow_hosts=allow_hosts,
         egress_ranges=tuple(settings.egress_ranges),
         ca_bundle=settings.ca_bundle,
         mounts=tuple(settings.mounts),
         isolation=settings.isolation,
+        toolbox=settings.toolbox,
         gvisor_runtime=settings.gvisor_runtime,
         gvisor_network_runtime=settings.gvisor_network_runtime,
         pool=settings.pool,

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from orchestrator.errors import ConfigError, PolicyError
 from orchestrator.fsafe import read_owned
 from orchestrator.presets import expand_hosts
+from orchestrator.sandbox.hosts import split_entries
 from orchestrator.units import format_size, parse_size
 
 SettingsT = TypeVar("SettingsT", bound=BaseModel)
@@ -75,6 +76,12 @@ class PolicyFile(BaseModel):
     )
     allowed_hosts: list[str] | None = Field(
         None, description="hosts or presets users may allow in the allowlist tier"
+    )
+    allowed_tcp_ports: list[int] | None = Field(
+        None, description="ports --allow-host HOST:PORT may name ([]: no plain TCP at all)"
+    )
+    allowed_toolboxes: list[Literal["standard", "full"]] | None = Field(
+        None, description="toolboxes (sandbox images) users may choose: standard, full"
     )
     presets: dict[str, list[str]] | None = Field(
         None, description='host presets (e.g. pypi = ["pypi.internal"]); system file only'
@@ -397,6 +404,14 @@ def _apply_sets(policy: Policy, asked: set[str], value: Any, updates: dict[str, 
                 raise _not_allowed(f"--network {value('network')}", rule)
             updates["network"] = next(t for t in ("none", "allowlist", "open") if t in allowed)
 
+    _check_tcp_ports(policy, value)
+    toolboxes = policy.allowed_set("allowed_toolboxes")
+    if toolboxes is not None and value("toolbox") not in toolboxes[0]:
+        rule = policy.refusing("allowed_toolboxes", value("toolbox"))
+        if "toolbox" in asked or "standard" not in toolboxes[0]:
+            raise _not_allowed(f"--toolbox {value('toolbox')}", rule)
+        updates["toolbox"] = "standard"
+
     hosts = policy.allowed_set("allowed_hosts")
     if hosts is not None and value("allow_hosts"):
         allowed, _ = hosts
@@ -421,6 +436,18 @@ def _apply_sets(policy: Policy, asked: set[str], value: Any, updates: dict[str, 
     bundle = value("ca_bundle")
     if bundle is not None:
         _check_ca_bundle(Path(bundle), policy)
+
+
+def _check_tcp_ports(policy: Policy, value: Any) -> None:
+    """``HOST:PORT`` entries only on the ports every policy file lists."""
+    ports = policy.allowed_set("allowed_tcp_ports")
+    if ports is None or not value("allow_hosts"):
+        return
+    _, targets = split_entries(expand_hosts(list(value("allow_hosts")), policy.presets()))
+    for target in targets:
+        if str(target.port) not in ports[0]:
+            rule = policy.refusing("allowed_tcp_ports", str(target.port))
+            raise _not_allowed(f"--allow-host {target} (plain TCP to port {target.port})", rule)
 
 
 SYSTEM_CA_BUNDLES = (

@@ -1,4 +1,5 @@
-"""Host presets for the allowlist tier (``pypi``, ``npm``, ``debian``): which hosts each means.
+"""Host presets for the allowlist tier (``pypi``, ``npm``, ``debian``, ``huggingface``,
+``whisper``): which hosts each means.
 
 A preset widens what a sandbox may reach, so its hosts come only from places the admin controls:
 the admin policy's own ``[presets]`` table, else oi's built-in table plus the *system*
@@ -6,6 +7,13 @@ configuration of the package tools (``/etc/pip.conf``, ``/etc/npmrc``, ``/etc/ap
 the user's environment (``PIP_INDEX_URL``) or a project's dotfiles (``.npmrc``, ``pip.conf``): an
 allowlist of ``pypi`` must not admit whatever host a repo names. Pure but for reading those
 system files.
+
+``huggingface`` is the Hugging Face Hub and the hosts its downloads are redirected to (from
+its ``/.well-known/meta.json``: the hub, LFS and Xet storage, the CDN); ``whisper`` is what a
+block needs to ``pip install openai-whisper`` (or ``faster-whisper``) and let it fetch its
+model: ``pypi``'s hosts, OpenAI's model host and ``huggingface``'s. An admin who runs a mirror
+replaces any preset in the policy's ``[presets]`` table, or keeps users from naming it
+(``allowed_hosts``).
 """
 
 from __future__ import annotations
@@ -18,12 +26,21 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from orchestrator.errors import ConfigError
-from orchestrator.sandbox.hosts import normalize_host
+from orchestrator.sandbox.hosts import normalize_entry
 
+PYPI_HOSTS = ("pypi.org", "files.pythonhosted.org")
+HUGGINGFACE_HOSTS = (
+    "huggingface.co", "hf.co", "cdn-lfs.hf.co", "cdn-lfs-us-1.hf.co", "cdn-lfs-eu-1.hf.co",
+    "cdn-lfs.huggingface.co", "cdn-lfs-us-1.huggingface.co", "transfer.xethub.hf.co",
+    "transfer.xethub-eu.hf.co", "cas-bridge.xethub.hf.co", "cas-server.xethub.hf.co",
+    "aws.cdn.hf.co", "us.aws.cdn.hf.co", "us.gcp.cdn.hf.co",
+)  # fmt: skip
 BUILTIN: Mapping[str, tuple[str, ...]] = {
-    "pypi": ("pypi.org", "files.pythonhosted.org"),
+    "pypi": PYPI_HOSTS,
     "npm": ("registry.npmjs.org",),
     "debian": ("deb.debian.org", "security.debian.org"),
+    "huggingface": HUGGINGFACE_HOSTS,
+    "whisper": (*PYPI_HOSTS, "openaipublic.azureedge.net", *HUGGINGFACE_HOSTS),
 }
 SYSTEM_ROOT = Path("/")  # tests point it at a fake root
 
@@ -62,10 +79,16 @@ def _apt_system_hosts(root: Path) -> list[str]:
     return hosts
 
 
+def _no_system_hosts(_root: Path) -> list[str]:
+    return []
+
+
 SYSTEM: Mapping[str, Callable[[Path], list[str]]] = {
     "pypi": _pip_system_hosts,
     "npm": _npm_system_hosts,
     "debian": _apt_system_hosts,
+    "huggingface": _no_system_hosts,
+    "whisper": _pip_system_hosts,  # the index the system's pip installs from
 }
 
 
@@ -86,14 +109,15 @@ def expand_hosts(
     policy_table: Mapping[str, tuple[str, ...]] | None = None,
     root: Path | None = None,
 ) -> tuple[str, ...]:
-    """Hosts and presets -> sorted unique host names (normalised; IP literals refused)."""
+    """Hosts, ``HOST:PORT`` entries and presets -> sorted unique entries (normalised; IP
+    literals refused)."""
     hosts: set[str] = set()
     for name in names:
         found = preset_hosts(name, policy_table, root)
         if found is None:
-            hosts.add(normalize_host(name))
+            hosts.add(normalize_entry(name))
         elif not found:
             raise ConfigError(f"--allow-host {name}: the admin's {name} preset names no hosts")
         else:
-            hosts.update(normalize_host(h) for h in found)
+            hosts.update(normalize_entry(h) for h in found)
     return tuple(sorted(hosts))

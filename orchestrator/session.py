@@ -25,6 +25,7 @@ from orchestrator.context import (
     RESULT_PREFIX,
     estimate_tokens,
     fit_context,
+    is_result,
     prompt_budget,
     result_room,
 )
@@ -53,6 +54,7 @@ from orchestrator.events import (
 from orchestrator.languages import Language, parse_language
 from orchestrator.llm.client import (
     Finished,
+    ImagesUnsupportedError,
     StreamRestarted,
     TextDelta,
     ToolsUnsupportedError,
@@ -70,6 +72,7 @@ from orchestrator.llm.prompts import (
 )
 from orchestrator.protocols import BlockRunner, ChatModel, OutputStore
 from orchestrator.sandbox.container import ExecResult, signals_deferred
+from orchestrator.sandbox.toolbox import language_notes
 from orchestrator.session_parts import (
     LOOP_GUARD_REPEATS,
     Kept,
@@ -80,16 +83,8 @@ from orchestrator.session_parts import (
 )
 from orchestrator.settings import Settings
 from orchestrator.transcript import Transcript
+from orchestrator.vision import SessionImages, recordable
 
-LANGUAGE_NOTES: tuple[tuple[str, str], ...] = (
-    (
-        "python",
-        "python3 with numpy, pandas, matplotlib, scipy, sklearn, seaborn, sympy, requests, "
-        "bs4, lxml, openpyxl, PIL, yaml, tabulate",
-    ),
-    ("javascript", "Node.js, built-in modules only"),
-    ("shell", "bash; python3 (same libraries), node, npm, git, sqlite3, zip, jq, curl, make"),
-)
 NOT_RUN_STOPPED = "not run: the user stopped the session"
 
 SessionEvents = Generator[Event, "Approval | None", EndStatus]
@@ -125,6 +120,7 @@ class Session:
         self._max_model_len: int | None = None
         self._block_index = 0
         self._likely_language = Language.PYTHON
+        self.images = SessionImages.for_workdir(settings.workdir, enabled=settings.vision)
         if history:
             # A resumed session starts like a new one: tools if allowed (auto falls back again
             # if the server refuses them), with a system prompt for today's settings.
@@ -140,7 +136,7 @@ class Session:
         box = self.runner.describe(self._likely_language)
         context = PromptContext(
             workdir_host=box.workdir,
-            languages=LANGUAGE_NOTES,
+            languages=language_notes(self.settings.toolbox),
             network=self.settings.network,
             allowed_hosts=box.allow_hosts,
             memory=box.memory,
@@ -165,7 +161,7 @@ class Session:
 
     def _record_message(self, message: dict[str, Any]) -> None:
         if self.transcript:
-            self.transcript.append("message", message=message)
+            self.transcript.append("message", message=recordable(message))
 
     def _emit(self, event: Event) -> Generator[Event, Approval | None, Approval | None]:
         """Record ``event`` (live text and output are not recorded), then yield it. If the
@@ -194,9 +190,7 @@ class Session:
     def undo(self) -> bool:
         """Forget the last user turn and everything after it. False if there is none."""
         for index in range(len(self.messages) - 1, 0, -1):
-            if self.messages[index].get("role") == "user" and not str(
-                self.messages[index].get("content", "")
-            ).startswith(RESULT_PREFIX):
+            if self.messages[index].get("role") == "user" and not is_result(self.messages[index]):
                 self.truncate(index)
                 return True
         return False
@@ -226,7 +220,7 @@ class Session:
         self._repair_history()
         # Pre-start a container of the language the model will likely use while it thinks.
         self.runner.warm(self._likely_language)
-        self._add({"role": "user", "content": text})
+        self._add(self.images.user_message(text))
         turns = 0
         try:
             status, reason, turns = yield from self._turns()
@@ -297,6 +291,9 @@ class Session:
             self._add(answer)
         if text_answers:
             self._add({"role": "user", "content": RESULT_PREFIX + "\n\n".join(text_answers)})
+        for message, note in self.images.take_block_messages():
+            self._add(message)
+            yield from self._emit(Notice(note))
         if interrupted:
             return "interrupted", self.interrupt_reason
         if quit_now:
@@ -370,6 +367,11 @@ class Session:
                         "--enable-auto-tool-choice): using markdown code blocks instead"
                     )
                 )
+                continue
+            except ImagesUnsupportedError as exc:
+                if not self.images.enabled:
+                    raise
+                yield from self._emit(Notice(self.images.refused(exc, self.messages)))
                 continue
             except ContextOverflowError:
                 if not shrink_retry:
@@ -465,8 +467,10 @@ class Session:
         if isinstance(approved, Outcome):
             return approved
         code, sha = approved
+        before = self.images.before_block()
         result = yield from self._execute(index, language, code)
         self.totals.blocks += 1
+        self.images.after_block(before)
         return (yield from self._report(index, language, sha, result))
 
     def _approve(

@@ -40,6 +40,7 @@ from orchestrator.sandbox.config import (
     NetworkTier,
     SessionEnvScope,
 )
+from orchestrator.sandbox.toolbox import Toolbox
 from orchestrator.units import parse_size, size_text
 
 ToolMode = Literal["auto", "tools", "markdown"]
@@ -218,8 +219,11 @@ class Settings(BaseSettings):
     )
     allow_hosts: list[str] = _setting(
         trust="narrow",
-        policy="set allowed_hosts",
-        description="hosts (or presets pypi, npm, debian) for allowlist",
+        policy="set allowed_hosts and allowed_tcp_ports",
+        description=(
+            "hosts (or presets pypi, npm, debian, huggingface, whisper) for allowlist; "
+            "HOST:PORT for plain TCP to that port"
+        ),
         default_factory=list,
     )
     egress_ranges: list[str] = _setting(
@@ -242,6 +246,12 @@ class Settings(BaseSettings):
     )
     isolation: Isolation = _setting(
         D.isolation, trust="narrow", policy="set required_isolation", description="runc or gvisor"
+    )
+    toolbox: Toolbox = _setting(
+        D.toolbox,
+        trust="narrow",
+        policy="set allowed_toolboxes",
+        description="images: standard, or full (adds a headless browser and media tools)",
     )
     gvisor_runtime: str = _setting(
         D.gvisor_runtime,
@@ -307,6 +317,15 @@ class Settings(BaseSettings):
     )
     tool_mode: ToolMode = _setting(
         "auto", trust="any", policy="harmless: how code arrives", description="tool mode"
+    )
+    vision: bool = _setting(
+        False,
+        trust="any",
+        policy=(
+            "harmless: images a block made in the workdir go to the user's own model "
+            "endpoint, as the block's output does"
+        ),
+        description="send images blocks make (and --image) to a vision model",
     )
     max_turns: int = _setting(
         20,

@@ -24,7 +24,9 @@ What it mimics (vLLM's ``serving_chat`` / ``protocol``):
   tools with ``tool_choice`` "auto" on a server started without ``--enable-auto-tool-choice``
   are a 400, an earlier assistant tool call in the messages whose arguments are not JSON is a
   400 (vLLM parses them for the chat template), and a prompt over ``max_model_len``
-  (estimated as characters / 4) is a 400.
+  (estimated as characters / 4, an image as ``IMAGE_TOKENS``) is a 400; ``image_url`` parts
+  sent to a fake started without ``vision=True`` are a 400 ("... is not a multimodal model",
+  what vLLM says for a text-only model such as Qwen3-4B).
 
 Misbehaviour, as real servers and the proxies in front of them fail (``Reply`` fields, plus
 ``FakeVllm(hang_models=True)``):
@@ -78,6 +80,7 @@ ErrorShape = Literal["flat", "nested"]
 
 DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 HANG_LIMIT_S = 30.0  # a hang the test forgot to end still ends
+IMAGE_TOKENS = 600  # what the fake counts for one image part
 TOOLS_DISABLED_MESSAGE = (
     '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
 )
@@ -239,8 +242,10 @@ class FakeVllm:
         enable_auto_tool_choice: bool = True,
         error_shape: ErrorShape = "nested",
         hang_models: bool = False,
+        vision: bool = False,
     ) -> None:
         self.model = model
+        self.vision = vision
         self.hang_models = hang_models
         self.served_models = (model, *extra_models)
         self.max_model_len = max_model_len
@@ -354,6 +359,8 @@ class FakeVllm:
         history_error = _history_error(body)
         if history_error is not None:
             return ErrorReply(400, history_error)
+        if not self.vision and image_parts(body):
+            return ErrorReply(400, f"{requested} is not a multimodal model None")
         if self.max_model_len is not None:
             prompt = estimate_prompt_tokens(body)
             completion = int(body.get("max_tokens") or 0)
@@ -430,10 +437,26 @@ def _history_error(body: dict[str, Any]) -> str | None:
     return None
 
 
+def image_parts(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``image_url`` parts of a request's messages, in order."""
+    return [
+        part
+        for message in body.get("messages") or []
+        if isinstance(message, dict) and isinstance(message.get("content"), list)
+        for part in message["content"]
+        if isinstance(part, dict) and part.get("type") == "image_url"
+    ]
+
+
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:
-    """A deterministic stand-in for tokenizing: characters of the messages and tools / 4."""
-    size = len(json.dumps(body.get("messages", []))) + len(json.dumps(body.get("tools") or []))
-    return max(1, size // 4)
+    """A deterministic stand-in for tokenizing: characters of the messages and tools / 4, and
+    ``IMAGE_TOKENS`` per image (not its data URL's length)."""
+    images = image_parts(body)
+    text = json.dumps(body.get("messages", []))
+    for part in images:
+        text = text.replace(json.dumps(part), "")
+    size = len(text) + len(json.dumps(body.get("tools") or []))
+    return max(1, size // 4) + IMAGE_TOKENS * len(images)
 
 
 def _usage(reply: Reply, body: dict[str, Any]) -> dict[str, int]:

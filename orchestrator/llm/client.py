@@ -11,6 +11,7 @@ can fall back from tool calls to markdown fences, ``ModelTimeoutError``, ``Malfo
     404 naming a model                    -> ModelNotFoundError (lists what the server serves)
     400 "maximum context length" & co.    -> ContextOverflowError
     400 "auto" tool choice requires ...   -> ToolsUnsupportedError
+    400 "... is not a multimodal model"   -> ImagesUnsupportedError (and other servers' words)
     a chunk of unexpected shape, non-JSON -> MalformedReplyError
     anything else                         -> ModelError (HTTP status and server message)
 
@@ -61,6 +62,7 @@ from orchestrator.llm.pump import Ended, StreamPump
 from orchestrator.llm.retry import RETRYABLE_STATUSES, NextTry, RetryPolicy, next_try, retry_after_s
 from orchestrator.llm.types import (
     Finished,
+    ImagesUnsupportedError,
     MalformedReplyError,
     ModelTimeoutError,
     StreamEvent,
@@ -108,6 +110,14 @@ _TOOLS_MARKERS = (
     "tool choice requires",  # '"auto" tool choice requires --enable-auto-tool-choice and ...'
     "--enable-auto-tool-choice",
     "does not support tools",
+)
+_IMAGES_MARKERS = (
+    "is not a multimodal model",  # vLLM serving a text-only model
+    "at most 0 image",  # vLLM with --limit-mm-per-prompt image=0
+    "image input is not supported",  # llama.cpp's server without a projector
+    "does not support image",
+    "image_url is only supported",  # OpenAI's own API
+    "unknown part type: image_url",
 )
 _MESSAGE_LIMIT = 300
 
@@ -576,6 +586,11 @@ class ModelClient:
                 "vLLM with --enable-auto-tool-choice --tool-call-parser hermes, or set "
                 "OI_TOOL_MODE=markdown"
             )
+        if any(marker in lowered for marker in _IMAGES_MARKERS):
+            return ImagesUnsupportedError(
+                f"the model server at {url} does not take images ({message}): serve a vision "
+                "model (Qwen2.5-VL, Qwen3-VL) for --vision"
+            )
         if status == 404 and "model" in lowered:
             return ModelNotFoundError(
                 f"the model server at {url} does not serve {self.model!r}{self._served_hint()}"
@@ -662,6 +677,7 @@ def _one_line(text: str, limit: int = _MESSAGE_LIMIT) -> str:
 
 __all__ = [
     "Finished",
+    "ImagesUnsupportedError",
     "MalformedReplyError",
     "ModelClient",
     "ModelTimeoutError",

@@ -17,6 +17,11 @@ class ToolsUnsupportedError(ModelError):
     """
 
 
+class ImagesUnsupportedError(ModelError):
+    """The server refuses image input (a text-only model, or a vision model served with no
+    images allowed). With ``--vision`` the session says so once and goes on without images."""
+
+
 class ModelTimeoutError(ModelUnavailableError):
     """The server did not answer within one of the client's bounds; ``setting`` names it."""
 

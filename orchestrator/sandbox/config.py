@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from orchestrator.sandbox.toolbox import Toolbox
+
 NetworkTier = Literal["none", "allowlist", "open"]
 Isolation = Literal["runc", "gvisor"]
 SessionEnvScope = Literal["off", "session", "workdir"]
@@ -57,6 +59,7 @@ class SandboxConfig:
     ca_bundle: Path | None = None
     mounts: tuple[str, ...] = ()
     isolation: Isolation = "runc"
+    toolbox: Toolbox = "standard"
     gvisor_runtime: str = "runsc"
     gvisor_network_runtime: str = "runsc-host"
     pool: bool = True

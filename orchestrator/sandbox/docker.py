@@ -14,6 +14,7 @@ from typing import Any
 import docker
 import docker.errors
 import requests.exceptions
+import urllib3.exceptions
 
 from orchestrator.errors import (
     EngineUnavailableError,
@@ -103,6 +104,11 @@ def engine_errors(action: str) -> Iterator[None]:
     except requests.exceptions.RequestException as exc:
         raise EngineUnavailableError(
             f"{action}: the Docker engine at {engine_url()} failed: {exc}; fix: {ENGINE_FIX}"
+        ) from exc
+    except urllib3.exceptions.HTTPError as exc:  # a stream (an image build) cut mid-way
+        raise EngineUnavailableError(
+            f"{action}: the Docker engine at {engine_url()} closed the connection ({exc}); "
+            f"fix: {ENGINE_FIX}"
         ) from exc
 
 

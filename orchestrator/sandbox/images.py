@@ -3,12 +3,15 @@
 Offline first: the base is ``debian:bookworm-slim`` when present or pullable; when no registry
 answers, a Debian base is bootstrapped with ``debootstrap`` and imported (``docker import``).
 Language images are tagged ``<prefix>-<name>:<hash of the build context>`` and rebuilt only when
-their context changes.
+their context changes. Each build gets the host's CA bundle as ``oi-build-ca.crt`` in its
+context (empty when there is none; not part of the hash), so a Dockerfile that installs from
+the package index works behind a TLS-intercepting proxy (``sandbox-images/full``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import subprocess
@@ -25,16 +28,21 @@ import docker.errors
 
 from orchestrator.errors import ImageBuildError, ImageMissingError
 from orchestrator.languages import LANGUAGES, Language
+from orchestrator.sandbox.ca import find_ca_bundle
 from orchestrator.sandbox.docker import engine_errors
+from orchestrator.sandbox.toolbox import FULL_IMAGE, Toolbox, image_for
 
 Progress = Callable[[str], None]
 BOOTSTRAP_BASE = "oi-base:bookworm"
 LANGUAGE_IMAGES = tuple(info.image for info in LANGUAGES.values())
 PROXY_IMAGE = "proxy"
-ALL_IMAGES = (*LANGUAGE_IMAGES, PROXY_IMAGE)
-PARENTS: dict[str, str] = {"shell": "python"}
+ALL_IMAGES = (*LANGUAGE_IMAGES, FULL_IMAGE, PROXY_IMAGE)
+PARENTS: dict[str, str] = {"shell": "python", FULL_IMAGE: "shell"}
 """Images built on another sandbox image (its tag is their ``BASE``): the shell sandbox is the
-python one plus Node and the command-line tools, so a shell block can run the same Python."""
+python one plus Node and the command-line tools, so a shell block can run the same Python; the
+full toolbox is the shell one plus a browser and media tools."""
+BUILD_CA_NAME = "oi-build-ca.crt"
+"""The host CA bundle's name in every build context (see the module docstring)."""
 
 
 def _quiet(_: str) -> None:
@@ -54,7 +62,7 @@ def context_hash(directory: Path, base: str) -> str:
     digest = hashlib.sha256()
     digest.update(f"base={base}\n".encode())
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        if path.name == "__init__.py" or "__pycache__" in path.parts:
+        if path.name in ("__init__.py", BUILD_CA_NAME) or "__pycache__" in path.parts:
             continue
         digest.update(str(path.relative_to(directory)).encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
@@ -86,11 +94,13 @@ class ImageCatalog:
         prefix: str = "oi-sandbox",
         base_image: str = "debian:bookworm-slim",
         root: Path | None = None,
+        ca_bundle: Path | None = None,
     ) -> None:
         self._client = client
         self._prefix = prefix
         self._base_image = base_image
         self._root = root or context_root()
+        self._ca_bundle = ca_bundle  # for builds; None: the host's, if there is one
         self._resolved: dict[str, ResolvedImage] = {}
 
     def repository(self, name: str) -> str:
@@ -104,9 +114,12 @@ class ImageCatalog:
         digest = context_hash(self._root / name, below)
         return f"{self.repository(name)}:{digest[:12]}"
 
-    def resolve(self, language: Language) -> ResolvedImage:
-        """The image for a language, or ``ImageMissingError`` saying how to build it."""
-        return self.resolve_name(LANGUAGES[language].image, language.value)
+    def resolve(self, language: Language, toolbox: Toolbox = "standard") -> ResolvedImage:
+        """The image for a language in a toolbox, or ``ImageMissingError`` saying how to
+        build it."""
+        name = image_for(language, toolbox)
+        purpose = language.value if toolbox == "standard" else f"{language.value} ({toolbox})"
+        return self.resolve_name(name, purpose)
 
     def resolve_name(self, name: str, purpose: str | None = None) -> ResolvedImage:
         """The image built from ``sandbox-images/<name>``, or ``ImageMissingError``."""
@@ -239,11 +252,29 @@ class ImageCatalog:
         self._resolved.clear()
         return self.status()
 
+    def build_context(self, name: str) -> bytes:
+        """The build context of ``sandbox-images/<name>`` as a tar, with the CA bundle."""
+        directory = self._root / name
+        ca = find_ca_bundle(self._ca_bundle)
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+                if path.name in ("__init__.py", BUILD_CA_NAME) or "__pycache__" in path.parts:
+                    continue
+                tar.add(str(path), arcname=str(path.relative_to(directory)), recursive=False)
+            data = ca.read_bytes() if ca is not None else b""
+            info = tarfile.TarInfo(BUILD_CA_NAME)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+        return buffer.getvalue()
+
     def _build_one(self, name: str, tag: str, base: str, progress: Progress) -> None:
         log: list[str] = []
+        context = io.BytesIO(self.build_context(name))
         with engine_errors(f"building image {tag}"):
             events = self._client.api.build(
-                path=str(self._root / name),
+                fileobj=context,
+                custom_context=True,
                 tag=tag,
                 buildargs={"BASE": base},
                 rm=True,

@@ -28,6 +28,7 @@ from orchestrator.sandbox.bootstrap import (
     OutputScanner,
     frame_program,
 )
+from orchestrator.sandbox.ca import find_ca_bundle
 from orchestrator.sandbox.config import SandboxConfig, SandboxDescription
 from orchestrator.sandbox.container import (
     OOM_EXIT,
@@ -54,7 +55,7 @@ from orchestrator.sandbox.host import (
     prepare_host,
 )
 from orchestrator.sandbox.images import ImageCatalog, ResolvedImage
-from orchestrator.sandbox.network import EgressManager, EgressPolicy, find_ca_bundle
+from orchestrator.sandbox.network import EgressManager, EgressPolicy
 from orchestrator.sandbox.output import STDERR, STDOUT, CappedBuffer, FrameDecoder
 from orchestrator.sandbox.pool import ContainerPool, Reaper
 from orchestrator.sandbox.quota import QuotaCaps, QuotaGate, QuotaLauncher
@@ -269,7 +270,7 @@ class Sandbox:
         if cached is not None:
             return cached
         self._check_runtime()
-        image = self._images.resolve(language)
+        image = self._images.resolve(language, self.config.toolbox)
         spec = build_spec(
             language,
             image.tag,
@@ -350,7 +351,9 @@ class Sandbox:
                         labels=owner_labels(self.identity, self.session_id),
                     )
                 route = self._egress.ensure(EgressPolicy(hosts, config.egress_ranges))
-                self._attachment = NetworkAttachment(route.network, route.proxy_url, ca_bundle)
+                self._attachment = NetworkAttachment(
+                    route.network, route.proxy_url, ca_bundle, route.extra_hosts
+                )
         return self._attachment
 
     def proxy_log(self, tail: int = 50) -> str:
@@ -381,7 +384,7 @@ class Sandbox:
         if measuring is not None:
             measuring.join(ENV_MEASURE_WAIT_S)  # the last block may have filled it
         spec = self.spec_for(lang)
-        image = self._images.resolve(lang)
+        image = self._images.resolve(lang, self.config.toolbox)
         started = time.monotonic()
         outcome = "error"
         result: ExecResult | None = None

@@ -56,12 +56,14 @@ class NetworkAttachment:
 
     ``network`` is the Docker network to join (an internal allowlist network, or the bridge);
     ``proxy_url`` the egress proxy of an allowlist; ``ca_bundle`` a host CA bundle to mount so
-    TLS works on networks that intercept it.
+    TLS works on networks that intercept it; ``extra_hosts`` names that resolve to an address
+    in this container only (an allowlist's TCP hosts: its proxy, which forwards them).
     """
 
     network: str
     proxy_url: str | None = None
     ca_bundle: Path | None = None
+    extra_hosts: tuple[tuple[str, str], ...] = ()
 
 
 def proxy_environment(proxy_url: str | None, ca_bundle: bool) -> dict[str, str]:
@@ -331,6 +333,7 @@ def build_spec(
         environment.update(
             proxy_environment(attachment.proxy_url, attachment.ca_bundle is not None)
         )
+    extra_hosts = dict(attachment.extra_hosts) if attachment and network_mode != "none" else {}
     runtime = config.runtime
     if config.isolation == "gvisor":
         environment.setdefault("PATH", GVISOR_PATH)
@@ -363,6 +366,8 @@ def build_spec(
     }
     if runtime:
         host_config["runtime"] = runtime
+    if extra_hosts:
+        host_config["extra_hosts"] = extra_hosts
     labels = {
         **owner_labels(identity, session_id),
         LABEL_CREATED: f"{created if created is not None else time.time():.3f}",

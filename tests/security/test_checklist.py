@@ -2,7 +2,9 @@
 engine; network allowlist, policy and shared-host items come with their features). Each test
 runs under runc and, where the item applies, under gVisor, and both in a freshly launched
 container and in one the pool pre-started (``sandbox_pool``); the ``session_id`` fixture asserts
-that no container of the test's session remains."""
+that no container of the test's session remains. The items about the container itself also run
+in the full toolbox's image (``toolbox``: a browser and media tools), which must add programs,
+never privileges."""
 
 from __future__ import annotations
 
@@ -22,6 +24,12 @@ ISOLATIONS = ["runc", "gvisor"]
 
 @pytest.fixture(params=ISOLATIONS)
 def isolation(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(params=["standard", "full"])
+def toolbox(request: pytest.FixtureRequest) -> str:
+    """The image variant: the default images, or the full toolbox's (python and shell)."""
     return str(request.param)
 
 
@@ -76,13 +84,14 @@ def test_01_host_config_by_inspect(
 
 
 def test_02_no_capabilities_no_new_privs_seccomp(
-    make_sandbox: SandboxFactory, isolation: str
+    make_sandbox: SandboxFactory, isolation: str, toolbox: str
 ) -> None:
     out = run(
         make_sandbox,
         isolation,
         "sh",
         "grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status",
+        toolbox=toolbox,
     ).stdout
     fields = dict(line.split(":\t") for line in out.strip().splitlines())
     assert fields["CapEff"] == fields["CapPrm"] == fields["CapBnd"] == "0000000000000000"
@@ -133,13 +142,16 @@ def test_04_planted_setuid_binary_gives_no_privilege(
     assert result.stdout.split() == ["1000", "1000"], result
 
 
-def test_05_mount_and_unshare_fail(make_sandbox: SandboxFactory, isolation: str) -> None:
+def test_05_mount_and_unshare_fail(
+    make_sandbox: SandboxFactory, isolation: str, toolbox: str
+) -> None:
     result = run(
         make_sandbox,
         isolation,
         "sh",
         "mount -t tmpfs none /mnt && echo MOUNTED; unshare -Ur true && echo UNSHARED; "
         "unshare -m true && echo UNSHARED_M; echo PROBED",
+        toolbox=toolbox,
     )
     assert "PROBED" in result.stdout, result  # positive control: the probe itself ran
     assert "mount" in result.stderr.lower(), result  # and mount said why it could not
@@ -150,7 +162,7 @@ def test_05_mount_and_unshare_fail(make_sandbox: SandboxFactory, isolation: str)
     # so unshare may succeed there without touching the host; mounting still fails above.
 
 
-def test_06_proc_is_protected(make_sandbox: SandboxFactory, isolation: str) -> None:
+def test_06_proc_is_protected(make_sandbox: SandboxFactory, isolation: str, toolbox: str) -> None:
     result = run(
         make_sandbox,
         isolation,
@@ -158,6 +170,7 @@ def test_06_proc_is_protected(make_sandbox: SandboxFactory, isolation: str) -> N
         "echo '|/tmp/x' > /proc/sys/kernel/core_pattern && echo WROTE; "
         "head -c 16 /proc/kcore > /dev/null && echo READ_KCORE; "
         "echo 1 > /proc/sysrq-trigger && echo SYSRQ; head -c 5 /proc/self/status && echo",
+        toolbox=toolbox,
     )
     assert result.stdout.startswith("Name:"), result  # positive control: /proc is there
     assert result.stderr.strip(), result  # each write and read said why it failed
@@ -325,7 +338,9 @@ def test_26_tmp_is_fresh_per_block(make_sandbox: SandboxFactory, isolation: str)
 # --- Network ---------------------------------------------------------------------------------
 
 
-def test_28_raw_and_packet_sockets_fail(make_sandbox: SandboxFactory, isolation: str) -> None:
+def test_28_raw_and_packet_sockets_fail(
+    make_sandbox: SandboxFactory, isolation: str, toolbox: str
+) -> None:
     code = (
         "import socket\n"
         "for fam, kind, proto in [(socket.AF_PACKET, socket.SOCK_RAW, 0),"
@@ -333,27 +348,32 @@ def test_28_raw_and_packet_sockets_fail(make_sandbox: SandboxFactory, isolation:
         "    try:\n        socket.socket(fam, kind, proto)\n        print('OPENED')\n"
         "    except OSError as e:\n        print('denied', e.errno)\n"
     )
-    result = run(make_sandbox, isolation, "python", code)
+    result = run(make_sandbox, isolation, "python", code, toolbox=toolbox)
     assert "OPENED" not in result.stdout
     assert result.stdout.count("denied") == 2
 
 
-def test_29_only_loopback_under_none(make_sandbox: SandboxFactory, isolation: str) -> None:
+def test_29_only_loopback_under_none(
+    make_sandbox: SandboxFactory, isolation: str, toolbox: str
+) -> None:
     result = run(
         make_sandbox,
         isolation,
         "python",
         "import socket; print([n for _, n in socket.if_nameindex()])",
+        toolbox=toolbox,
     )
     assert result.stdout.strip() == "['lo']"
 
 
-def test_30_dns_fails_under_none(make_sandbox: SandboxFactory, isolation: str) -> None:
+def test_30_dns_fails_under_none(
+    make_sandbox: SandboxFactory, isolation: str, toolbox: str
+) -> None:
     code = (
         "import socket\ntry:\n    socket.getaddrinfo('pypi.org', 443)\n    print('RESOLVED')\n"
         "except OSError as e:\n    print('no dns', type(e).__name__)\n"
     )
-    result = run(make_sandbox, isolation, "python", code)
+    result = run(make_sandbox, isolation, "python", code, toolbox=toolbox)
     assert "no dns" in result.stdout
 
 

@@ -26,7 +26,8 @@ from orchestrator.llm.instructions import (
 from orchestrator.llm.prompts import EXECUTE_TOOL, PromptContext, build_system_prompt
 from orchestrator.loading import Layer, Source, load
 from orchestrator.policy import Policy
-from orchestrator.session import LANGUAGE_NOTES, Session
+from orchestrator.sandbox.toolbox import language_notes
+from orchestrator.session import Session
 from orchestrator.settings import Settings
 from orchestrator.wiring import announce_project_instructions, check_instructions
 from tests.fakes import FakeRunner, ScriptedModel
@@ -38,7 +39,7 @@ SEED_ADVICE = (
 
 
 def context(network: Any = "none", hosts: tuple[str, ...] = ()) -> PromptContext:
-    return PromptContext("/home/u/work", LANGUAGE_NOTES, network, hosts, "1 GiB", 1.0, 60.0, True)
+    return PromptContext("/home/u/work", language_notes(), network, hosts, "1 GiB", 1.0, 60.0, True)
 
 
 def user(text: str) -> Instructions:

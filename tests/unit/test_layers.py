@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "orchestrator.settings": 2,
     "orchestrator.events": 2,
     "orchestrator.approval": 2,
+    "orchestrator.vision": 2,
     # 3: loading settings; records
     "orchestrator.loading": 3,
     "orchestrator.transcript": 3,

@@ -273,7 +273,7 @@ def test_every_setting_has_a_trust_level_and_a_policy_decision(name: str) -> Non
 def test_every_policy_key_is_used() -> None:
     decided = {field_meta(name)[1].split()[1] for name in FIELDS if " " in field_meta(name)[1]}
     others = {"max_concurrent_per_user", "max_concurrent_total", "allow_extra_mounts", "presets"}
-    others |= {"allowed_ca_bundles"}
+    others |= {"allowed_ca_bundles", "allowed_tcp_ports"}
     assert set(KNOWN_KEYS) <= decided | others
 
 
