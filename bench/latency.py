@@ -39,6 +39,7 @@ from orchestrator.sandbox.docker import connect
 from orchestrator.sandbox.host import prepare_host
 from orchestrator.sandbox.images import ImageCatalog
 from orchestrator.sandbox.runner import Sandbox
+from orchestrator.sandbox.session_env import state_key
 from orchestrator.sandbox.spec import current_identity
 from orchestrator.settings import Settings
 
@@ -108,7 +109,9 @@ def sandbox(
 ) -> Iterator[Sandbox]:
     config = sandbox_config(Settings(workdir=workdir, **overrides), Policy())
     if env_dir is not None:  # a session's environment: Python state and installs kept
-        config = dataclasses.replace(config, env_dir=env_dir)
+        config = dataclasses.replace(
+            config, env_dir=env_dir, state_key=state_key(env_dir.parent, "bench")
+        )
     box = Sandbox(
         client,
         config,

@@ -27,6 +27,7 @@ from orchestrator.sandbox.docker import connect
 from orchestrator.sandbox.host import prepare_host
 from orchestrator.sandbox.images import ImageCatalog
 from orchestrator.sandbox.runner import Sandbox
+from orchestrator.sandbox.session_env import state_key
 from orchestrator.sandbox.spec import current_identity
 from orchestrator.settings import Settings
 
@@ -40,7 +41,9 @@ USE = "import time\nprint('rows', len(frame), 'at', time.time())\n"
 
 def session(client: object, workdir: Path, env: Path, **settings: object) -> Sandbox:
     config = sandbox_config(Settings(workdir=workdir, pool=False, **settings), Policy())
-    config = dataclasses.replace(config, env_dir=env)
+    config = dataclasses.replace(
+        config, env_dir=env, state_key=state_key(env.parent, "bench-state")
+    )
     return Sandbox(
         client,  # type: ignore[arg-type]
         config,

@@ -18,13 +18,13 @@ Errors are ``ConfigError`` naming the path and the fix.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import stat
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 from orchestrator.errors import ConfigError
 
@@ -232,9 +232,194 @@ def private_dir(path: Path, mode: int = 0o700) -> Path:
     return path
 
 
+class Descent:
+    """What ``descend`` does in each folder (subclass and override)."""
+
+    def enter(self, fd: int, path: Path) -> Iterable[str]:
+        """Handle the folder open at ``fd``; return the names of the subfolders to walk into."""
+        raise NotImplementedError
+
+    def open_child(self, fd: int, name: str, path: Path) -> int | None:
+        """Open subfolder ``name`` of the folder at ``fd`` (None: skip it). Never follows a
+        symlink: one swapped in since ``enter`` listed it fails with ELOOP or ENOTDIR."""
+        try:
+            return os.open(name, _DIR, dir_fd=fd)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return None
+            raise
+
+    def leave(self, parent_fd: int, name: str, path: Path) -> None:
+        """After subfolder ``name`` and everything below it was walked."""
+
+
+def open_real_dir(path: Path) -> int:
+    """Open the folder at ``path``, which must hold no symlink at all (a resolved path): each
+    component is opened with ``O_NOFOLLOW``, so a link swapped in since ``path`` was resolved
+    is refused (``ConfigError``), never followed."""
+    if not path.is_absolute():
+        raise ConfigError(f"{path} is not an absolute path")
+    fd = os.open("/", _DIR)
+    try:
+        for part in path.parts[1:]:
+            try:
+                child = os.open(part, _DIR, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise ConfigError(
+                        f"{path} changed while oi used it: {part} is no longer a folder; "
+                        "run the command again"
+                    ) from None
+                raise
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def symlinks_on_the_way(path: Path, limit: int = 40) -> list[Path]:
+    """The symlinks met resolving ``path`` (absolute), each named where it really is (its
+    folder resolved), in the order they are met. A part that does not exist ends the walk."""
+    found: list[Path] = []
+    current = Path("/")
+    parts = list(reversed(path.parts[1:]))
+    while parts:
+        name = parts.pop()
+        if name in ("", "."):
+            continue
+        if name == "..":
+            current = current.parent
+            continue
+        candidate = current / name
+        try:
+            info = os.lstat(candidate)
+        except OSError:
+            break
+        if not stat.S_ISLNK(info.st_mode):
+            current = candidate
+            continue
+        found.append(candidate)
+        if len(found) > limit:
+            break
+        target = Path(os.readlink(candidate))
+        if target.is_absolute():
+            current = Path("/")
+            parts.extend(reversed(target.parts[1:]))
+        else:
+            parts.extend(reversed(target.parts))
+    return found
+
+
+def descend(root: Path, how: Descent, *, real: bool = False) -> None:
+    """Walk the folder tree at ``root`` without recursion and without following a symlink,
+    however deep it is: one folder is open at a time, and the walk climbs back through ``..``,
+    checking it reaches the very folder it came from (a folder moved meanwhile raises
+    ``ConfigError``). No path is ever resolved, so depth beyond PATH_MAX does not matter.
+    ``real``: ``root`` is a resolved path, opened with no symlink followed on the way."""
+    fd = open_real_dir(root) if real else os.open(root, _DIR)
+    info = os.fstat(fd)
+    # One frame per open level: its name, identity, path (for messages) and the subfolders
+    # still to walk (None until ``enter`` ran).
+    frames: list[tuple[str, tuple[int, int], Path, list[str] | None]] = [
+        ("", (info.st_dev, info.st_ino), root, None)
+    ]
+    try:
+        while frames:
+            name, ident, path, pending = frames[-1]
+            if pending is None:
+                pending = list(how.enter(fd, path))
+                pending.reverse()
+                frames[-1] = (name, ident, path, pending)
+            if pending:
+                child = pending.pop()
+                child_fd = how.open_child(fd, child, path / child)
+                if child_fd is None:
+                    continue
+                child_info = os.fstat(child_fd)
+                os.close(fd)
+                fd = child_fd
+                frames.append((child, (child_info.st_dev, child_info.st_ino), path / child, None))
+                continue
+            frames.pop()
+            if not frames:
+                break
+            parent_fd = os.open("..", _DIR, dir_fd=fd)
+            parent = os.fstat(parent_fd)
+            os.close(fd)
+            fd = parent_fd
+            if (parent.st_dev, parent.st_ino) != frames[-1][1]:
+                raise ConfigError(
+                    f"{frames[-1][2]} was moved while oi walked it; run the command again"
+                )
+            how.leave(fd, name, path)
+    finally:
+        os.close(fd)
+
+
+def open_up(fd: int, name: str) -> None:
+    """Give the folder ``name`` (in the folder at ``fd``) back to its owner: u+rwx, set
+    through an ``O_PATH`` descriptor so a symlink is never followed. For oi's own folders
+    (environments, task folders) that a block made unreadable or unwritable."""
+    path_fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+    try:
+        mode = stat.S_IMODE(os.fstat(path_fd).st_mode)
+        os.chmod(f"/proc/self/fd/{path_fd}", mode | stat.S_IRWXU)
+    finally:
+        os.close(path_fd)
+
+
+class _Remover(Descent):
+    def enter(self, fd: int, path: Path) -> list[str]:
+        info = os.fstat(fd)
+        if info.st_mode & stat.S_IRWXU != stat.S_IRWXU:
+            with contextlib.suppress(OSError):  # a block made it unwritable
+                os.fchmod(fd, stat.S_IMODE(info.st_mode) | stat.S_IRWXU)
+        folders = []
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(entry.name)
+                    continue
+                try:
+                    os.unlink(entry.name, dir_fd=fd)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    raise _cannot_remove(path / entry.name, exc) from None
+        return folders
+
+    def open_child(self, fd: int, name: str, path: Path) -> int | None:
+        try:
+            return super().open_child(fd, name, path)
+        except PermissionError:
+            with contextlib.suppress(OSError):
+                open_up(fd, name)
+        try:
+            return super().open_child(fd, name, path)
+        except OSError as exc:
+            raise _cannot_remove(path, exc) from None
+
+    def leave(self, parent_fd: int, name: str, path: Path) -> None:
+        try:
+            os.rmdir(name, dir_fd=parent_fd)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _cannot_remove(path, exc) from None
+
+
+def _cannot_remove(path: Path, exc: OSError) -> ConfigError:
+    return ConfigError(f"cannot remove {path} ({exc.strerror}); remove it by hand")
+
+
 def remove_tree(path: Path) -> None:
     """Remove what is at ``path`` without following symlinks, also folders a sandbox made
-    unwritable. Raises ``ConfigError`` naming what could not be removed."""
+    unreadable or unwritable, however deep. Raises ``ConfigError`` naming what could not be
+    removed."""
     try:
         info = os.lstat(path)
     except FileNotFoundError:
@@ -242,26 +427,20 @@ def remove_tree(path: Path) -> None:
     if not stat.S_ISDIR(info.st_mode):
         path.unlink()
         return
-
-    def retry(function: Callable[..., Any], failed: str, _exc: Any) -> None:
-        # A folder without write/search permission: open it up (never through a symlink:
-        # rmtree only descends into real folders) and try once more.
-        parent = os.path.dirname(failed)
+    if info.st_mode & stat.S_IRWXU != stat.S_IRWXU:
         with contextlib.suppress(OSError):
-            if not os.path.islink(parent):
-                os.chmod(parent, 0o700)
-            if os.path.isdir(failed) and not os.path.islink(failed):
-                os.chmod(failed, 0o700)
-        try:
-            function(failed)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot remove {failed} ({exc.strerror}); remove {path} by hand"
-            ) from None
-
-    shutil.rmtree(path, onerror=retry)
+            parent = os.open(path.parent, _DIR)
+            try:
+                open_up(parent, path.name)
+            finally:
+                os.close(parent)
+    try:
+        descend(path, _Remover())
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise _cannot_remove(path, exc) from None
 
 
 # --- copying folders (batch workdir templates, replay's --workdir-from) ---------------------
@@ -318,21 +497,31 @@ def _special_file(path: Path, mode: int) -> ConfigError:
 
 
 def _copy_children(src: Path, dst: Path, owner: tuple[int, int] | None) -> None:
-    with os.scandir(src) as iterator:
-        entries = sorted(iterator, key=lambda e: e.name)
-    for entry in entries:
-        source = Path(entry.path)
-        target = dst / entry.name
-        info = entry.stat(follow_symlinks=False)
-        if stat.S_ISLNK(info.st_mode):
-            os.symlink(os.readlink(source), target)
-        elif stat.S_ISDIR(info.st_mode):
-            os.mkdir(target, 0o700)
-            _copy_children(source, target, owner)
-        elif stat.S_ISREG(info.st_mode):
-            _copy_file(source, target, info)
-        else:
-            raise _special_file(source, info.st_mode)
+    """Copy what is below ``src`` into ``dst`` (without recursion: a template may be deep).
+    Folders get their mode and times after their contents, deepest first."""
+    pending = [(src, dst)]
+    folders: list[tuple[Path, os.stat_result]] = []
+    while pending:
+        source_dir, target_dir = pending.pop()
+        with os.scandir(source_dir) as iterator:
+            entries = sorted(iterator, key=lambda e: e.name)
+        for entry in entries:
+            source = Path(entry.path)
+            target = target_dir / entry.name
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISLNK(info.st_mode):
+                os.symlink(os.readlink(source), target)
+            elif stat.S_ISDIR(info.st_mode):
+                os.mkdir(target, 0o700)
+                pending.append((source, target))
+                folders.append((target, info))
+                continue
+            elif stat.S_ISREG(info.st_mode):
+                _copy_file(source, target, info)
+            else:
+                raise _special_file(source, info.st_mode)
+            _finish_entry(target, info, owner)
+    for target, info in reversed(folders):
         _finish_entry(target, info, owner)
 
 

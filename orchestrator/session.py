@@ -639,7 +639,6 @@ class Session:
             memory_str=box.memory,
             max_chars=max_chars,
             workdir_overrun=result.workdir_overrun,
-            env_note=result.env_note,
         )
         for_model += self._keep_whole_output(index, result, max_chars)
         yield from self._emit(

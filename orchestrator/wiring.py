@@ -25,7 +25,7 @@ from orchestrator.records import RECORD_VERSION
 from orchestrator.sandbox.config import SandboxConfig
 from orchestrator.sandbox.container import new_session_id
 from orchestrator.sandbox.runner import Sandbox
-from orchestrator.sandbox.session_env import env_key
+from orchestrator.sandbox.session_env import env_key, state_key
 from orchestrator.session import Session
 from orchestrator.settings import Settings
 from orchestrator.transcript import (
@@ -184,7 +184,9 @@ def session_config(loaded: Loaded, session_id: str, env_root: Path | None = None
     key = env_key(settings.session_env, session_id, settings.workdir, os.getuid())
     if key is None:
         return config
-    return dataclasses.replace(config, env_dir=(env_root or settings.data_dir / "envs") / key)
+    envs = env_root or settings.data_dir / "envs"
+    sealed = state_key(envs, session_id) if config.python_state else None
+    return dataclasses.replace(config, env_dir=envs / key, state_key=sealed)
 
 
 @dataclass

@@ -29,6 +29,7 @@ from orchestrator.sandbox.docker import connect
 from orchestrator.sandbox.host import prepare_host
 from orchestrator.sandbox.images import ImageCatalog
 from orchestrator.sandbox.runner import Sandbox
+from orchestrator.sandbox.session_env import state_key
 from orchestrator.sandbox.spec import current_identity
 from orchestrator.settings import Settings
 
@@ -133,6 +134,10 @@ def make_sandbox(
         if pooled:
             overrides["pool"] = True
         config = dataclasses.replace(make_config(**overrides), **(sandbox_only or {}))
+        if config.env_dir is not None and config.state_key is None:  # as wiring does
+            config = dataclasses.replace(
+                config, state_key=state_key(config.env_dir.parent, session_id)
+            )
         sandbox = (PooledSandbox if pooled else Sandbox)(
             docker_client,
             config,

@@ -504,9 +504,13 @@ class BatchRunner:
         spec = control.planned.spec
         assert control.sandbox is not None and spec.check is not None
         log.write(f"\n## check: {spec.check}\n")
-        result: ExecResult = control.sandbox.run(
-            Language.SHELL, spec.check, on_output=log.write_bytes
-        )
+        # Not in the session's environment: programs the model's blocks installed or planted
+        # there (a grep that always matches) must not judge them.
+        checker = control.sandbox.without_env()
+        try:
+            result: ExecResult = checker.run(Language.SHELL, spec.check, on_output=log.write_bytes)
+        finally:
+            checker.close()
         log.write(f"\n## check exit code {result.shell_exit_code}\n")
         return CheckOutcome(
             result.exit_code, result.timed_out, result.oom_killed, control.planned.settings.timeout

@@ -159,7 +159,6 @@ def format_result_for_model(
     declined: bool = False,
     max_chars: int | None = None,
     workdir_overrun: WorkdirOverrun | None = None,
-    env_note: str | None = None,
 ) -> str:
     """The short plain text the model receives about one block.
 
@@ -185,8 +184,6 @@ def format_result_for_model(
         status = f"exit code {exit_code}"
     if workdir:  # it ended by itself (or timed out) after passing the bound
         status = f"{status}; {workdir}"
-    if env_note:
-        status = f"{status}; note: {env_note}"
     parts = [status]
     for name, raw, cut in (
         ("stdout", stdout, stdout_cut_bytes),
@@ -209,6 +206,18 @@ def workdir_limit_words(overrun: WorkdirOverrun) -> str:
     the workdir limit of 4 GiB was reached (the block added 4.1 GiB); the block was killed.
     Delete files you do not need, or write less." """
     show = format_amount if overrun.kind == "bytes" else _files
+    if overrun.where == "environment":
+        limit = (
+            f"the session environment limit of {show(overrun.limit)} (installed packages, "
+            "Python state)"
+        )
+        holds = f"it holds {show(overrun.grown)}"
+        if overrun.stopped:
+            return (
+                f"stopped: {limit} was reached ({holds}); the block was killed. Uninstall "
+                "packages you do not need, or install fewer."
+            )
+        return f"{limit} was passed ({holds}). Uninstall packages you do not need."
     if overrun.earlier_blocks:
         # The bound is the session's: say so, since this block may have added only a part.
         earlier = overrun.earlier_blocks

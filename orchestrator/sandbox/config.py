@@ -77,6 +77,9 @@ class SandboxConfig:
     session_env: SessionEnvScope = "session"
     env_max_bytes: int | None = 2 * GiB
     python_state: bool = True
+    # Seals the session's Python state (hex; ``session_env.state_key``): without it, none is
+    # kept. Only this session's containers get it.
+    state_key: str | None = None
 
     @property
     def runtime(self) -> str | None:

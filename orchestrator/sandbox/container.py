@@ -50,7 +50,6 @@ class ExecResult:
     image_id: str
     code_sha256: str
     workdir_overrun: WorkdirOverrun | None = None  # the workdir passed its session limit
-    env_note: str | None = None  # the session's environment is full (read-only from now on)
 
     @property
     def truncated(self) -> bool:

@@ -27,13 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import ConfigError
+from orchestrator.fsafe import Descent, descend
 
 SANDBOX_UID = 2_000_000_000
 SANDBOX_GID = 2_000_000_000
 """A uid and gid no account on a normal host has (above the subordinate id ranges of user
 namespaces, below 2^31). ``check_dedicated`` refuses to run if one does."""
 
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOATIME", 0)
 _SETID = stat.S_ISUID | stat.S_ISGID
 
@@ -73,33 +73,40 @@ class GrantResult:
 
 
 def grant_workdir(root: Path, gid: int = SANDBOX_GID) -> GrantResult:
-    """Give ``root`` and everything below it to the group ``gid`` (see the module docstring).
+    """Give ``root`` (a resolved path) and everything below it to the group ``gid`` (see the
+    module docstring).
 
-    Walks with descriptors (``O_NOFOLLOW`` at every step), so a symlink planted anywhere - by a
-    block, or by someone racing the walk - is never followed. Raises ``ConfigError`` naming
-    the entry when the filesystem refuses (read-only, no group support).
+    Walks with descriptors (``O_NOFOLLOW`` at every step, ``fsafe.descend``: no recursion, any
+    depth), so a symlink planted anywhere - by a block, or by someone racing the walk - is
+    never followed. Raises ``ConfigError`` naming the entry when the filesystem refuses
+    (read-only, no group support).
     """
     result = GrantResult()
     try:
-        fd = os.open(root, _DIR)
+        descend(root, _Granter(gid, result), real=True)
+    except ConfigError:
+        raise
     except OSError as exc:
         raise ConfigError(f"workdir {root}: {exc.strerror}") from None
-    try:
-        _grant(fd, root, gid, result, directory=True)
-        _walk(fd, root, gid, result)
-    finally:
-        os.close(fd)
     return result
 
 
-def _walk(dir_fd: int, path: Path, gid: int, result: GrantResult) -> None:
-    names = []
-    with os.scandir(dir_fd) as entries:
-        for entry in entries:
-            is_dir = entry.is_dir(follow_symlinks=False)
-            if not (is_dir or entry.is_file(follow_symlinks=False)):
-                continue  # never open a FIFO, socket or device
-            if not is_dir:
+class _Granter(Descent):
+    def __init__(self, gid: int, result: GrantResult) -> None:
+        self.gid = gid
+        self.result = result
+
+    def enter(self, fd: int, path: Path) -> list[str]:
+        gid, result = self.gid, self.result
+        _grant(fd, path, gid, result, directory=True)
+        folders, files = [], []
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(entry.name)
+                    continue
+                if not entry.is_file(follow_symlinks=False):
+                    continue  # never open a FIFO, socket or device
                 # A file already granted (a later session) is not even opened.
                 with contextlib.suppress(OSError):
                     info = entry.stat(follow_symlinks=False)
@@ -108,24 +115,32 @@ def _walk(dir_fd: int, path: Path, gid: int, result: GrantResult) -> None:
                     ):
                         result.entries += 1
                         continue
-            names.append((entry.name, is_dir))
-    for name, is_dir in names:
+                files.append(entry.name)
+        for name in files:
+            try:
+                file_fd = os.open(name, _FILE, dir_fd=fd)
+            except OSError as exc:
+                # Gone meanwhile, or swapped for a symlink (ELOOP) or something else.
+                if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO):
+                    continue
+                raise _cannot_open(path / name, exc) from None
+            try:
+                info = os.fstat(file_fd)
+                if stat.S_ISREG(info.st_mode):
+                    _grant(file_fd, path / name, gid, result, directory=False, info=info)
+            finally:
+                os.close(file_fd)
+        return folders
+
+    def open_child(self, fd: int, name: str, path: Path) -> int | None:
         try:
-            fd = os.open(name, _DIR if is_dir else _FILE, dir_fd=dir_fd)
+            return super().open_child(fd, name, path)
         except OSError as exc:
-            # Gone meanwhile, or swapped for a symlink (ELOOP) or something else: not granted.
-            if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.ENXIO):
-                continue
-            raise ConfigError(f"cannot open {path / name} to grant it: {exc.strerror}") from None
-        try:
-            info = os.fstat(fd)
-            if stat.S_ISDIR(info.st_mode):
-                _grant(fd, path / name, gid, result, directory=True, info=info)
-                _walk(fd, path / name, gid, result)
-            elif stat.S_ISREG(info.st_mode):
-                _grant(fd, path / name, gid, result, directory=False, info=info)
-        finally:
-            os.close(fd)
+            raise _cannot_open(path, exc) from None
+
+
+def _cannot_open(path: Path, exc: OSError) -> ConfigError:
+    return ConfigError(f"cannot open {path} to grant it: {exc.strerror}")
 
 
 def _grant(

@@ -17,7 +17,7 @@ from orchestrator.sandbox.config import SandboxConfig
 from orchestrator.sandbox.docker import engine_errors
 from orchestrator.sandbox.grant import SANDBOX_GID, SANDBOX_UID, check_dedicated, grant_workdir
 from orchestrator.sandbox.session_env import prepare_env_dir
-from orchestrator.sandbox.spec import Identity, check_workdir
+from orchestrator.sandbox.spec import ExtraMount, Identity, check_workdir, parse_mount
 
 
 def homes() -> list[Path]:
@@ -40,8 +40,9 @@ def prepare_host(identity: Identity, config: SandboxConfig) -> Identity:
     if not identity.grant:
         return identity
     check_dedicated()
-    folders = [config.workdir] + [
-        Path(m.split(":")[0]).expanduser() for m in config.mounts if m.endswith(":rw")
+    # Checked before anything is granted: a mount path a block redirected is refused here.
+    folders = [config.workdir.resolve()] + [
+        m.host for m in checked_mounts(config) if not m.read_only and m.host.is_dir()
     ]
     changed = sum(grant_workdir(folder).changed for folder in folders)
     if not changed:
@@ -54,6 +55,21 @@ def prepare_host(identity: Identity, config: SandboxConfig) -> Identity:
             "so blocks can change them (owners unchanged)"
         ),
     )
+
+
+def checked_mounts(config: SandboxConfig) -> tuple[ExtraMount, ...]:
+    """The session's extra mounts, each checked against every home of the user, and none
+    reached through a symlink a block could have made (in the workdir or a read-write
+    mount)."""
+    user_homes = homes()
+    workdir = config.workdir.resolve()
+    first = [parse_mount(text, user_homes[0], [workdir]) for text in config.mounts]
+    writable = [workdir] + [m.host for m in first if not m.read_only and m.host.is_dir()]
+    mounts = tuple(parse_mount(text, user_homes[0], writable) for text in config.mounts)
+    for mount in mounts:
+        for user_home in user_homes[1:]:
+            check_workdir(mount.host if mount.host.is_dir() else mount.host.parent, user_home)
+    return mounts
 
 
 def check_workdir_everywhere(workdir: Path) -> None:

@@ -51,7 +51,7 @@ from orchestrator.sandbox.health import (
 from orchestrator.sandbox.host import (
     check_gvisor_runtime,
     check_workdir_everywhere,
-    homes,
+    checked_mounts,
     prepare_host,
 )
 from orchestrator.sandbox.images import ImageCatalog, ResolvedImage
@@ -59,31 +59,26 @@ from orchestrator.sandbox.network import EgressManager, EgressPolicy
 from orchestrator.sandbox.output import STDERR, STDOUT, CappedBuffer, FrameDecoder
 from orchestrator.sandbox.pool import ContainerPool, Reaper
 from orchestrator.sandbox.quota import QuotaCaps, QuotaGate, QuotaLauncher
-from orchestrator.sandbox.session_env import env_size
+from orchestrator.sandbox.session_env import env_quota
 from orchestrator.sandbox.spec import (
     ContainerSpec,
     ExtraMount,
     Identity,
     NetworkAttachment,
     build_spec,
-    check_workdir,
     current_identity,
     owner_labels,
-    parse_mount,
 )
 from orchestrator.sandbox.watchdog import Watchdog, process_watchdog
 from orchestrator.sandbox.workdir_quota import (
-    BlockWatch,
     DockerBlockControl,
     WorkdirQuota,
     quota_for,
 )
-from orchestrator.units import format_amount, format_size
+from orchestrator.units import format_size
 
 WARM_WAIT_S = 60.0
 """How long ``close`` waits for a warm-up that is still making its network or container."""
-ENV_MEASURE_WAIT_S = 10.0
-"""How long a block waits for the size of the session's environment after the last block."""
 
 OutputCallback = Callable[[str, bytes], None]
 """Called with ("stdout" | "stderr", bytes) as output arrives, while the block runs."""
@@ -140,15 +135,19 @@ class Sandbox:
         self._direct: Launcher = direct
         self._reaper = Reaper(self._remove)
         self._egress = egress
+        self._owns_egress = True  # close() removes its networks (not a ``without_env`` copy)
         self._audit = audit
         self._quota = quota
         self._watchdog = watchdog
         self._probe = probe or EngineProbe()
         self._engine_frozen = False  # then close() must not wait on the engine
-        self._env_full: str | None = None  # why the session's environment is read-only now
-        self._env_measure: threading.Thread | None = None
         self._workdir = workdir_quota or quota_for(
             config.workdir, config.workdir_max_bytes, config.workdir_max_files
+        )
+        self._env_quota = (
+            env_quota(config.env_dir, config.env_max_bytes)
+            if config.env_dir is not None and config.env_max_bytes is not None
+            else None
         )
         self._attachment: NetworkAttachment | None = None
         self._attachment_lock = threading.Lock()
@@ -196,6 +195,29 @@ class Sandbox:
             quota=None if caps.unlimited else QuotaGate(client, caps, identity.owner_uid),
             watchdog=process_watchdog(),
         )
+
+    def without_env(self) -> Sandbox:
+        """A sandbox like this one (same workdir, limits, network, owner and session labels)
+        without the session's environment: what a batch task's check runs in, so nothing the
+        model's blocks installed or planted there (a ``grep`` on PATH, a ``.pth`` file) takes
+        part in judging them. Shares this one's workdir bound and allowlist network (this one
+        removes it)."""
+        sibling = Sandbox(
+            self._client,
+            dataclasses.replace(self.config, env_dir=None, python_state=False, pool=False),
+            self._images,
+            self.identity,
+            session_id=self.session_id,
+            host_env=self._host_env,
+            egress=self._egress,
+            audit=self._audit,
+            quota=self._quota,
+            workdir_quota=self._workdir,
+            watchdog=self._watchdog,
+            probe=self._probe,
+        )
+        sibling._owns_egress = False
+        return sibling
 
     def warm(self, language: Language | str) -> None:
         """Hint that a block in ``language`` is likely soon: pre-start its containers.
@@ -251,7 +273,8 @@ class Sandbox:
             self.pool.close()
         self._reaper.drain()
         if self._egress is not None and self._attachment is not None:
-            self._egress.release()
+            if self._owns_egress:
+                self._egress.release()
             self._attachment = None
         with self._specs_lock:
             self._specs.clear()  # they name the network just released
@@ -280,7 +303,6 @@ class Sandbox:
             self._host_env,
             attachment=self._network_attachment(),
             extra_mounts=self._extra_mounts(),
-            env_writable=self._env_full is None,
         )
         with self._specs_lock:
             return self._specs.setdefault(language, spec)
@@ -313,13 +335,7 @@ class Sandbox:
 
     def _extra_mounts(self) -> tuple[ExtraMount, ...]:
         if self._mounts is None:
-            user_homes = homes()
-            self._mounts = tuple(parse_mount(m, user_homes[0]) for m in self.config.mounts)
-            for mount in self._mounts:
-                for user_home in user_homes[1:]:
-                    check_workdir(
-                        mount.host if mount.host.is_dir() else mount.host.parent, user_home
-                    )
+            self._mounts = checked_mounts(self.config)
         return self._mounts
 
     def _network_attachment(self) -> NetworkAttachment | None:
@@ -380,9 +396,6 @@ class Sandbox:
         """
         lang = language if isinstance(language, Language) else parse_language(language)
         program = code.encode() if isinstance(code, str) else code
-        measuring = self._env_measure
-        if measuring is not None:
-            measuring.join(ENV_MEASURE_WAIT_S)  # the last block may have filled it
         spec = self.spec_for(lang)
         image = self._images.resolve(lang, self.config.toolbox)
         started = time.monotonic()
@@ -457,8 +470,8 @@ class Sandbox:
         on_output: OutputCallback | None,
         on_status: Callable[[str], None] | None,
     ) -> ExecResult:
-        if self._workdir is not None:
-            self._workdir.prepare()  # the session's baseline walk, while the container starts
+        for quota in self._quotas():
+            quota.prepare()  # the session's baseline walk, while the container starts
         live = self._launch(spec, on_status)
         with self._running_lock:
             self._running.add(live.id)
@@ -494,35 +507,11 @@ class Sandbox:
         if self.pool is not None:
             # Top the shape up only now: a container starting during the block would slow it.
             self.pool.refill(spec)
-        note = self._env_full  # as the block found it (the measure below is for the next)
-        if self.config.env_dir is not None and self.config.env_max_bytes is not None:
-            # Off the hot path: the model is thinking about this result meanwhile; the next
-            # block waits for it (``_launch``).
-            self._env_measure = threading.Thread(
-                target=self._measure_env, name="oi-env-size", daemon=True
-            )
-            self._env_measure.start()
-        return dataclasses.replace(result, env_note=note) if note else result
+        return result
 
-    def _measure_env(self) -> None:
-        """After a block: over ``env_max_bytes``, the session's environment turns read-only for
-        the next blocks (they still run with what it holds; nothing more is installed)."""
-        assert self.config.env_dir is not None and self.config.env_max_bytes is not None
-        used = env_size(self.config.env_dir)
-        limit = self.config.env_max_bytes
-        full = None
-        if used > limit:
-            full = (
-                f"the session's environment (installed packages, Python state) holds "
-                f"{format_amount(used)}, over its limit of {format_size(limit)}: it is read-only "
-                "now, so nothing more can be installed or kept (the user can raise env_max_bytes)"
-            )
-        if full != self._env_full:
-            with self._specs_lock:
-                self._env_full = full
-                self._specs.clear()  # the next blocks mount it read-only (or writable again)
-            if self.pool is not None:
-                self.pool.close()  # pre-started containers have the old mount
+    def _quotas(self) -> list[WorkdirQuota]:
+        """The bounds watched while a block runs: the workdir's, the environment's."""
+        return [q for q in (self._workdir, self._env_quota) if q is not None]
 
     def _was_cancelled(self, live: LiveContainer) -> bool:
         with self._running_lock:
@@ -571,9 +560,7 @@ class Sandbox:
             nonce = secrets.token_hex(16).encode()
             scanner = OutputScanner(nonce, expect_greeting=not live.greeted)
             message = frame_program(nonce, program)
-        watch: BlockWatch | None = None
-        if self._workdir is not None:
-            watch = self._workdir.watch(DockerBlockControl(self._api, live.id))
+        watches = [q.watch(DockerBlockControl(self._api, live.id)) for q in self._quotas()]
         # The clock starts when the program is sent, not when the container was made.
         started = time.monotonic()
         deadline = started + config.timeout
@@ -586,15 +573,15 @@ class Sandbox:
             raise SandboxError(
                 f"sending the program to sandbox {live.id[:12]} failed: {exc}"
             ) from exc
-        if watch is not None:
+        for watch in watches:
             watch.start()
         try:
             timed_out = self._stream(live, scanner, decoder, deliver, deadline)
         finally:
-            if watch is not None:
+            for watch in watches:
                 watch.stop()  # before stopping or waiting for the container: no freeze then
-        if watch is not None and watch.stopped_the_block:
-            timed_out = False  # the workdir limit, not the clock, ended it
+        if any(watch.stopped_the_block for watch in watches):
+            timed_out = False  # a disk bound, not the clock, ended it
         if scanner is not None:
             for stream in (STDOUT, STDERR):
                 deliver(stream, scanner.flush(stream))
@@ -608,7 +595,9 @@ class Sandbox:
         else:
             exit_code, oom_killed = self._finish(live.id, timed_out)
             live.ended = not timed_out  # Docker saw it exit: nothing of it runs any more
-        overrun = watch.result() if watch is not None else None
+        overruns = [o for o in (watch.result() for watch in watches) if o is not None]
+        # The one that stopped the block, else the first passed.
+        overrun = min(overruns, key=lambda o: not o.stopped, default=None)
         if overrun is not None and overrun.stopped:
             oom_killed = False  # its SIGKILL came from oi
         elif exit_code in SIGNALLED and not (timed_out or oom_killed or self._was_cancelled(live)):

@@ -14,26 +14,40 @@ The folder lives under oi's data dir (``envs/``, private to the user), one per s
 per workdir with ``session_env = "workdir"`` (so a resumed chat, or the next ``oi run`` in the
 same folder, finds its packages). It belongs to the uid the blocks run as. The host never runs,
 imports or unpickles anything in it: oi makes it, measures it (without following links) and
-removes it. Its size is bounded by ``env_max_bytes``: measured after each block (off the hot
-path); a session over it runs no further block until it frees room, and the model is told so.
-``oi gc`` removes environments unused for ``KEEP_DAYS``.
+removes it. What it holds is bounded by ``env_max_bytes`` while each block runs, as the workdir
+quota bounds the workdir (``env_quota``: the same watcher, counting the folder's whole size):
+a block that takes it past the bound is stopped, and the model is told. ``oi gc`` removes
+environments unused for ``KEEP_DAYS``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import os
+import secrets
 import stat
 import time
 from pathlib import Path
 
 from orchestrator.errors import ConfigError
-from orchestrator.fsafe import kind, private_dir, remove_tree
+from orchestrator.fsafe import (
+    Descent,
+    descend,
+    kind,
+    open_up,
+    private_dir,
+    read_regular,
+    remove_tree,
+)
 from orchestrator.sandbox.config import SessionEnvScope
+from orchestrator.sandbox.workdir_quota import Snapshot, Usage, WorkdirLimits, WorkdirQuota
 
 KEEP_DAYS = 14.0
 """An environment nobody used for this long is removed by ``oi gc`` (and every oi start)."""
+STATE_SECRET = "state.secret"  # noqa: S105 - a file name
+"""Beside the environments: the user's secret that session state keys derive from."""
 USED_SUFFIX = ".used"
 """Beside each environment (outside it, where no block writes): touched when a session uses it."""
 
@@ -46,6 +60,25 @@ def env_key(scope: SessionEnvScope, session_id: str, workdir: Path, owner_uid: i
         place = f"{owner_uid}:{os.path.realpath(workdir)}".encode()
         return "workdir-" + hashlib.sha256(place).hexdigest()[:24]
     return "session-" + session_id
+
+
+def state_key(envs_root: Path, session_id: str) -> str:
+    """The key that seals ``session_id``'s Python state (hex): derived from a secret of the
+    user's beside the environments (made on first use, 0600), so a resumed session gets its
+    own key back and no other session (nor a block of one) can compute it."""
+    private_dir(envs_root)
+    path = envs_root / STATE_SECRET
+    try:
+        secret = read_regular(path, limit=64)
+    except FileNotFoundError:
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(secrets.token_bytes(32))
+        secret = read_regular(path, limit=64)
+    if len(secret) < 32:
+        raise ConfigError(f"{path} is damaged (too short); remove it (kept Python states go)")
+    return hmac.new(secret, session_id.encode(), hashlib.sha256).hexdigest()
 
 
 def env_dir(envs_root: Path, key: str) -> Path:
@@ -88,22 +121,71 @@ def mark_used(path: Path) -> None:
         os.close(fd)
 
 
+def env_snapshot(path: Path) -> Snapshot:
+    """What the environment holds (allocated blocks, as ``du``; entries), walked with
+    descriptors at any depth and without following a link. A folder a block made unreadable
+    is opened back up first (the blocks run as oi's uid, or oi is root): nothing in the
+    environment can hide from its bound."""
+    counter = _EnvCounter()
+    top = os.lstat(path)
+    try:
+        descend(path, counter)
+    except (ConfigError, OSError):
+        # Moved or removed under the walk (another session's block, in a shared one): the
+        # count is incomplete, so the quota's upper bound stands in for it.
+        counter.unreadable.add((top.st_dev, top.st_ino))
+    usage = Usage(counter.bytes + top.st_blocks * 512, counter.files)
+    return Snapshot(usage, {top.st_dev: str(path)}, frozenset(counter.unreadable))
+
+
 def env_size(path: Path) -> int:
-    """Bytes the environment holds (allocated blocks, as ``du``), walked without following a
-    link; unreadable folders a block made count as nothing more (oi reads as their owner or
-    root)."""
-    total = 0
-    stack = [str(path)]
-    while stack:
-        folder = stack.pop()
-        with contextlib.suppress(OSError), os.scandir(folder) as entries:
+    """Bytes the environment holds (see ``env_snapshot``)."""
+    return env_snapshot(path).usage.bytes
+
+
+def env_quota(path: Path, max_bytes: int) -> WorkdirQuota:
+    """The bound on what the environment at ``path`` holds while blocks run."""
+    return WorkdirQuota(
+        path, WorkdirLimits(max_bytes), walker=env_snapshot, where="environment", absolute=True
+    )
+
+
+class _EnvCounter(Descent):
+    def __init__(self) -> None:
+        self.bytes = self.files = 0
+        self.seen: set[tuple[int, int]] = set()
+        self.unreadable: set[tuple[int, int]] = set()
+
+    def enter(self, fd: int, path: Path) -> list[str]:
+        folders = []
+        with os.scandir(fd) as entries:
             for entry in entries:
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError):  # gone meanwhile
                     info = entry.stat(follow_symlinks=False)
-                    total += info.st_blocks * 512
+                    self.files += 1
                     if stat.S_ISDIR(info.st_mode):
-                        stack.append(entry.path)
-    return total
+                        folders.append(entry.name)
+                    elif info.st_nlink > 1:
+                        key = (info.st_dev, info.st_ino)
+                        if key in self.seen:
+                            continue  # one more name for blocks counted already
+                        self.seen.add(key)
+                    self.bytes += info.st_blocks * 512
+        return folders
+
+    def open_child(self, fd: int, name: str, path: Path) -> int | None:
+        try:
+            return super().open_child(fd, name, path)
+        except PermissionError:
+            with contextlib.suppress(OSError):
+                open_up(fd, name)
+        try:
+            return super().open_child(fd, name, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                self.unreadable.add((info.st_dev, info.st_ino))  # the upper bound holds
+            return None
 
 
 def sweep_envs(

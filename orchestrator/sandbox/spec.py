@@ -6,14 +6,16 @@ Nothing here talks to Docker; every rule of SECURITY.md's "defaults" list lives 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ConfigError
+from orchestrator.fsafe import symlinks_on_the_way
 from orchestrator.languages import Language
 from orchestrator.paths import invoking_uid
 from orchestrator.sandbox.bootstrap import ENV_DIR, START_DIR, bootstrap_command
@@ -182,11 +184,14 @@ class ExtraMount:
     read_only: bool
 
 
-def parse_mount(text: str, home: Path) -> ExtraMount:
+def parse_mount(text: str, home: Path, writable: Sequence[Path] = ()) -> ExtraMount:
     """``HOST[:CONTAINER][:rw|:ro]`` -> an extra mount, read-only unless ``:rw`` is said.
 
     The same rules as the workdir apply to HOST (never /, $HOME, secrets, system dirs, the
     Docker socket); CONTAINER defaults to /mnt/<name> and may not shadow /workspace or /tmp.
+    HOST may not lead through a symlink that a block could have made: one inside a
+    ``writable`` folder (the workdir, read-write mounts; resolved paths), or one of
+    ``SANDBOX_UID``'s.
     """
     parts = text.split(":")
     mode = "ro"
@@ -197,6 +202,7 @@ def parse_mount(text: str, home: Path) -> ExtraMount:
     host = Path(parts[0]).expanduser()
     if not host.exists():
         raise ConfigError(f"--mount {text!r}: {host} does not exist")
+    check_no_block_links(text, host if host.is_absolute() else Path.cwd() / host, writable)
     host = host.resolve()
     if host.name == "docker.sock" or host.is_socket():
         raise ConfigError(
@@ -215,6 +221,24 @@ def parse_mount(text: str, home: Path) -> ExtraMount:
     ):
         raise ConfigError(f"--mount {text!r}: {container} is reserved; use e.g. /mnt/NAME")
     return ExtraMount(host, container, mode == "ro")
+
+
+def check_no_block_links(what: str, path: Path, writable: Sequence[Path]) -> None:
+    """Refuse ``path`` (absolute, as the user wrote it) when resolving it meets a symlink a
+    block could have made: a link inside a folder blocks write (a block turns the ``data``
+    of ``--mount data:rw`` into a link to ``~/.local/bin``, and the next session would mount
+    that), or one owned by the sandbox's uid."""
+    for link in symlinks_on_the_way(path):
+        inside = next((root for root in writable if root in link.parents), None)
+        owner = os.lstat(link).st_uid
+        if inside is None and owner != SANDBOX_UID:
+            continue
+        where = f"inside {inside}, where blocks write" if inside else "made by a block"
+        raise ConfigError(
+            f"--mount {what!r}: {link} is a symlink {where}, so a block may have pointed it "
+            f"elsewhere (it leads to {os.path.realpath(link)}); remove the link, or mount "
+            "the folder it leads to by its own path if you mean it"
+        )
 
 
 def resolve_identity(
@@ -292,6 +316,12 @@ def sandbox_nproc(config: SandboxConfig) -> list[dict[str, Any]]:
     return [{"Name": "nproc", "Soft": config.pids, "Hard": config.pids}]
 
 
+def state_dir_in_sandbox(session_id: str) -> str:
+    """Where a session keeps its Python state in its environment: a folder of its own (with
+    ``--session-env workdir`` sessions share the environment, never their state)."""
+    return f"{ENV_DIR}/state/" + hashlib.sha256(session_id.encode()).hexdigest()[:24]
+
+
 def build_spec(
     language: Language,
     image: str,
@@ -303,7 +333,6 @@ def build_spec(
     created: float | None = None,
     attachment: NetworkAttachment | None = None,
     extra_mounts: tuple[ExtraMount, ...] = (),
-    env_writable: bool = True,
 ) -> ContainerSpec:
     """Translate a sandbox config into a hardened container spec (SECURITY.md "defaults").
 
@@ -319,11 +348,12 @@ def build_spec(
         }
     environment = sandbox_environment(list(config.env), host_env)
     if config.env_dir is not None:  # the session's environment (session_env.py)
-        binds[str(config.env_dir)] = {"bind": ENV_DIR, "mode": "rw" if env_writable else "ro"}
+        binds[str(config.env_dir)] = {"bind": ENV_DIR, "mode": "rw"}
         environment["OI_ENV"] = ENV_DIR
         environment["PIP_NO_CACHE_DIR"] = "1"  # downloads would fill /tmp, or the environment
-        if config.python_state:
-            environment["OI_STATE_DIR"] = f"{ENV_DIR}/state"
+        if config.python_state and config.state_key:
+            environment["OI_STATE_DIR"] = state_dir_in_sandbox(session_id)
+            environment["OI_STATE_KEY"] = config.state_key
     if config.network != "none":
         if attachment is None:
             raise ConfigError(f"network tier {config.network!r} needs a network attachment")

@@ -56,6 +56,7 @@ WORKDIR_EXIT = 73
 sysexits' EX_CANTCREAT, "an output file cannot be created"."""
 
 LimitKind = Literal["bytes", "files"]
+Bounded = Literal["workdir", "environment"]
 
 MIN_INTERVAL = 0.002
 MAX_INTERVAL = 0.05
@@ -133,7 +134,8 @@ class WorkdirOverrun:
     ``grown`` is the session's growth (in ``kind`` units) when it was seen, exactly;
     ``earlier_blocks`` how many of the session's blocks ran before this one (their part of
     ``grown`` is not known exactly without a walk per block); ``stopped`` whether oi killed the
-    block (False: it ended by itself first).
+    block (False: it ended by itself first). For the session's ``environment`` (an absolute
+    bound), ``grown`` is what it holds.
     """
 
     kind: LimitKind
@@ -141,6 +143,7 @@ class WorkdirOverrun:
     grown: int
     earlier_blocks: int
     stopped: bool
+    where: Bounded = "workdir"
 
 
 @dataclass(frozen=True)
@@ -349,9 +352,13 @@ class WorkdirQuota:
         walker: Walker = walk,
         free: FreeReader = read_free,
         clock: Callable[[], float] = time.monotonic,
+        where: Bounded = "workdir",
+        absolute: bool = False,
     ) -> None:
         self.root = root
         self.limits = limits
+        self.where = where
+        self._absolute = absolute  # bound what it holds, not what it grew by in the session
         self._walker = walker
         self._free = free
         self._clock = clock
@@ -372,7 +379,7 @@ class WorkdirQuota:
         with self._cond:
             if self._thread is None:
                 self._thread = threading.Thread(
-                    target=self._serve, name="oi-workdir-watch", daemon=True
+                    target=self._serve, name=f"oi-{self.where}-watch", daemon=True
                 )
                 self._thread.start()
 
@@ -409,7 +416,11 @@ class WorkdirQuota:
         try:
             # No block runs yet: what others write during the walk is not the session's.
             snapshot = self._walker(self.root)
-            ledger = Ledger(snapshot.usage, self._free(snapshot.devices.values()))
+            free = self._free(snapshot.devices.values())
+            if self._absolute:
+                ledger = Ledger(Usage(), free, used=snapshot.usage)
+            else:
+                ledger = Ledger(snapshot.usage, free)
         except Exception as exc:  # handed to the block that waits for it
             self._baseline_error = exc
         else:
@@ -426,8 +437,8 @@ class WorkdirQuota:
         if self._ledger is None:
             error = self._baseline_error
             raise SandboxError(
-                f"measuring the workdir {self.root} for its quota failed: {error}; check that "
-                "it exists and is readable"
+                f"measuring the {self.where} {self.root} for its quota failed: {error}; check "
+                "that it exists and is readable"
             ) from error
         return self._ledger
 
@@ -560,6 +571,7 @@ class BlockWatch:
             growth.part(kind),
             self.earlier_blocks,
             stopped,
+            self._quota.where,
         )
 
     def poll(self) -> None:

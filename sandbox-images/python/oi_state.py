@@ -10,11 +10,16 @@ kept as names and imported again. What cannot be kept (open files, sockets, thre
 generators, locks, objects over the size cap) is named on stderr so the model learns it:
 ``[oi] not kept: f (open file), t (thread)``.
 
-The host never loads any of it: oi only mounts the folder.
+The host never loads any of it: oi only mounts the folder. The state is the session's alone:
+its file is sealed with a key only this session's containers get (``$OI_STATE_KEY``, an HMAC),
+so a state another session's block wrote (with ``--session-env workdir`` sessions share one
+environment) is never unpickled here.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import importlib
 import io
 import os
@@ -25,6 +30,7 @@ import types
 from typing import Any
 
 STATE_FILE = "python.state"
+MAGIC = b"oi-state-1\n"
 # The same values as orchestrator/sandbox/bootstrap.py's PIP_SHIM and ENV_VARIABLES (a unit
 # test checks that they agree).
 PIP_SHIM = "#!@PYTHON@\nimport sys\nfrom pip._internal.cli.main import main\nsys.exit(main())\n"
@@ -79,15 +85,40 @@ def enter_env() -> None:
             with open(shim, "w") as fh:
                 fh.write(PIP_SHIM.replace("@PYTHON@", python))
             os.chmod(shim, 0o755)  # noqa: S103 - a program, in the sandbox
-    import site  # noqa: PLC0415
-
     version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
-    site.addsitedir(os.path.join(venv, "lib", version, "site-packages"))
+    add_site_packages(os.path.join(venv, "lib", version, "site-packages"))
     if os.path.exists(python):
         sys.executable = python  # `sys.executable -m pip install` goes to the venv
     path = os.environ.get("PATH", "")
     for name, value in ENV_VARIABLES.items():
         os.environ[name] = value.replace("@ENV@", root).replace("@PATH@", path)
+
+
+def add_site_packages(folder: str) -> None:
+    """``site.addsitedir`` without running code: the folder and the paths its ``.pth`` files
+    name go on ``sys.path``, but a ``.pth`` line starting with ``import`` (which ``site`` would
+    execute) is skipped. A block of another session sharing the environment could have left
+    one, to run unseen in this session's approved program."""
+    if folder in sys.path:
+        return
+    sys.path.append(folder)
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".pth"))
+    except OSError:
+        return
+    for name in names:
+        try:
+            with open(os.path.join(folder, name), encoding="utf-8", errors="replace") as fh:
+                lines = fh.read(1 << 20).splitlines()
+        except OSError:
+            continue
+        for raw in lines:
+            line = raw.strip()
+            if not line or line.startswith(("#", "import ", "import\t")):
+                continue
+            path = os.path.join(folder, line)
+            if os.path.isdir(path) and path not in sys.path:
+                sys.path.append(path)
 
 
 def preload() -> None:
@@ -103,16 +134,38 @@ def _path() -> str | None:
     return os.path.join(folder, STATE_FILE)
 
 
+def _key() -> bytes | None:
+    try:
+        key = bytes.fromhex(os.environ.get("OI_STATE_KEY", ""))
+    except ValueError:
+        return None
+    return key if len(key) >= 16 else None
+
+
+def _seal(key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, hashlib.sha256).digest()
+
+
 def restore(namespace: dict[str, Any]) -> list[str]:
     """Put the kept state into ``namespace``; what could not come back, named."""
-    path = _path()
-    if path is None or not os.path.isfile(path):
+    path, key = _path(), _key()
+    if path is None or key is None or not os.path.isfile(path):
         return []
     problems: list[str] = []
     try:
         with open(path, "rb") as fh:
-            kept = pickle.load(fh)  # noqa: S301 - the session's own state, inside its sandbox
-    except Exception as exc:  # a state a killed block left half-written, or unreadable
+            blob = fh.read(MAX_BYTES + (64 << 20))
+    except OSError as exc:
+        return [f"the kept state ({type(exc).__name__})"]
+    head = len(MAGIC) + 32
+    if blob[: len(MAGIC)] != MAGIC or not hmac.compare_digest(
+        blob[len(MAGIC) : head], _seal(key, blob[head:])
+    ):
+        # Not sealed with this session's key: written by something else, never unpickled.
+        return ["the kept state (not written by this session; ignored)"]
+    try:
+        kept = pickle.loads(blob[head:])  # noqa: S301 - sealed by this session, in its sandbox
+    except Exception as exc:
         return [f"the kept state ({type(exc).__name__})"]
     for name, module in kept.get("modules", {}).items():
         try:
@@ -129,8 +182,8 @@ def restore(namespace: dict[str, Any]) -> list[str]:
 
 def save(namespace: dict[str, Any]) -> list[str]:
     """Keep what can be kept of ``namespace``; what could not, named with why."""
-    path = _path()
-    if path is None:
+    path, key = _path(), _key()
+    if path is None or key is None:
         return []
     import cloudpickle  # noqa: PLC0415
 
@@ -154,9 +207,10 @@ def save(namespace: dict[str, Any]) -> list[str]:
             continue
         total += len(payload)
         values[name] = payload
+    data = pickle.dumps({"v": 1, "modules": modules, "values": values}, protocol=5)
     temp = f"{path}.{os.getpid()}.tmp"
     with open(temp, "wb") as fh:
-        pickle.dump({"v": 1, "modules": modules, "values": values}, fh, protocol=5)
+        fh.write(MAGIC + _seal(key, data) + data)
     os.replace(temp, path)  # whole or not at all: a block killed mid-save keeps the old state
     return not_kept
 

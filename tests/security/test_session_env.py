@@ -4,6 +4,8 @@ sessions or users, and never loaded by the host; the folder cannot be turned aga
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import os
 import pickle
 import stat
@@ -14,11 +16,12 @@ from pathlib import Path
 import docker
 import pytest
 
+from orchestrator.llm.prompts import format_result_for_model
 from orchestrator.sandbox.bootstrap import ENV_DIR
 from orchestrator.sandbox.host import prepare_host
 from orchestrator.sandbox.runner import Sandbox
 from orchestrator.sandbox.session_env import env_size, sweep_envs
-from orchestrator.sandbox.spec import current_identity
+from orchestrator.sandbox.spec import current_identity, state_dir_in_sandbox
 from tests.sandbox_fixtures import SandboxFactory, catalog
 
 
@@ -88,26 +91,65 @@ def test_46_the_env_folder_is_private_and_the_blocks_own(
     assert info.st_uid != 0
 
 
+def seal(key_hex: str, state: dict[str, object]) -> bytes:
+    """A state file as the sandbox's oi_state writes it (MAGIC, HMAC-SHA256, pickle)."""
+    data = pickle.dumps(state)
+    return b"oi-state-1\n" + hmac.new(bytes.fromhex(key_hex), data, hashlib.sha256).digest() + data
+
+
+def state_file(sandbox: Sandbox, env: Path) -> Path:
+    folder = state_dir_in_sandbox(sandbox.session_id).removeprefix(ENV_DIR + "/")
+    return env / folder / "python.state"
+
+
+class Trap:
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (self.command,))
+
+
 def test_46_the_host_never_loads_a_snapshot(make_sandbox: SandboxFactory, envs: Path) -> None:
-    """A state file crafted to run code when unpickled: loaded only in the next block's
-    sandbox (where its marker appears), never by oi on the host."""
+    """A state file crafted to run code when unpickled, sealed with the session's own key (as
+    a block of the session could): loaded only in the next block's sandbox (where its marker
+    appears), never by oi on the host."""
     env = envs / "session-a"
     sandbox = with_env(make_sandbox, env)
     sandbox.run("python", "x = 1")  # the environment and its state now exist
     host_marker = Path(f"/tmp/oi-host-unpickled-{uuid.uuid4().hex}")
-
-    class Trap:
-        def __reduce__(self) -> tuple[object, tuple[str]]:
-            return (os.system, (f"touch {host_marker} /oi/env/unpickled-in-sandbox",))
-
-    state = {"v": 1, "modules": {}, "values": {"x": pickle.dumps(Trap())}}
-    (env / "state" / "python.state").write_bytes(pickle.dumps(state))
+    trap = Trap(f"touch {host_marker} /oi/env/unpickled-in-sandbox")
+    state = {"v": 1, "modules": {}, "values": {"x": pickle.dumps(trap)}}
+    assert sandbox.config.state_key is not None
+    state_file(sandbox, env).write_bytes(seal(sandbox.config.state_key, state))
     after = sandbox.run("python", "print('ran')")
+    assert (env / "unpickled-in-sandbox").exists(), after  # positive control: it did load
     sandbox.close()
     sweep_envs(envs, keep_days=0)  # oi's own handling of the folder: measured, then removed
     assert not host_marker.exists(), "the host unpickled the session's state"
     assert "ran" in after.stdout
     assert not env.exists()
+
+
+def test_46_a_state_another_session_wrote_is_never_loaded(
+    make_sandbox: SandboxFactory, envs: Path
+) -> None:
+    """Sessions sharing one environment (``--session-env workdir``) never load each other's
+    Python state: a state file not sealed with this session's key - written by another
+    session's block, which knows the file but not the key - is ignored and named."""
+    env = envs / "workdir-shared"
+    sandbox = with_env(make_sandbox, env)
+    kept = sandbox.run("python", "x = 41")
+    assert kept.exit_code == 0, kept
+    again = sandbox.run("python", "print('x is', x + 1)")
+    assert "x is 42" in again.stdout, again  # positive control: its own state comes back
+    trap = Trap("touch /oi/env/forged-state-ran")
+    forged = {"v": 1, "modules": {}, "values": {"x": pickle.dumps(trap)}}
+    state_file(sandbox, env).write_bytes(seal("00" * 32, forged))  # the wrong key
+    after = sandbox.run("python", "print('ran', 'x' in globals())")
+    assert "ran False" in after.stdout, after
+    assert "not written by this session" in after.stderr, after
+    assert not (env / "forged-state-ran").exists()
 
 
 def test_46_links_a_block_plants_in_its_environment_lead_oi_nowhere(
@@ -131,16 +173,21 @@ def test_46_links_a_block_plants_in_its_environment_lead_oi_nowhere(
     assert not env.exists()
 
 
-def test_46_a_full_environment_turns_read_only_and_the_model_is_told(
+def test_46_a_full_environment_stops_the_block_and_the_model_is_told(
     make_sandbox: SandboxFactory, envs: Path
 ) -> None:
     box = make_sandbox(
         sandbox_only={"env_dir": envs / "session-a", "env_max_bytes": 1 << 20}, pool=False
     )
-    first = box.run("sh", "touch /oi/env/small && head -c 3000000 /dev/zero > /oi/env/big")
-    assert first.exit_code == 0 and first.env_note is None, first  # measured after it
-    after = box.run("sh", "touch /oi/env/more 2>&1 || echo refused; cat /oi/env/big | wc -c")
-    assert "refused" in after.stdout and "3000000" in after.stdout, after  # still readable
-    assert after.env_note is not None and "read-only" in after.env_note
-    assert "holds 2.9 MiB, over its limit of 1 MiB" in after.env_note
+    small = box.run("sh", "head -c 300000 /dev/zero > /oi/env/small && echo kept")
+    assert "kept" in small.stdout and small.workdir_overrun is None, small
+    full = box.run("sh", "head -c 3000000 /dev/zero > /oi/env/big; sleep 5; echo survived")
+    overrun = full.workdir_overrun
+    assert overrun is not None and overrun.where == "environment", full
+    text = format_result_for_model(exit_code=full.exit_code, workdir_overrun=overrun)
+    assert "session environment limit of 1 MiB" in text, text
+    assert overrun.stopped and "survived" not in full.stdout, full  # killed while it slept
+    # Past the bound, a block that frees room runs (and one that grows does not).
+    freed = box.run("sh", "rm /oi/env/big && cat /oi/env/small | wc -c")
+    assert freed.workdir_overrun is None and "300000" in freed.stdout, freed
     assert ENV_DIR == "/oi/env"

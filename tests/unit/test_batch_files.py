@@ -204,6 +204,64 @@ def test_remove_tree_of_a_symlink_removes_only_the_link(tmp_path: Path) -> None:
     assert not link.is_symlink() and (outside / "precious").exists()
 
 
+def nest(top: Path, depth: int) -> None:
+    """``depth`` folders inside each other below ``top`` (by descriptor: deeper than
+    PATH_MAX and than Python's recursion limit), a file at the bottom."""
+    fd = os.open(top, os.O_RDONLY)
+    for _ in range(depth):
+        os.mkdir("d", 0o755, dir_fd=fd)
+        child = os.open("d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    os.close(os.open("bottom", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
+    os.close(fd)
+
+
+def test_remove_tree_removes_a_tree_deeper_than_path_max_and_the_recursion_limit(
+    tmp_path: Path,
+) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    nest(tree, 2500)  # 5,000 characters of path; Python recurses 1,000 deep
+    (tree / "wide").mkdir()
+    for i in range(50):
+        (tree / "wide" / f"f{i}").write_text("x")
+        (tree / "wide" / f"d{i}").mkdir()
+    (tree / "wide" / "d7").chmod(0)
+    remove_tree(tree)
+    assert not tree.exists()
+
+
+def test_remove_tree_stops_when_a_folder_is_moved_under_it(tmp_path: Path) -> None:
+    """Climbing back through '..' must reach the folder it came from, or stop."""
+    from orchestrator.fsafe import Descent, descend
+
+    tree = tmp_path / "tree"
+    (tree / "a" / "b").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    class Mover(Descent):
+        def enter(self, fd: int, path: Path) -> list[str]:
+            if path.name == "b":  # while oi is inside b, someone moves a's child b away
+                os.rename(tree / "a" / "b", elsewhere / "b")
+            return [e.name for e in os.scandir(fd) if e.is_dir(follow_symlinks=False)]
+
+    with pytest.raises(ConfigError, match="moved while oi walked it"):
+        descend(tree, Mover())
+
+
+def test_copy_tree_copies_a_deep_template(tmp_path: Path) -> None:
+    template = tmp_path / "template"
+    template.mkdir()
+    nest(template, 1200)  # deeper than the recursion limit, within PATH_MAX
+    copy_tree(template, tmp_path / "copy")
+    bottom = tmp_path / "copy" / Path(*["d"] * 1200) / "bottom"
+    assert bottom.is_file()
+    remove_tree(tmp_path / "copy")
+    remove_tree(template)
+
+
 def _store(task_dir: Path, result: TaskResult) -> None:
     task_dir.mkdir(parents=True, exist_ok=True)
     (task_dir / "result.json").write_text(json.dumps(result.to_dict()))

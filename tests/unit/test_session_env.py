@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import ConfigError
+from orchestrator.fsafe import remove_tree
 from orchestrator.languages import Language
 from orchestrator.llm.prompts import PromptContext, build_system_prompt, format_result_for_model
 from orchestrator.sandbox.bootstrap import ENV_DIR
@@ -18,10 +19,13 @@ from orchestrator.sandbox.config import SandboxConfig
 from orchestrator.sandbox.session_env import (
     env_key,
     env_size,
+    env_snapshot,
     prepare_env_dir,
+    state_key,
     sweep_envs,
 )
-from orchestrator.sandbox.spec import Identity, build_spec
+from orchestrator.sandbox.spec import Identity, build_spec, state_dir_in_sandbox
+from orchestrator.sandbox.workdir_quota import WorkdirOverrun
 
 
 @pytest.mark.parametrize(
@@ -99,19 +103,27 @@ def spec_env(tmp_path: Path, **config: object) -> dict[str, str]:
 
 
 def test_the_environment_is_mounted_with_its_variables(tmp_path: Path) -> None:
-    env = spec_env(tmp_path)
-    assert env["OI_ENV"] == ENV_DIR and env["OI_STATE_DIR"] == f"{ENV_DIR}/state"
+    env = spec_env(tmp_path, state_key="ab" * 32)
+    assert env["OI_ENV"] == ENV_DIR and env["OI_STATE_KEY"] == "ab" * 32
+    assert env["OI_STATE_DIR"] == state_dir_in_sandbox("S")
+    assert env["OI_STATE_DIR"].startswith(f"{ENV_DIR}/state/")
+    assert state_dir_in_sandbox("S") != state_dir_in_sandbox("T")  # each session its own
     assert env["__bind__"] == "rw"
     assert "PATH" not in env  # put first only once the program runs (nothing before approval)
-    assert "OI_STATE_DIR" not in spec_env(tmp_path, python_state=False)
+    for off in (spec_env(tmp_path, python_state=False, state_key="ab" * 32), spec_env(tmp_path)):
+        assert "OI_STATE_DIR" not in off and "OI_STATE_KEY" not in off  # no key: no state
 
 
-def test_a_full_environment_is_mounted_read_only(tmp_path: Path) -> None:
-    cfg = SandboxConfig(workdir=tmp_path, env_dir=tmp_path / "env")
-    spec = build_spec(
-        Language.SHELL, "img", cfg, Identity(1, 1, 1, 1, "1"), "S", {}, env_writable=False
-    )
-    assert spec.host_config["binds"][str(tmp_path / "env")]["mode"] == "ro"
+def test_state_keys_are_per_session_stable_and_need_the_users_secret(tmp_path: Path) -> None:
+    envs = tmp_path / "envs"
+    first = state_key(envs, "s1")
+    assert state_key(envs, "s1") == first  # a resumed session gets its key back
+    assert state_key(envs, "s2") != first
+    assert len(bytes.fromhex(first)) == 32
+    secret = envs / "state.secret"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert stat.S_IMODE(envs.stat().st_mode) == 0o700
+    assert state_key(tmp_path / "other-envs", "s1") != first  # another secret, another key
 
 
 @pytest.mark.parametrize(
@@ -140,9 +152,57 @@ def test_the_model_is_told_exactly_what_survives(
         assert words not in prompt
 
 
-def test_a_full_environment_is_named_in_the_result() -> None:
-    text = format_result_for_model(exit_code=0, stdout="ok", env_note="it is read-only now")
-    assert text.startswith("exit code 0; note: it is read-only now")
+@pytest.mark.parametrize(
+    ("stopped", "expected"),
+    [
+        (
+            True,
+            "stopped: the session environment limit of 8 MiB (installed packages, Python "
+            "state) was reached (it holds 9 MiB); the block was killed. Uninstall packages you "
+            "do not need, or install fewer.",
+        ),
+        (
+            False,
+            "exit code 0; the session environment limit of 8 MiB (installed packages, Python "
+            "state) was passed (it holds 9 MiB). Uninstall packages you do not need.",
+        ),
+    ],
+)
+def test_an_environment_past_its_limit_is_named_in_the_result(stopped: bool, expected: str) -> None:
+    overrun = WorkdirOverrun("bytes", 8 << 20, 9 << 20, 3, stopped, "environment")
+    text = format_result_for_model(exit_code=0, stdout="ok", workdir_overrun=overrun)
+    assert text.splitlines()[0] == expected
+
+
+def test_the_environment_is_counted_through_folders_a_block_locked_and_any_depth(
+    tmp_path: Path,
+) -> None:
+    """Its bound counts what hides below chmod 000 or deeper than PATH_MAX (oi opens its own
+    environment's folders back up), and no link is followed."""
+    env = tmp_path / "env"
+    (env / "locked").mkdir(parents=True)
+    (env / "locked" / "blob").write_bytes(os.urandom(300_000))
+    (env / "locked").chmod(0)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "big").write_bytes(os.urandom(500_000))
+    (env / "link").symlink_to(outside)
+    fd = os.open(env, os.O_RDONLY)
+    for _ in range(2100):
+        os.mkdir("d", 0o700, dir_fd=fd)
+        child = os.open("d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    with os.fdopen(os.open("deep", os.O_CREAT | os.O_WRONLY, 0o600, dir_fd=fd), "wb") as f:
+        f.write(os.urandom(400_000))
+    os.close(fd)
+    try:
+        snapshot = env_snapshot(env)
+        assert 700_000 <= snapshot.usage.bytes < 1_150_000 + 2100 * 8192
+        assert snapshot.usage.files == 1 + 1 + 1 + 2100 + 1  # locked, blob, link, d..., deep
+        assert not snapshot.unreadable
+    finally:
+        remove_tree(env)
 
 
 def test_the_image_module_and_the_wrappers_agree_on_the_environment() -> None:
@@ -160,3 +220,32 @@ def test_the_image_module_and_the_wrappers_agree_on_the_environment() -> None:
     spec.loader.exec_module(module)
     assert module.ENV_VARIABLES == bootstrap.ENV_VARIABLES
     assert module.PIP_SHIM == bootstrap.PIP_SHIM
+
+
+def test_python_blocks_take_pth_paths_but_never_run_pth_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the sandbox's oi_state does with the environment's site-packages: the paths a
+    .pth file names go on sys.path (editable installs work), its `import` lines never run
+    (``site.addsitedir`` would run them in the approved program, before its first line)."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[2] / "sandbox-images" / "python" / "oi_state.py"
+    spec = importlib.util.spec_from_file_location("oi_state_pth_test", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    site = tmp_path / "site-packages"
+    (site / "src").mkdir(parents=True)
+    marker = tmp_path / "ran"
+    (site / "a_editable.pth").write_text("# a comment\nsrc\nmissing-folder\n")
+    (site / "zz_attack.pth").write_text(
+        f"import os; open({str(marker)!r}, 'w').write('x')\n"
+        f"\timport os; open({str(marker)!r}, 'w').write('y')\n"
+    )
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    module.add_site_packages(str(site))
+    assert sys.path[-2:] == [str(site), str(site / "src")]
+    assert not marker.exists()
+    assert str(site / "missing-folder") not in sys.path

@@ -499,3 +499,32 @@ def test_the_session_reports_it_to_the_model_and_the_person(tmp_path: Path) -> N
     renderer.err = console
     renderer.render(result)
     assert "block 1: stopped: the workdir limit of 2 GiB was reached" in console.export_text()
+
+
+def test_an_absolute_bound_counts_what_the_folder_already_holds() -> None:
+    """The session environment's bound is on what it holds, not on the session's growth:
+    40 MiB there already leave a block 24 MiB of a 64 MiB bound."""
+    disk = FakeDisk()
+    disk.write(40 * MiB, 100)
+    q = WorkdirQuota(
+        Path("/env"),
+        WorkdirLimits(max_bytes=64 * MiB),
+        walker=disk.walker,
+        free=disk.free,
+        where="environment",
+        absolute=True,
+    )
+    block = FakeBlock(disk, per_step=Usage(MiB, 0))
+    overrun = run_block(q, block, 5)
+    assert overrun is not None and overrun.stopped and overrun.where == "environment"
+    assert 64 * MiB < overrun.grown < 64 * MiB + 32 * MiB  # what it holds, not what it added
+    assert disk.work.bytes < 64 * MiB + 32 * MiB
+
+
+def test_a_growth_bound_ignores_what_the_folder_already_held() -> None:
+    disk = FakeDisk()
+    disk.write(40 * MiB, 100)
+    block = FakeBlock(disk, per_step=Usage(MiB, 0))
+    overrun = run_block(quota(disk, max_bytes=64 * MiB), block, 5)
+    assert overrun is not None and overrun.where == "workdir"
+    assert disk.work.bytes > 40 * MiB + 64 * MiB  # the block itself added the 64 MiB
