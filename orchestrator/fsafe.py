@@ -372,7 +372,27 @@ def open_up(fd: int, name: str) -> None:
         os.close(path_fd)
 
 
-class _Remover(Descent):
+class OwnDescent(Descent):
+    """A walk of oi's own folders (environments, task folders): a subfolder a block made
+    unreadable is opened back up (``open_up``) and opened again; ``unopenable`` decides what a
+    subfolder that still cannot be opened means."""
+
+    def open_child(self, fd: int, name: str, path: Path) -> int | None:
+        try:
+            return super().open_child(fd, name, path)
+        except PermissionError:
+            with contextlib.suppress(OSError):
+                open_up(fd, name)
+        try:
+            return super().open_child(fd, name, path)
+        except OSError as exc:
+            return self.unopenable(fd, name, path, exc)
+
+    def unopenable(self, fd: int, name: str, path: Path, exc: OSError) -> int | None:
+        raise exc
+
+
+class _Remover(OwnDescent):
     def enter(self, fd: int, path: Path) -> list[str]:
         info = os.fstat(fd)
         if info.st_mode & stat.S_IRWXU != stat.S_IRWXU:
@@ -392,16 +412,8 @@ class _Remover(Descent):
                     raise _cannot_remove(path / entry.name, exc) from None
         return folders
 
-    def open_child(self, fd: int, name: str, path: Path) -> int | None:
-        try:
-            return super().open_child(fd, name, path)
-        except PermissionError:
-            with contextlib.suppress(OSError):
-                open_up(fd, name)
-        try:
-            return super().open_child(fd, name, path)
-        except OSError as exc:
-            raise _cannot_remove(path, exc) from None
+    def unopenable(self, fd: int, name: str, path: Path, exc: OSError) -> int | None:
+        raise _cannot_remove(path, exc) from None
 
     def leave(self, parent_fd: int, name: str, path: Path) -> None:
         try:

@@ -4,6 +4,7 @@ session remains, and remove any that did (so one failure does not cascade)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pwd
@@ -232,17 +233,23 @@ def shared_site() -> Iterator[Path]:
         shutil.rmtree(site, ignore_errors=True)
 
 
-@pytest.fixture
-def oi_user(shared_site: Path) -> Iterator[OtherUser]:
-    """A throwaway account (in no group that may use Docker) that runs this checkout's oi."""
-    name = "oiusr" + uuid.uuid4().hex[:8]
+@contextlib.contextmanager
+def throwaway_user(prefix: str) -> Iterator[pwd.struct_passwd]:
+    """A local account made for one test (no home, no login shell) and removed after it."""
+    name = prefix + uuid.uuid4().hex[:8]
     subprocess.run(
         ["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
         check=True,
         capture_output=True,
     )
     try:
-        entry = pwd.getpwnam(name)
-        yield OtherUser(name, entry.pw_uid, entry.pw_gid, shared_site)
+        yield pwd.getpwnam(name)
     finally:
         subprocess.run(["userdel", name], check=False, capture_output=True)
+
+
+@pytest.fixture
+def oi_user(shared_site: Path) -> Iterator[OtherUser]:
+    """A throwaway account (in no group that may use Docker) that runs this checkout's oi."""
+    with throwaway_user("oiusr") as entry:
+        yield OtherUser(entry.pw_name, entry.pw_uid, entry.pw_gid, shared_site)

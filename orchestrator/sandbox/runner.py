@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 import docker
 
 from orchestrator.errors import ConfigError, OiError, SandboxError
-from orchestrator.languages import LANGUAGES, Language, parse_language
+from orchestrator.languages import Language, parse_language
 from orchestrator.sandbox.audit import AuditLog
 from orchestrator.sandbox.bootstrap import (
     OutputScanner,
@@ -69,6 +69,7 @@ from orchestrator.sandbox.spec import (
     current_identity,
     owner_labels,
 )
+from orchestrator.sandbox.toolbox import image_for
 from orchestrator.sandbox.watchdog import Watchdog, process_watchdog
 from orchestrator.sandbox.workdir_quota import (
     DockerBlockControl,
@@ -320,7 +321,7 @@ class Sandbox:
         return SandboxDescription(
             # The tag the image must have (no engine call: the system prompt is built before
             # the first model request, and that must not wait on Docker).
-            image=self._images.expected_tag(LANGUAGES[language].image),
+            image=self._images.expected_tag(image_for(language, config.toolbox)),
             memory=format_size(config.memory),
             cpus=config.cpus,
             pids=config.pids,

@@ -33,10 +33,9 @@ from pathlib import Path
 
 from orchestrator.errors import ConfigError
 from orchestrator.fsafe import (
-    Descent,
+    OwnDescent,
     descend,
     kind,
-    open_up,
     private_dir,
     read_regular,
     remove_tree,
@@ -150,7 +149,7 @@ def env_quota(path: Path, max_bytes: int) -> WorkdirQuota:
     )
 
 
-class _EnvCounter(Descent):
+class _EnvCounter(OwnDescent):
     def __init__(self) -> None:
         self.bytes = self.files = 0
         self.seen: set[tuple[int, int]] = set()
@@ -173,19 +172,11 @@ class _EnvCounter(Descent):
                     self.bytes += info.st_blocks * 512
         return folders
 
-    def open_child(self, fd: int, name: str, path: Path) -> int | None:
-        try:
-            return super().open_child(fd, name, path)
-        except PermissionError:
-            with contextlib.suppress(OSError):
-                open_up(fd, name)
-        try:
-            return super().open_child(fd, name, path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                info = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                self.unreadable.add((info.st_dev, info.st_ino))  # the upper bound holds
-            return None
+    def unopenable(self, fd: int, name: str, path: Path, exc: OSError) -> int | None:
+        with contextlib.suppress(OSError):
+            info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            self.unreadable.add((info.st_dev, info.st_ino))  # the quota's upper bound holds
+        return None
 
 
 def sweep_envs(

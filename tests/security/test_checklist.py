@@ -101,22 +101,35 @@ def test_02_no_capabilities_no_new_privs_seccomp(
 
 
 def test_03_no_docker_socket_anywhere(make_sandbox: SandboxFactory, isolation: str) -> None:
-    # Python walks the tree and checks each entry's type with lstat, the same under both runtimes.
+    # Python walks the whole tree, the same under both runtimes: an entry that is neither a
+    # folder, a file nor a link (by its directory type) is checked with lstat.
     code = (
-        "import os, stat\nfound = []\n"
-        "for root, dirs, files in os.walk('/'):\n"
-        "    dirs[:] = [d for d in dirs if os.path.join(root, d) not in ('/proc', '/sys')]\n"
-        "    for name in files + dirs:\n"
-        "        path = os.path.join(root, name)\n"
+        "import os, socket, stat\nfound, stack, seen = [], ['/'], 0\n"
+        "probe = socket.socket(socket.AF_UNIX)\nprobe.bind('/tmp/probe.sock')  # to be found\n"
+        "while stack:\n"
+        "    try:\n"
+        "        entries = list(os.scandir(stack.pop()))\n"
+        "    except OSError:\n"
+        "        continue\n"
+        "    for e in entries:\n"
+        "        seen += 1\n"
         "        try:\n"
-        "            if stat.S_ISSOCK(os.lstat(path).st_mode) or 'docker.sock' in name:\n"
-        "                found.append(path)\n"
+        "            if 'docker.sock' in e.name:\n"
+        "                found.append(e.path)\n"
+        "            if e.is_dir(follow_symlinks=False):\n"
+        "                if e.path not in ('/proc', '/sys'):\n"
+        "                    stack.append(e.path)\n"
+        "            elif not (e.is_file(follow_symlinks=False) or e.is_symlink()):\n"
+        "                if stat.S_ISSOCK(e.stat(follow_symlinks=False).st_mode):\n"
+        "                    found.append(e.path)\n"
         "        except OSError:\n"
         "            pass\n"
-        "print('sockets:', found)\n"
+        "print('sockets:', found)\nprint('entries:', seen)\n"
     )
     result = run(make_sandbox, isolation, "python", code, timeout=120)
-    assert result.stdout.strip() == "sockets: []", result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[0] == "sockets: ['/tmp/probe.sock']", result.stdout  # and only the probe
+    assert int(lines[1].split()[1]) > 10_000, result.stdout  # it walked the whole image
 
 
 def test_04_planted_setuid_binary_gives_no_privilege(
@@ -306,8 +319,9 @@ def test_20_pid1_is_an_init(make_sandbox: SandboxFactory) -> None:
 
 
 def test_24_host_secrets_outside_the_workdir_are_unreachable(
-    make_sandbox: SandboxFactory, tmp_path: Path, isolation: str
+    make_sandbox: SandboxFactory, tmp_path: Path, isolation: str, workdir: Path
 ) -> None:
+    (workdir / "visible.txt").write_text("canary-in-the-workdir")  # the search finds this
     secrets = tmp_path / "home" / ".ssh"
     secrets.mkdir(parents=True)
     (secrets / "id_ed25519").write_text("canary-private-key-5d1e")
@@ -317,8 +331,15 @@ def test_24_host_secrets_outside_the_workdir_are_unreachable(
         isolation,
         "sh",
         f"cat {secrets}/id_ed25519 {tmp_path}/.env ~/.ssh/* /root/.ssh/* /root/.aws/* 2>&1;"
-        "grep -rl canary- / --exclude-dir=proc --exclude-dir=sys 2>/dev/null; true",
+        # Every mount point (where a host file could appear), then the rest of the tree but
+        # the image's /usr (searching it took the whole timeout under gVisor).
+        "for m in $(awk '{print $5}' /proc/self/mountinfo | sort -u); do case $m in "
+        "/|/proc*|/sys*|/dev*) ;; *) grep -rl canary- \"$m\" 2>/dev/null;; esac; done;"
+        "grep -rl canary- / --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev "
+        "--exclude-dir=usr 2>/dev/null; echo SEARCHED",
     )
+    assert "SEARCHED" in result.stdout and not result.timed_out, result  # it looked everywhere
+    assert "/workspace/visible.txt" in result.stdout, result  # and would have seen a canary
     assert "canary-private-key" not in result.stdout
     assert "canary-env" not in result.stdout
 

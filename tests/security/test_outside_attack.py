@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from tests.fake_vllm import FakeVllm, Reply
-from tests.sandbox_fixtures import OI, run_oi
+from tests.sandbox_fixtures import OI, run_oi, throwaway_user
 
 SECRET = "sk-canary-5e1f-never-print-me"
 # What a terminal acts on: OSC (sets the window title, or worse), BEL, and a bidi override that
@@ -54,17 +54,8 @@ class User:
 @pytest.fixture
 def other_user() -> Iterator[User]:
     """A throwaway second local user (the attacker on a shared host)."""
-    name = "oiatk" + uuid.uuid4().hex[:8]
-    subprocess.run(
-        ["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        entry = pwd.getpwnam(name)
-        yield User(name, entry.pw_uid, entry.pw_gid)
-    finally:
-        subprocess.run(["userdel", name], check=False, capture_output=True)
+    with throwaway_user("oiatk") as entry:
+        yield User(entry.pw_name, entry.pw_uid, entry.pw_gid)
 
 
 def as_user(user: User, *argv: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:

@@ -32,7 +32,7 @@ from orchestrator.sandbox.runner import Sandbox
 from orchestrator.sandbox.session_env import env_size, sweep_envs
 from orchestrator.sandbox.spec import current_identity
 from tests.fake_vllm import FakeVllm, Reply
-from tests.sandbox_fixtures import OI, SandboxFactory, catalog, make_config
+from tests.sandbox_fixtures import OI, SandboxFactory, catalog, make_config, throwaway_user
 
 NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (useradd, chown)")
 MiB = 1 << 20
@@ -334,17 +334,8 @@ def test_a_batch_check_is_not_judged_by_programs_the_model_planted(
 @pytest.fixture
 def local_user() -> Iterator[tuple[str, int, int]]:
     """A throwaway local account (removed afterwards)."""
-    name = "oiatk" + uuid.uuid4().hex[:8]
-    subprocess.run(
-        ["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        entry = pwd.getpwnam(name)
-        yield name, entry.pw_uid, entry.pw_gid
-    finally:
-        subprocess.run(["userdel", name], check=False, capture_output=True)
+    with throwaway_user("oiatk") as entry:
+        yield entry.pw_name, entry.pw_uid, entry.pw_gid
 
 
 MEASURE = """
