@@ -334,7 +334,7 @@ def test_24_host_secrets_outside_the_workdir_are_unreachable(
         # Every mount point (where a host file could appear), then the rest of the tree but
         # the image's /usr (searching it took the whole timeout under gVisor).
         "for m in $(awk '{print $5}' /proc/self/mountinfo | sort -u); do case $m in "
-        "/|/proc*|/sys*|/dev*) ;; *) grep -rl canary- \"$m\" 2>/dev/null;; esac; done;"
+        '/|/proc*|/sys*|/dev*) ;; *) grep -rl canary- "$m" 2>/dev/null;; esac; done;'
         "grep -rl canary- / --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev "
         "--exclude-dir=usr 2>/dev/null; echo SEARCHED",
     )
