@@ -45,6 +45,32 @@ def test_each_language_runs_and_writes_with_the_users_ownership(
     assert len(result.code_sha256) == 64 and result.image_id.startswith("sha256:")
 
 
+LOCAL_SERVER = {
+    # A block that starts a server and calls it by name, as models write it.
+    "python": (
+        "import http.server, threading, urllib.request\n"
+        "server = http.server.HTTPServer(('127.0.0.1', 0), http.server.SimpleHTTPRequestHandler)\n"
+        "threading.Thread(target=server.serve_forever, daemon=True).start()\n"
+        "url = f'http://localhost:{server.server_port}/'\n"
+        "print('status', urllib.request.urlopen(url, timeout=10).status)\n"
+    ),
+    "sh": "getent hosts localhost | head -n 1 | awk '{print \"status\", ($1 ~ /^(127|::1)/) ? 200 : 0}'",
+    "js": (
+        "const http = require('http');\n"
+        "const server = http.createServer((q, r) => r.end('ok')).listen(0, () => {\n"
+        "  http.get(`http://localhost:${server.address().port}/`, (r) => {\n"
+        "    console.log('status', r.statusCode); server.close(); });\n"
+        "});\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("language", sorted(LOCAL_SERVER))
+def test_localhost_resolves_with_no_network(make_sandbox: SandboxFactory, language: str) -> None:
+    result = make_sandbox().run(language, LOCAL_SERVER[language])
+    assert "status 200" in result.stdout, result
+
+
 @pytest.mark.parametrize("isolation", ["runc", "gvisor"])
 def test_ls_l_and_stat_work_under_both_runtimes(
     make_sandbox: SandboxFactory, workdir: Path, isolation: str
