@@ -561,7 +561,8 @@ class Sandbox:
             nonce = secrets.token_hex(16).encode()
             scanner = OutputScanner(nonce, expect_greeting=not live.greeted)
             message = frame_program(nonce, program)
-        watches = [q.watch(DockerBlockControl(self._api, live.id)) for q in self._quotas()]
+        control = DockerBlockControl(self._api, live.id, thaw_to_kill=config.runtime is not None)
+        watches = [q.watch(control) for q in self._quotas()]
         # The clock starts when the program is sent, not when the container was made.
         started = time.monotonic()
         deadline = started + config.timeout

@@ -293,11 +293,20 @@ class DockerBlockControl:
     under gVisor only as root, since the files are held by gVisor's own processes)."""
 
     def __init__(
-        self, api: docker.APIClient, container_id: str, proc: Path = Path("/proc")
+        self,
+        api: docker.APIClient,
+        container_id: str,
+        proc: Path = Path("/proc"),
+        *,
+        thaw_to_kill: bool = False,
     ) -> None:
         self._api = api
         self._id = container_id
         self._proc = proc
+        # gVisor cannot signal a paused sandbox: Docker then reports the container exited,
+        # but the sandbox stays paused and its shim lives on after removal (measured: one
+        # leaked shim per kill). There, thaw first and kill at once.
+        self._thaw_to_kill = thaw_to_kill
 
     def freeze(self) -> bool:
         try:
@@ -311,6 +320,8 @@ class DockerBlockControl:
             self._api.unpause(self._id)
 
     def kill(self) -> None:
+        if self._thaw_to_kill:
+            self.thaw()
         with contextlib.suppress(Exception):  # it may have ended on its own meanwhile
             self._api.kill(self._id)
 
