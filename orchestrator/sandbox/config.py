@@ -76,6 +76,9 @@ class SandboxConfig:
     env_dir: Path | None = None
     session_env: SessionEnvScope = "session"
     env_max_bytes: int | None = 2 * GiB
+    # Entries it may hold: generous for a venv (packages with many files, such as torch, hold
+    # tens of thousands), far below a filesystem's inodes. Not a setting.
+    env_max_files: int | None = 200_000
     python_state: bool = True
     # Seals the session's Python state (hex; ``session_env.state_key``): without it, none is
     # kept. Only this session's containers get it.

@@ -146,9 +146,9 @@ class Sandbox:
             config.workdir, config.workdir_max_bytes, config.workdir_max_files
         )
         self._env_quota = (
-            env_quota(config.env_dir, config.env_max_bytes)
-            if config.env_dir is not None and config.env_max_bytes is not None
-            else None
+            None
+            if config.env_dir is None
+            else env_quota(config.env_dir, config.env_max_bytes, config.env_max_files)
         )
         self._attachment: NetworkAttachment | None = None
         self._attachment_lock = threading.Lock()

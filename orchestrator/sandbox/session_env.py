@@ -142,11 +142,13 @@ def env_size(path: Path) -> int:
     return env_snapshot(path).usage.bytes
 
 
-def env_quota(path: Path, max_bytes: int) -> WorkdirQuota:
-    """The bound on what the environment at ``path`` holds while blocks run."""
-    return WorkdirQuota(
-        path, WorkdirLimits(max_bytes), walker=env_snapshot, where="environment", absolute=True
-    )
+def env_quota(path: Path, max_bytes: int | None, max_files: int | None) -> WorkdirQuota | None:
+    """The bound on what the environment at ``path`` holds while blocks run (bytes, and
+    entries: empty files would exhaust the host's inodes); None when nothing is bounded."""
+    limits = WorkdirLimits(max_bytes, max_files)
+    if limits.unlimited:
+        return None
+    return WorkdirQuota(path, limits, walker=env_snapshot, where="environment", absolute=True)
 
 
 class _EnvCounter(OwnDescent):

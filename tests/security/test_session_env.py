@@ -18,6 +18,7 @@ import pytest
 
 from orchestrator.llm.prompts import format_result_for_model
 from orchestrator.sandbox.bootstrap import ENV_DIR
+from orchestrator.sandbox.config import SandboxConfig
 from orchestrator.sandbox.host import prepare_host
 from orchestrator.sandbox.runner import Sandbox
 from orchestrator.sandbox.session_env import env_size, sweep_envs
@@ -129,6 +130,25 @@ def test_46_the_host_never_loads_a_snapshot(make_sandbox: SandboxFactory, envs: 
     assert not host_marker.exists(), "the host unpickled the session's state"
     assert "ran" in after.stdout
     assert not env.exists()
+
+
+def test_46_empty_files_cannot_exhaust_the_hosts_inodes_through_the_environment(
+    make_sandbox: SandboxFactory, envs: Path
+) -> None:
+    bound = 2000  # the default is 200,000: the same watcher, quicker to reach
+    only = {"env_dir": envs / "session-a", "env_max_files": bound}
+    assert SandboxConfig(workdir=envs).env_max_files == 200_000
+    box = make_sandbox(sandbox_only=only, pool=False, timeout=120)
+    result = box.run(
+        "python",
+        "import os\nos.makedirs('/oi/env/d', exist_ok=True)\n"
+        "for i in range(300_000):\n    open(f'/oi/env/d/{i}', 'w').close()\nprint('done')\n",
+    )
+    overrun = result.workdir_overrun
+    assert overrun is not None and overrun.stopped and overrun.kind == "files", result
+    assert overrun.where == "environment" and "done" not in result.stdout
+    entries = sum(1 for _ in os.scandir(envs / "session-a" / "d"))
+    assert bound < entries < bound + 5000, entries
 
 
 def test_46_a_state_another_session_wrote_is_never_loaded(
