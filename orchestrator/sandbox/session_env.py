@@ -33,15 +33,13 @@ from pathlib import Path
 
 from orchestrator.errors import ConfigError
 from orchestrator.fsafe import (
-    OwnDescent,
-    descend,
     kind,
     private_dir,
     read_regular,
     remove_tree,
 )
 from orchestrator.sandbox.config import SessionEnvScope
-from orchestrator.sandbox.workdir_quota import Snapshot, Usage, WorkdirLimits, WorkdirQuota
+from orchestrator.sandbox.workdir_quota import Snapshot, TreeCounter, WorkdirLimits, WorkdirQuota
 
 KEEP_DAYS = 14.0
 """An environment nobody used for this long is removed by ``oi gc`` (and every oi start)."""
@@ -125,16 +123,7 @@ def env_snapshot(path: Path) -> Snapshot:
     descriptors at any depth and without following a link. A folder a block made unreadable
     is opened back up first (the blocks run as oi's uid, or oi is root): nothing in the
     environment can hide from its bound."""
-    counter = _EnvCounter()
-    top = os.lstat(path)
-    try:
-        descend(path, counter)
-    except (ConfigError, OSError):
-        # Moved or removed under the walk (another session's block, in a shared one): the
-        # count is incomplete, so the quota's upper bound stands in for it.
-        counter.unreadable.add((top.st_dev, top.st_ino))
-    usage = Usage(counter.bytes + top.st_blocks * 512, counter.files)
-    return Snapshot(usage, {top.st_dev: str(path)}, frozenset(counter.unreadable))
+    return TreeCounter(reopen=True).snapshot(path, one_device=True)
 
 
 def env_size(path: Path) -> int:
@@ -149,36 +138,6 @@ def env_quota(path: Path, max_bytes: int | None, max_files: int | None) -> Workd
     if limits.unlimited:
         return None
     return WorkdirQuota(path, limits, walker=env_snapshot, where="environment", absolute=True)
-
-
-class _EnvCounter(OwnDescent):
-    def __init__(self) -> None:
-        self.bytes = self.files = 0
-        self.seen: set[tuple[int, int]] = set()
-        self.unreadable: set[tuple[int, int]] = set()
-
-    def enter(self, fd: int, path: Path) -> list[str]:
-        folders = []
-        with os.scandir(fd) as entries:
-            for entry in entries:
-                with contextlib.suppress(OSError):  # gone meanwhile
-                    info = entry.stat(follow_symlinks=False)
-                    self.files += 1
-                    if stat.S_ISDIR(info.st_mode):
-                        folders.append(entry.name)
-                    elif info.st_nlink > 1:
-                        key = (info.st_dev, info.st_ino)
-                        if key in self.seen:
-                            continue  # one more name for blocks counted already
-                        self.seen.add(key)
-                    self.bytes += info.st_blocks * 512
-        return folders
-
-    def unopenable(self, fd: int, name: str, path: Path, exc: OSError) -> int | None:
-        with contextlib.suppress(OSError):
-            info = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            self.unreadable.add((info.st_dev, info.st_ino))  # the quota's upper bound holds
-        return None
 
 
 def sweep_envs(

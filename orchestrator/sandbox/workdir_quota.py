@@ -46,7 +46,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from orchestrator.errors import SandboxError
+from orchestrator.errors import ConfigError, SandboxError
+from orchestrator.fsafe import Descent, descend, open_up
 
 if TYPE_CHECKING:
     import docker
@@ -161,51 +162,93 @@ class Snapshot:
     usage: Usage
     devices: dict[int, str]  # st_dev -> a directory on it: the filesystems to poll
     unreadable: frozenset[tuple[int, int]]  # (dev, ino) of directories it could not list
+    # Something the walk could not see may hold what a block wrote: a folder of the walking
+    # uid it could not list (blocks run as that uid: one may have locked it, and can unlock,
+    # write and lock it again), or the tree changed under the walk.
+    partial: bool = False
 
     def complete(self, known_unreadable: Collection[tuple[int, int]]) -> bool:
         """Did it see everything a block could have added? A directory that was unreadable
-        at the baseline already holds nothing new oi could count; a new one might."""
-        return self.unreadable <= frozenset(known_unreadable)
+        at the baseline and that no block can open (another uid's) holds nothing new oi could
+        count; a new one, or one of the blocks' uid, might."""
+        return not self.partial and self.unreadable <= frozenset(known_unreadable)
+
+
+class TreeCounter(Descent):
+    """Counts a tree for a quota (``fsafe.descend``: any depth, no link followed): entries,
+    and the blocks of every inode once (a hard link adds a name, no data). Entries vanishing
+    meanwhile are skipped; folders it may not open are noted. ``reopen``: the tree is oi's own
+    (a session's environment), so a folder a block locked is opened back up and counted."""
+
+    def __init__(self, *, reopen: bool = False) -> None:
+        self.reopen = reopen
+        self.bytes = self.files = 0
+        self.seen: set[tuple[int, int]] = set()
+        self.devices: dict[int, str] = {}
+        self.unreadable: set[tuple[int, int]] = set()
+        self.partial = False
+
+    def enter(self, fd: int, path: Path) -> list[str]:
+        folders = []
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue  # gone meanwhile
+                self.files += 1
+                if stat.S_ISDIR(info.st_mode):
+                    folders.append(entry.name)
+                    self.devices.setdefault(info.st_dev, str(path / entry.name))
+                elif info.st_nlink > 1:
+                    key = (info.st_dev, info.st_ino)
+                    if key in self.seen:
+                        continue
+                    self.seen.add(key)
+                self.bytes += info.st_blocks * 512
+        return folders
+
+    def open_child(self, fd: int, name: str, path: Path) -> int | None:
+        try:
+            return super().open_child(fd, name, path)
+        except PermissionError:
+            if self.reopen:
+                with contextlib.suppress(OSError):
+                    open_up(fd, name)
+                with contextlib.suppress(OSError):
+                    return super().open_child(fd, name, path)
+        except OSError:
+            pass
+        try:
+            info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            return None  # gone meanwhile
+        self.unreadable.add((info.st_dev, info.st_ino))
+        if info.st_uid == os.geteuid():
+            self.partial = True
+        return None
+
+    def snapshot(self, root: Path, *, one_device: bool = False) -> Snapshot:
+        """Walk ``root`` and say what it holds (a walk the tree changed under is partial)."""
+        top = os.lstat(root)
+        self.devices[top.st_dev] = str(root)
+        try:
+            descend(root, self)
+        except FileNotFoundError:
+            if not os.path.lexists(root):
+                raise
+            self.partial = True
+        except (ConfigError, OSError):
+            self.partial = True
+        devices = {top.st_dev: str(root)} if one_device else self.devices
+        usage = Usage(self.bytes + top.st_blocks * 512, self.files)
+        return Snapshot(usage, devices, frozenset(self.unreadable), self.partial)
 
 
 def walk(root: Path) -> Snapshot:
-    """Count the workdir: entries below ``root`` (not followed through symlinks), and the
-    blocks of every inode once (a hard link adds a name, no data). Crosses into filesystems
-    mounted below it and names them in ``devices``. Entries vanishing during the walk are
-    skipped; directories it may not list are reported, not an error."""
-    top = os.lstat(root)
-    seen: set[tuple[int, int]] = set()
-    devices = {top.st_dev: str(root)}
-    unreadable: set[tuple[int, int]] = set()
-    total = top.st_blocks * 512
-    files = 0
-    stack = [(str(root), top.st_dev, top.st_ino)]
-    while stack:
-        path, dev, ino = stack.pop()
-        try:
-            entries = os.scandir(path)
-        except FileNotFoundError:
-            continue
-        except OSError:
-            unreadable.add((dev, ino))
-            continue
-        with entries:
-            for entry in entries:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                files += 1
-                key = (st.st_dev, st.st_ino)
-                if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
-                    if key in seen:
-                        continue
-                    seen.add(key)
-                total += st.st_blocks * 512
-                if stat.S_ISDIR(st.st_mode):
-                    devices.setdefault(st.st_dev, entry.path)
-                    stack.append((entry.path, st.st_dev, st.st_ino))
-    return Snapshot(Usage(total, files), devices, frozenset(unreadable))
+    """Count the workdir (``TreeCounter``). Crosses into filesystems mounted below it and names
+    them in ``devices``; folders it may not open are reported, not an error."""
+    return TreeCounter().snapshot(root)
 
 
 def read_free(paths: Iterable[str]) -> FsFree:

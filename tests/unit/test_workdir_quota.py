@@ -192,8 +192,33 @@ def test_symlinks_are_entries_not_followed(tmp_path: Path) -> None:
 
 def test_a_new_unreadable_directory_makes_the_walk_incomplete() -> None:
     seen = Snapshot(Usage(), {}, frozenset({(1, 5)}))
-    assert seen.complete({(1, 5)})  # unreadable already at the baseline
+    assert seen.complete({(1, 5)})  # unreadable already at the baseline (another uid's)
     assert not seen.complete(set())
+    # One of the blocks' uid: a block can unlock it, write, and lock it again.
+    assert not Snapshot(Usage(), {}, frozenset({(1, 5)}), partial=True).complete({(1, 5)})
+
+
+def test_a_tree_deeper_than_path_max_is_counted_to_the_bottom(tmp_path: Path) -> None:
+    """A block may nest folders past PATH_MAX to hide a file from a path-based walk."""
+    from orchestrator.fsafe import remove_tree
+
+    root = tmp_path / "w"
+    root.mkdir()
+    fd = os.open(root, os.O_RDONLY)
+    for _ in range(2100):
+        os.mkdir("d", 0o755, dir_fd=fd)
+        child = os.open("d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    with os.fdopen(os.open("big", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd), "wb") as out:
+        out.write(os.urandom(3 * MiB))
+    os.close(fd)
+    try:
+        snapshot = walk(root)
+        assert snapshot.usage.files == 2101 and snapshot.usage.bytes >= 3 * MiB
+        assert snapshot.complete(set())
+    finally:
+        remove_tree(root)
 
 
 # --- the watcher, with a fake filesystem and a fake container -----------------------------------
