@@ -69,6 +69,17 @@ def _session_name(session: Session) -> str:
     return transcript.path.stem if transcript is not None else time.strftime("%Y%m%dT%H%M%S")
 
 
+def _gist(message: dict[str, object], limit: int = 60) -> str:
+    """A message's first line, quoted and cut to ``limit`` characters (for %undo)."""
+    content = message.get("content")
+    if isinstance(content, list):  # a message with images: its text parts
+        content = " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    lines = str(content or "").strip().splitlines()
+    first = lines[0] if lines else ""
+    cut = first if len(first) <= limit and len(lines) <= 1 else first[: limit - 1] + "…"
+    return f'"{cut}"'
+
+
 def _any_reply(messages: list[dict[str, object]]) -> bool:
     return any(message.get("role") in ("assistant", "tool") for message in messages)
 
@@ -80,12 +91,13 @@ def chat_command(session: Session, text: str) -> None:
         session.reset()
         err_console.print("conversation reset")
     elif command == "%undo":
-        before = len(session.messages)
+        before = list(session.messages)
         if session.undo():
-            gone = before - len(session.messages)
-            err_console.print(
-                f"forgot your last message and what followed ({gone} message(s)); the files "
-                "its blocks changed stay as they are"
+            forgotten = before[len(session.messages) :]
+            plain(
+                f"forgot your message {_gist(forgotten[0])} and the {len(forgotten) - 1} "
+                "message(s) after it (replies, block results); the files its blocks changed "
+                "stay as they are"
             )
         else:
             err_console.print("nothing to undo")

@@ -177,7 +177,9 @@ ToolboxOpt = Annotated[
     str | None,
     typer.Option(
         "--toolbox",
-        help="Sandbox images: standard, or full (adds a headless browser and media tools).",
+        metavar="standard|full",
+        help="Sandbox images: standard, or full (adds a headless browser and media tools). "
+        "(default: standard)",
     ),
 ]
 VisionOpt = Annotated[

@@ -128,7 +128,10 @@ def serve_command(
     flags: SettingFlags,
 ) -> None:
     """Serve oi over HTTP: sessions and approvals (API and web UI), an OpenAI-compatible
-    endpoint at /v1 and MCP at /mcp, every request authenticated by a bearer token."""
+    endpoint at /v1 and MCP at /mcp, every request authenticated by a bearer token.
+
+    Examples:  oi serve     oi serve --host 0.0.0.0 --tls-cert cert.pem --tls-key key.pem
+    """
     from orchestrator.server.users import UserLimits  # noqa: PLC0415
     from orchestrator.units import parse_size  # noqa: PLC0415
 
@@ -152,13 +155,17 @@ def _run_server(
     import uvicorn  # noqa: PLC0415
 
     from orchestrator.fsafe import private_dir  # noqa: PLC0415
+    from orchestrator.sandbox.session_env import KEEP_DAYS  # noqa: PLC0415
     from orchestrator.server.app import create_app  # noqa: PLC0415
-    from orchestrator.server.hub import Hub  # noqa: PLC0415
+    from orchestrator.server.hub import Hub, sweep_user_envs  # noqa: PLC0415
     from orchestrator.server.mcp_tools import build_mcp, user_of  # noqa: PLC0415
 
     root.parent.mkdir(parents=True, exist_ok=True)
     private_dir(root)
     hub = Hub(loaded, root, docker_client=docker_client())
+    swept = sweep_user_envs(root)
+    if swept:
+        say(f"removed {len(swept)} session environment(s) unused for {KEEP_DAYS:g} days")
     server_mcp = build_mcp(lambda ctx: hub.mcp_workspace(user_of(ctx))) if mcp else None
     app = create_app(hub, users, auto_run=loaded.settings.auto_run, mcp=server_mcp)
     scheme = "https" if tls[0] else "http"
@@ -187,7 +194,10 @@ def users_add(
     max_blocks: Annotated[int | None, typer.Option("--max-blocks")] = None,
     max_upload: Annotated[str | None, typer.Option("--max-upload")] = None,
 ) -> None:
-    """Add a user (or give them a new token): prints the token once; only its hash is kept."""
+    """Add a user (or give them a new token): prints the token once; only its hash is kept.
+
+    Example:  oi users add alice --max-sessions 5
+    """
     from dataclasses import replace  # noqa: PLC0415
 
     from orchestrator.server.users import UserLimits, add_user  # noqa: PLC0415
@@ -209,7 +219,10 @@ def users_add(
 
 @users_app.command("list")
 def users_list(users_file: UsersFileOpt = None) -> None:
-    """The users of the users file, with their limits."""
+    """The users of the users file, with their limits.
+
+    Example:  oi users list
+    """
     from orchestrator.server.users import load_users  # noqa: PLC0415
 
     with errors():
@@ -223,7 +236,10 @@ def users_list(users_file: UsersFileOpt = None) -> None:
 def users_remove(
     name: Annotated[str, typer.Argument(help="User name.")], users_file: UsersFileOpt = None
 ) -> None:
-    """Remove a user: their token stops working when the server restarts."""
+    """Remove a user: their token stops working when the server restarts.
+
+    Example:  oi users remove alice
+    """
     from orchestrator.server.users import remove_user  # noqa: PLC0415
 
     with errors():
@@ -234,7 +250,10 @@ def users_remove(
 @with_setting_flags(*LIMIT_FLAGS, *SANDBOX_FLAGS, "no_pool")
 def mcp_command(*, flags: SettingFlags) -> None:
     """An MCP server over stdio: execute(language, code) in a fresh sandbox per call, and
-    list_files / read_file / write_file in the workdir (--workdir, default: here)."""
+    list_files / read_file / write_file in the workdir (--workdir, default: here).
+
+    Example:  oi mcp --workdir ~/project   (the command an MCP client starts)
+    """
     from orchestrator.sandbox.runner import Sandbox  # noqa: PLC0415
     from orchestrator.server.files import Workdir  # noqa: PLC0415
     from orchestrator.server.mcp_tools import McpWorkspace, build_mcp  # noqa: PLC0415

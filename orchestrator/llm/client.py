@@ -92,6 +92,7 @@ RETRY_BACKOFF_S = 0.5
 _BACKSTOP_GRACE_S = 1.0
 
 Phase = Literal["connect", "first_token", "idle", "reply", "models"]
+_API_BASE_HINT = "--api-base / OI_API_BASE"  # a hint names the flag and the variable
 _PHASE_SETTINGS: dict[Phase, str] = {
     "connect": "connect_timeout, OI_CONNECT_TIMEOUT",
     "first_token": "first_token_timeout, OI_FIRST_TOKEN_TIMEOUT",
@@ -352,7 +353,7 @@ class ModelClient:
                 except ChunkShapeError as exc:
                     raise MalformedReplyError(
                         f"the model server at {self.api_base} sent a chunk oi cannot read "
-                        f"({exc}): is OI_API_BASE an OpenAI-compatible endpoint such as vLLM?"
+                        f"({exc}): is {_API_BASE_HINT} an OpenAI-compatible endpoint such as vLLM?"
                     ) from None
                 yield from reply.add(parts)
         finally:
@@ -485,7 +486,7 @@ class ModelClient:
             limit = self.connect_timeout
             text = (
                 f"cannot connect to the model server at {url} within {limit:g} s ({setting}): "
-                "check OI_API_BASE and that the host is up"
+                f"check {_API_BASE_HINT} and that the host is up"
             )
         elif phase == "first_token":
             limit = self.first_token_timeout
@@ -528,12 +529,12 @@ class ModelClient:
         if isinstance(exc, UnicodeDecodeError):
             return MalformedReplyError(
                 f"the model server at {url} sent bytes that are not UTF-8 text "
-                f"({_one_line(exc.reason, 80)}); is OI_API_BASE an OpenAI-compatible endpoint?"
+                f"({_one_line(exc.reason, 80)}); is {_API_BASE_HINT} an OpenAI-compatible endpoint?"
             )
         message = getattr(exc, "msg", None) or str(exc)
         return MalformedReplyError(
             f"the model server at {url} sent data that is not JSON "
-            f"({_one_line(message, 80)}); is OI_API_BASE an OpenAI-compatible endpoint?"
+            f"({_one_line(message, 80)}); is {_API_BASE_HINT} an OpenAI-compatible endpoint?"
         )
 
     def _gave_up(
@@ -598,12 +599,12 @@ class ModelClient:
         if status == 404:
             return ModelError(
                 f"the server at {url} has no such endpoint (HTTP 404: {message}): check "
-                "OI_API_BASE, which usually ends in /v1"
+                f"{_API_BASE_HINT}, which usually ends in /v1"
             )
         if status in (401, 403):
             return ModelError(
                 f"the model server at {url} refused the API key (HTTP {status}: {message}): "
-                "set OI_API_KEY"
+                "pass the right key with --api-key / OI_API_KEY"
             )
         where = f"HTTP {status}" if status else "an error mid-reply"
         return ModelError(f"the model server at {url} answered {where}: {message}")
@@ -612,11 +613,11 @@ class ModelClient:
         try:
             served = self.list_models()
         except ModelError:
-            return "; set OI_MODEL to a model it serves"
+            return "; choose a model it serves with --model / OI_MODEL"
         if not served:
             return "; it serves no models yet"
         names = ", ".join(served)
-        return f"; it serves: {names}. Set OI_MODEL to one of them"
+        return f"; it serves: {names}. Choose one with --model / OI_MODEL"
 
 
 def _interrupt(http_response: Any) -> None:

@@ -14,6 +14,8 @@ from orchestrator.languages import LANGUAGES, Language, supported_names
 from orchestrator.units import format_amount
 
 if TYPE_CHECKING:
+    from orchestrator.sandbox.config import SandboxDescription
+    from orchestrator.sandbox.container import ExecResult
     from orchestrator.sandbox.workdir_quota import WorkdirOverrun
 
 NetworkTier = Literal["none", "allowlist", "open"]
@@ -143,6 +145,23 @@ EXECUTE_TOOL: Final[dict[str, Any]] = _execute_tool()
 """The OpenAI tool schema of ``execute(language, code)``. Shared: do not mutate."""
 EXECUTE_TOOL_REMEMBERING: Final[dict[str, Any]] = _execute_tool(remembers=True)
 """The same, for a session that keeps Python state and installed packages."""
+
+
+def result_for_model(result: ExecResult, box: SandboxDescription, max_chars: int) -> str:
+    """``format_result_for_model`` of one block's result in the sandbox ``box`` described."""
+    return format_result_for_model(
+        exit_code=result.exit_code,
+        stdout=result.stdout,
+        stderr=result.stderr,
+        stdout_cut_bytes=result.stdout_cut,
+        stderr_cut_bytes=result.stderr_cut,
+        timed_out=result.timed_out,
+        timeout_s=box.timeout_s,
+        oom_killed=result.oom_killed,
+        memory_str=box.memory,
+        max_chars=max_chars,
+        workdir_overrun=result.workdir_overrun,
+    )
 
 
 def format_result_for_model(

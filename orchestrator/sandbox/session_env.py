@@ -42,7 +42,8 @@ from orchestrator.sandbox.config import SessionEnvScope
 from orchestrator.sandbox.workdir_quota import Snapshot, TreeCounter, WorkdirLimits, WorkdirQuota
 
 KEEP_DAYS = 14.0
-"""An environment nobody used for this long is removed by ``oi gc`` (and every oi start)."""
+"""An environment nobody used for this long is removed by ``oi gc`` (and, for a server's
+users, by ``oi serve`` when it starts)."""
 STATE_SECRET = "state.secret"  # noqa: S105 - a file name
 """Beside the environments: the user's secret that session state keys derive from."""
 USED_SUFFIX = ".used"

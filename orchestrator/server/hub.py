@@ -4,10 +4,13 @@ Each user has a folder of their own under the workspaces folder::
 
     WORKSPACES/<user>/data/sessions/<id>.jsonl   the session records (never mounted)
     WORKSPACES/<user>/work/<id>/                 one workdir per session (mounted at /workspace)
+    WORKSPACES/<user>/data/envs/session-<id>/    its environment (pip, npm, Python state)
     WORKSPACES/<user>/mcp/                       the workdir of their MCP tools
 
 A session is found only among its user's own records and open sessions, so another user's id
-answers exactly as an id that does not exist (404). Sessions are built by
+answers exactly as an id that does not exist (404). Deleting a session removes its record,
+workdir and environment; environments unused for ``KEEP_DAYS`` go when the server starts
+(``sweep_user_envs``), as ``oi gc`` sweeps the data dir's. Sessions are built by
 ``wiring.open_session`` from the server's ``Loaded`` with the workdir and data dir replaced
 (the admin policy is applied again), the audit log naming the server user. Blocks of one user
 wait in line beyond ``max_concurrent_blocks`` (``GatedRunner``); the admin's host-wide quotas
@@ -16,6 +19,7 @@ still apply below that.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -29,9 +33,10 @@ from orchestrator.fsafe import remove_tree
 from orchestrator.languages import Language
 from orchestrator.loading import Loaded
 from orchestrator.protocols import BlockRunner, OutputCallback, StatusCallback
-from orchestrator.sandbox.config import SandboxDescription
+from orchestrator.sandbox.config import SandboxDescription, SessionEnvScope
 from orchestrator.sandbox.container import ExecResult, new_session_id
 from orchestrator.sandbox.runner import Sandbox
+from orchestrator.sandbox.session_env import USED_SUFFIX, env_key, sweep_envs
 from orchestrator.server.files import Workdir
 from orchestrator.server.mcp_tools import McpWorkspace
 from orchestrator.server.turns import Turn
@@ -135,6 +140,16 @@ class LiveSession:
 Opener = Callable[..., Opened]
 
 
+def sweep_user_envs(workspaces: Path) -> list[str]:
+    """Remove every user's environments unused for ``KEEP_DAYS`` (``oi gc`` sweeps only the
+    data dir's); the names removed, as ``user/key``."""
+    removed = []
+    for envs in sorted(workspaces.glob("*/data/envs")):
+        user = envs.parent.parent.name
+        removed += [f"{user}/{key}" for key in sweep_envs(envs)]
+    return removed
+
+
 class Hub:
     """Every live session of a server, and each user's folders."""
 
@@ -185,8 +200,8 @@ class Hub:
         mine = [s for (name, _), s in self._live.items() if name == user.name]
         if len(mine) >= user.limits.max_sessions:
             raise LimitError(
-                f"you have {len(mine)} sessions open (your limit is "
-                f"{user.limits.max_sessions}); delete one first"
+                f"you have {len(mine)} session(s) open and your limit is "
+                f"{user.limits.max_sessions} (max_sessions): delete one first"
             )
         workdir = self.user_root(user) / "work" / session_id
         workdir.mkdir(mode=0o755, exist_ok=True)
@@ -257,7 +272,19 @@ class Hub:
                 row["title"] = "(new session)"
         return sorted(rows, key=lambda row: row["created"], reverse=True)
 
+    def env_folders(self, user: User, session_id: str) -> tuple[Path, ...]:
+        """Where the session's environment may be (``sandbox/session_env.py``), with the
+        stamps beside them: keyed by the session, or by its workdir (one per session here
+        too), whichever ``session_env`` the server ran with when the session was used."""
+        workdir = self.user_root(user) / "work" / session_id
+        envs = self.user_loaded(user, workdir).settings.data_dir / "envs"
+        scopes: tuple[SessionEnvScope, ...] = ("session", "workdir")
+        keys = [env_key(scope, session_id, workdir, os.getuid()) for scope in scopes]
+        return tuple(envs / (key + end) for key in keys if key for end in ("", USED_SUFFIX))
+
     def delete(self, user: User, session_id: str) -> None:
+        """Close the session and remove its record, workdir and environment (404 unless it is
+        ``user``'s)."""
         with self._lock:
             live = self._live.pop((user.name, session_id), None)
         if live is None:
@@ -267,6 +294,7 @@ class Hub:
         folder = self.user_root(user)
         for path in (
             session_path(self.sessions_dir(user), session_id),
+            *self.env_folders(user, session_id),
             folder / "work" / session_id,
         ):
             try:

@@ -23,7 +23,7 @@ import anyio
 
 from orchestrator.errors import OiError
 from orchestrator.languages import parse_language, supported_names
-from orchestrator.llm.prompts import format_result_for_model
+from orchestrator.llm.prompts import result_for_model
 from orchestrator.protocols import BlockRunner
 from orchestrator.server.files import Workdir
 
@@ -51,19 +51,7 @@ def execute_block(space: McpWorkspace, language: str, code: str) -> str:
         return f"not run: the code is longer than {MAX_CODE} characters"
     box = space.runner.describe(lang)
     result = space.runner.run(lang, code)
-    return format_result_for_model(
-        exit_code=result.exit_code,
-        stdout=result.stdout,
-        stderr=result.stderr,
-        stdout_cut_bytes=result.stdout_cut,
-        stderr_cut_bytes=result.stderr_cut,
-        timed_out=result.timed_out,
-        timeout_s=box.timeout_s,
-        oom_killed=result.oom_killed,
-        memory_str=box.memory,
-        max_chars=space.max_output,
-        workdir_overrun=result.workdir_overrun,
-    )
+    return result_for_model(result, box, space.max_output)
 
 
 def list_workdir(space: McpWorkspace) -> str:

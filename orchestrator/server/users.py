@@ -132,7 +132,7 @@ def parse_users(text: str, where: str, defaults: UserLimits | None = None) -> Us
         if not _HASH.match(digest):
             raise ConfigError(
                 f"{here}: token_sha256 must be 64 hex digits (a token's sha256, never the "
-                "token); 'oi serve users add NAME' makes one"
+                "token); 'oi users add NAME' makes one"
             )
         users[name] = User(name, digest, _limits(values, here, defaults))
     return Users(users)
@@ -149,7 +149,7 @@ def load_users(path: Path, defaults: UserLimits | None = None) -> Users:
 
 def render_users(users: Users) -> str:
     """Pure: a users file's text (hashes and limits that differ from the defaults)."""
-    lines = ["# oi serve users: token hashes only (oi serve users add NAME prints a token once)"]
+    lines = ["# oi serve users: token hashes only ('oi users add NAME' prints a token once)"]
     defaults = UserLimits()
     for user in users.by_name.values():
         lines += ["", f"[users.{user.name}]", f'token_sha256 = "{user.token_sha256}"']

@@ -6,8 +6,10 @@ files; approvals name the sha256 of the code the client showed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -15,11 +17,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from orchestrator.server.users import UserLimits
 from tests.fake_vllm import FakeVllm
-from tests.sandbox_fixtures import run_oi
-from tests.server_fixtures import RUN, OiServer, scripted_model, start_server, stop_server, wait_for
+from tests.sandbox_fixtures import OI, run_oi
+from tests.server_fixtures import (
+    RUN,
+    OiServer,
+    free_port,
+    scripted_model,
+    start_server,
+    stop_server,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -402,8 +413,6 @@ def test_mcp_stdio_lists_tools_executes_and_reads_a_file(tmp_path: Path) -> None
     import anyio
     from mcp import ClientSession, StdioServerParameters, stdio_client
 
-    from tests.sandbox_fixtures import OI
-
     work = tmp_path / "work"
     work.mkdir()
     params = StdioServerParameters(
@@ -494,3 +503,200 @@ def test_tls_with_a_certificate_of_our_own(tmp_path: Path, model: FakeVllm) -> N
             requests.get(running.url.replace("https:", "http:") + "/healthz", timeout=2)
     finally:
         stop_server(running)
+
+
+def test_mcp_execute_past_its_timeout_says_it_timed_out(tmp_path: Path) -> None:
+    import anyio
+    from mcp import ClientSession, StdioServerParameters, stdio_client
+
+    params = StdioServerParameters(
+        command=OI,
+        args=["mcp", "--workdir", str(tmp_path), "--no-pool", "--timeout", "2"],
+        env={"PATH": os.environ["PATH"], "XDG_DATA_HOME": str(tmp_path / "d"),
+             "OI_CONFIG_FILE": str(tmp_path / "none.toml")},
+    )  # fmt: skip
+
+    async def execute() -> str:
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as client:
+            await client.initialize()
+            ran = await client.call_tool(
+                "execute", {"language": "shell", "code": "echo early; sleep 5; echo late"}
+            )
+            return str(ran.content[0].text)
+
+    text = anyio.run(execute)
+    assert "timed out after 2 s" in text and "early" in text, text
+    assert "late" not in text and "exit code 0" not in text, text
+
+
+# --- the OpenAPI page ---------------------------------------------------------------------------
+
+
+def test_openapi_lists_the_session_routes_without_a_token(server: OiServer) -> None:
+    reply = server.call("GET", "/openapi.json", None)
+    assert reply.status_code == 200, reply.text
+    paths = reply.json()["paths"]
+    assert {"post", "get"} <= set(paths["/api/sessions"]), paths["/api/sessions"]
+    assert "delete" in paths["/api/sessions/{session_id}"]
+    assert "/api/sessions/{session_id}/approval" in paths
+
+
+# --- sessions across a restart; delete ----------------------------------------------------------
+
+
+def finished(events: Iterator[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """The result the model was given for the one block of a message, and all its events."""
+    got = list(events)
+    assert got and got[-1]["event"] == "end", got[-1:]
+    results = [e["for_model"] for e in got if e["event"] == "result"]
+    assert len(results) == 1, got
+    return results[0], got
+
+
+def test_a_session_resumes_after_a_restart_and_delete_removes_all_of_it(
+    tmp_path: Path, model: FakeVllm
+) -> None:
+    running = start_server(tmp_path, model.base_url, args=("--no-pool", "-y"))
+    try:
+        sid = running.new_session()
+        result, _ = finished(running.events(sid, f"{RUN}python\nx = 41\nprint('set', x)"))
+        assert "set 41" in result, result
+    finally:
+        stop_server(running)
+    user = running.workspaces / "alice"
+    workdir, record = user / "work" / sid, user / "data" / "sessions" / f"{sid}.jsonl"
+    env = user / "data" / "envs" / f"session-{sid}"
+    used = env.with_name(env.name + ".used")
+    assert workdir.is_dir() and record.is_file() and env.is_dir() and used.is_file()
+    # the environment of a session nobody used for 30 days goes when the server starts
+    stale = user / "data" / "envs" / "session-20200101T000000-abcdef"
+    stale.mkdir()
+    stale_used = stale.with_name(stale.name + ".used")
+    stale_used.touch()
+    month_ago = time.time() - 30 * 86400
+    os.utime(stale_used, (month_ago, month_ago))
+
+    running = start_server(tmp_path, model.base_url, args=("--no-pool", "-y"))
+    try:
+        assert not stale.exists() and not stale_used.exists()
+        assert (
+            running.log is not None and "removed 1 session environment" in running.log.read_text()
+        )
+        assert env.is_dir()  # used today: kept
+        listed = {row["id"]: row for row in running.call("GET", "/api/sessions").json()}
+        assert listed[sid]["live"] is False  # only its record, until it is opened again
+        assert running.call("GET", f"/api/sessions/{sid}").json()["live"] is True
+        result, events = finished(running.events(sid, f"{RUN}python\nprint(x + 1)"))
+        assert "42" in result, result  # the Python state of the first server's block came back
+        assert events[-1]["status"] == "finished", events[-1]
+        replies = [e for e in events if e["event"] == "model_reply"]
+        assert replies and "Done:" in replies[-1]["text"], replies  # ... and the model answered
+        history = [str(m.get("content")) for m in model.chat_requests[-1]["messages"]]
+        assert any("x = 41" in text for text in history)  # it had the old conversation
+        assert record.read_text().count('"type": "session"') == 2  # appended: one per opening
+
+        deleted = running.call("DELETE", f"/api/sessions/{sid}")
+        assert deleted.status_code == 204, deleted.text
+        assert running.call("GET", f"/api/sessions/{sid}").status_code == 404
+        assert sid not in {row["id"] for row in running.call("GET", "/api/sessions").json()}
+        for path in (workdir, record, env, used):
+            assert not path.exists(), f"{path} was left after DELETE"
+    finally:
+        stop_server(running)
+
+
+# --- who may use a server ------------------------------------------------------------------------
+
+
+def serve(tmp_path: Path, api_base: str, env: dict[str, str], *args: str) -> OiServer:
+    """`oi serve ARGS` in ``tmp_path``: no --users unless ``args`` give one, and no default
+    users file (an empty XDG config dir)."""
+    config = tmp_path / "config"
+    config.mkdir(mode=0o700)
+    workspaces = tmp_path / "workspaces"
+    full_env = {
+        **os.environ,
+        "OI_API_BASE": api_base,
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+        "XDG_CONFIG_HOME": str(config),
+        "OI_CONFIG_FILE": str(tmp_path / "no-config.toml"),
+        **env,
+    }
+    port = free_port()
+    log = tmp_path / "server.log"
+    command = [OI, "serve", "--port", str(port), "--workspaces", str(workspaces), "--no-pool"]
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [*command, *args], env=full_env, stdout=sink, stderr=subprocess.STDOUT
+        )
+    running = OiServer(f"http://127.0.0.1:{port}", proc, workspaces, {}, log)
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            return True
+        try:
+            return requests.get(running.url + "/healthz", timeout=1).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    if not wait_for(up, timeout=60) or proc.poll() is not None:
+        stop_server(running)
+        raise AssertionError(f"oi serve did not answer: {log.read_text()}")
+    return running
+
+
+def test_oi_server_token_alone_authenticates_one_user(tmp_path: Path, model: FakeVllm) -> None:
+    token = "t0k3n-" + "x" * 30
+    running = serve(tmp_path, model.base_url, {"OI_SERVER_TOKEN": token})
+    running.tokens.update({"oi": token, "near": token[:-1] + "y"})
+    try:
+        whoami = running.call("GET", "/api/whoami", "oi")
+        assert whoami.status_code == 200 and whoami.json()["user"] == "oi", whoami.text
+        assert running.call("POST", "/api/sessions", "oi", json={}).status_code == 201
+        for wrong in ("near", None):
+            assert running.call("GET", "/api/whoami", wrong).status_code == 401, wrong
+            assert running.call("POST", "/api/sessions", wrong, json={}).status_code == 401
+    finally:
+        stop_server(running)
+
+
+@pytest.fixture(scope="module")
+def bob_server(tmp_path_factory: pytest.TempPathFactory, model: FakeVllm) -> Iterator[OiServer]:
+    """A server of the users file `oi users add bob --max-sessions 1` made (token in
+    ``tokens["bob"]``, the command's output in ``tokens["printed"]``)."""
+    root = tmp_path_factory.mktemp("users-add")
+    users_file = root / "private" / "users.toml"
+    added = run_oi("users", "add", "bob", "--users", str(users_file), "--max-sessions", "1")
+    assert added.returncode == 0, added.stderr
+    running = serve(root, model.base_url, {}, "--users", str(users_file))
+    running.tokens.update({"bob": added.stdout.strip(), "printed": added.stdout + added.stderr})
+    yield running
+    stop_server(running)
+
+
+def test_oi_users_add_prints_a_token_once_and_keeps_only_its_hash(bob_server: OiServer) -> None:
+    token, printed = bob_server.tokens["bob"], bob_server.tokens["printed"]
+    assert token.startswith("oi_") and len(token) > 40, printed
+    assert printed.count(token) == 1 and "shown only now" in printed
+    users_file = bob_server.workspaces.parent / "private" / "users.toml"
+    stored = users_file.read_text()
+    assert token not in stored and token[3:] not in stored
+    assert f'token_sha256 = "{hashlib.sha256(token.encode()).hexdigest()}"' in stored
+    assert users_file.stat().st_mode & 0o777 == 0o600
+    assert "'oi users add NAME'" in stored  # the file names the command that exists
+    whoami = bob_server.call("GET", "/api/whoami", "bob")
+    assert whoami.status_code == 200 and whoami.json()["user"] == "bob", whoami.text
+    assert whoami.json()["limits"]["max_sessions"] == 1
+    bob_server.tokens["stored"] = hashlib.sha256(token.encode()).hexdigest()
+    assert bob_server.call("GET", "/api/whoami", "stored").status_code == 401  # the hash: no
+
+
+def test_a_second_session_over_max_sessions_is_refused(bob_server: OiServer) -> None:
+    first = bob_server.new_session("bob")
+    second = bob_server.call("POST", "/api/sessions", "bob", json={})
+    assert second.status_code == 429, second.text
+    assert "your limit is 1" in second.json()["detail"], second.text
+    assert [row["id"] for row in bob_server.call("GET", "/api/sessions", "bob").json()] == [first]
+    # positive control: with the first one deleted, there is room again
+    assert bob_server.call("DELETE", f"/api/sessions/{first}", "bob").status_code == 204
+    bob_server.new_session("bob")

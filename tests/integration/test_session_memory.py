@@ -121,26 +121,30 @@ def test_a_shell_block_runs_the_python_and_node_an_earlier_block_wrote_for(
     assert "py 42" in result and "js 42" in result and "git version" in result, result
 
 
-def test_npm_install_g_then_require_in_a_javascript_block(
-    workdir: Path, fake_vllm: FakeVllm, tmp_path: Path
-) -> None:
-    """Offline: the package is a tarball a block packs from the workdir."""
+def npm_probe(workdir: Path) -> tuple[Reply, Reply]:
+    """Offline npm: a package in the workdir; (a block that packs it and installs the tarball
+    with ``npm install -g``, a JavaScript block that requires it and prints ``value 42``)."""
     package = workdir / "probe"
     package.mkdir()
     (package / "package.json").write_text(
         json.dumps({"name": "oi-probe", "version": "1.0.0", "main": "index.js"})
     )
     (package / "index.js").write_text("module.exports = { value: 42 };\n")
-    fake_vllm.script(
-        block(
-            "sh",
-            "cd probe && npm pack --silent >/dev/null && cd .. && "
-            "npm install -g --offline --no-audit --no-fund ./probe/oi-probe-1.0.0.tgz "
-            "&& echo installed",
-        ),
-        block("javascript", "console.log('value', require('oi-probe').value)"),
-        Reply(text="done"),
+    install = block(
+        "sh",
+        "cd probe && npm pack --silent >/dev/null && cd .. && "
+        "npm install -g --offline --no-audit --no-fund ./probe/oi-probe-1.0.0.tgz "
+        "&& echo installed",
     )
+    return install, block("javascript", "console.log('value', require('oi-probe').value)")
+
+
+def test_npm_install_g_then_require_in_a_javascript_block(
+    workdir: Path, fake_vllm: FakeVllm, tmp_path: Path
+) -> None:
+    """Offline: the package is a tarball a block packs from the workdir."""
+    install, use = npm_probe(workdir)
+    fake_vllm.script(install, use, Reply(text="done"))
     proc = oi_run(workdir, env_for(fake_vllm, tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert "installed" in told(fake_vllm, 1), told(fake_vllm, 1)
@@ -278,3 +282,93 @@ def test_without_network_the_model_is_told_installing_is_impossible(
     assert proc.returncode == 0, proc.stderr
     system = str(fake_vllm.chat_requests[0]["messages"][0]["content"])
     assert "You cannot download or install anything" in system
+
+
+# --- across runs: a resumed chat, a folder's environment, batch tasks ---------------------------
+
+
+def test_chat_resume_gets_the_python_state_of_the_session_back(
+    workdir: Path, fake_vllm: FakeVllm, tmp_path: Path
+) -> None:
+    env = env_for(fake_vllm, tmp_path)
+    fake_vllm.script(block("python", "x = 41\nprint('set', x)"), Reply(text="x is set"))
+    first = oi_run(workdir, env)
+    assert first.returncode == 0, first.stderr
+    assert "set 41" in told(fake_vllm, 1), told(fake_vllm, 1)
+    (record,) = (tmp_path / "data" / "oi" / "sessions").glob("*.jsonl")
+
+    fake_vllm.script(block("python", "print(x + 1)"), Reply(text="it is 42"))
+    # Without a terminal, chat reads one message per line; EOF leaves.
+    chat = run_oi(
+        "chat", "--resume", record.stem, "-y", "--workdir", str(workdir),
+        env=env, input="now add one to x\n",
+    )  # fmt: skip
+    assert chat.returncode == 0, chat.stderr
+    assert str(fake_vllm.chat_requests[2]["messages"][-1]["content"]) == "now add one to x"
+    result = told(fake_vllm, 3)
+    assert "42" in result and "NameError" not in result, result
+
+
+def test_session_env_workdir_keeps_installs_for_the_next_run_in_the_folder(
+    workdir: Path, fake_vllm: FakeVllm, tmp_path: Path
+) -> None:
+    env = env_for(fake_vllm, tmp_path)
+    install, use = npm_probe(workdir)
+    fake_vllm.script(install, Reply(text="installed"))
+    first = oi_run(workdir, env, "--session-env", "workdir", "--no-pool")
+    assert first.returncode == 0, first.stderr
+    assert "installed" in told(fake_vllm, 1), told(fake_vllm, 1)
+
+    fake_vllm.script(use, Reply(text="done"))
+    second = oi_run(workdir, env, "--session-env", "workdir", "--no-pool")  # same folder
+    assert second.returncode == 0, second.stderr
+    assert "value 42" in told(fake_vllm, 3), told(fake_vllm, 3)
+
+    # control: with an environment per session (the default) the next run starts without it
+    fake_vllm.script(use, Reply(text="done"))
+    third = oi_run(workdir, env, "--no-pool")
+    assert third.returncode == 0, third.stderr
+    assert "Cannot find module 'oi-probe'" in told(fake_vllm, 5), told(fake_vllm, 5)
+
+
+def test_batch_tasks_start_with_a_clean_python_state(fake_vllm: FakeVllm, tmp_path: Path) -> None:
+    tasks = tmp_path / "tasks.yaml"
+    tasks.write_text(
+        """
+tasks:
+  - id: first
+    prompt: "first: set a global"
+    check: grep -qx 41 seen.txt
+  - id: second
+    prompt: "second: look for it"
+    check: grep -qx absent seen.txt
+"""
+    )
+    steps = {
+        "first": [
+            block("python", "leak = 41"),
+            block("python", "open('seen.txt', 'w').write(str(leak))"),  # kept within a task
+            Reply(text="done"),
+        ],
+        "second": [
+            block("python", "open('seen.txt', 'w').write('present' if 'leak' in globals() "
+                            "else 'absent')"),
+            Reply(text="done"),
+        ],
+    }  # fmt: skip
+
+    def reply(body: dict[str, Any]) -> Reply:
+        task = next(str(m["content"]) for m in body["messages"] if m["role"] == "user")
+        script = steps[task.split(":", 1)[0]]
+        return script[sum(1 for m in body["messages"] if m["role"] == "assistant")]
+
+    fake_vllm.script(*[reply] * 5)
+    out = tmp_path / "out"
+    proc = run_oi(
+        "batch", str(tasks), "--out", str(out), "--concurrency", "1", "--no-pool",
+        env=env_for(fake_vllm, tmp_path),
+    )  # fmt: skip
+    seen = {task: (out / task / "workdir" / "seen.txt") for task in steps}
+    written = {task: path.read_text() if path.is_file() else None for task, path in seen.items()}
+    assert written == {"first": "41", "second": "absent"}, (written, proc.stdout, proc.stderr)
+    assert proc.returncode == 0 and "2 passed" in proc.stdout, proc.stdout + proc.stderr

@@ -26,7 +26,7 @@ def profiles_example() -> str:
     ("profile", "expected"),
     [
         ("data", {"network": "none", "timeout": 300.0, "max_output": 4096}),
-        ("web", {"network": "allowlist", "max_model_requests": 2}),
+        ("web", {"network": "allowlist", "max_model_requests": 2, "toolbox": "full"}),
     ],
 )
 def test_the_readme_profiles_load(
