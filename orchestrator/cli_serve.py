@@ -118,7 +118,11 @@ def serve_command(
         int, typer.Option("--user-blocks", help="Blocks one user may run at once (default).")
     ] = 2,
     user_sessions: Annotated[
-        int, typer.Option("--user-sessions", help="Sessions one user may hold open (default).")
+        int,
+        typer.Option(
+            "--user-sessions",
+            help="Sessions one user may hold open; at the limit the idlest is closed (default).",
+        ),
     ] = 20,
     max_upload: Annotated[
         str, typer.Option("--max-upload", help="Largest upload per file (default).")

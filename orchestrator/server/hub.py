@@ -102,6 +102,7 @@ class LiveSession:
     title: str = ""
     turn: Turn | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    used: float = field(default_factory=time.monotonic)  # last opened or sent a message
 
     def state(self) -> str:
         if self.turn is None or self.turn.done.is_set():
@@ -127,6 +128,7 @@ class LiveSession:
                 )
             if not self.title:
                 self.title = text.strip().splitlines()[0][:80] if text.strip() else ""
+            self.used = time.monotonic()
             self.turn = Turn(self.opened.session, self.runner.cancel, text).start()
             return self.turn
 
@@ -197,12 +199,7 @@ class Hub:
     # --- sessions -----------------------------------------------------------------------------
 
     def _open(self, user: User, session_id: str, *, resume: bool) -> LiveSession:
-        mine = [s for (name, _), s in self._live.items() if name == user.name]
-        if len(mine) >= user.limits.max_sessions:
-            raise LimitError(
-                f"you have {len(mine)} session(s) open and your limit is "
-                f"{user.limits.max_sessions} (max_sessions): delete one first"
-            )
+        self._make_room(user)
         workdir = self.user_root(user) / "work" / session_id
         workdir.mkdir(mode=0o755, exist_ok=True)
         limit = user.limits.max_concurrent_blocks
@@ -225,6 +222,23 @@ class Hub:
         self._live[(user.name, session_id)] = live
         return live
 
+    def _make_room(self, user: User) -> None:
+        """At ``max_sessions`` open sessions, close the one of ``user``'s idle longest (its
+        record stays: opening it again resumes it); if every one is working, refuse."""
+        mine = [s for (name, _), s in self._live.items() if name == user.name]
+        if len(mine) < user.limits.max_sessions:
+            return
+        idle = sorted((s for s in mine if s.state() == "idle"), key=lambda s: s.used)
+        if not idle:
+            raise LimitError(
+                f"your {len(mine)} open session(s) are all working and your limit is "
+                f"{user.limits.max_sessions} (max_sessions): wait for one to finish, stop one, "
+                "or delete one"
+            )
+        for live in idle[: len(mine) - user.limits.max_sessions + 1]:
+            del self._live[(user.name, live.id)]
+            live.close()
+
     def create(self, user: User, title: str = "") -> LiveSession:
         with self._lock:
             live = self._open(user, new_session_id(), resume=False)
@@ -238,6 +252,7 @@ class Hub:
         with self._lock:
             live = self._live.get((user.name, session_id))
             if live is not None:
+                live.used = time.monotonic()
                 return live
             if not resume or not session_path(self.sessions_dir(user), session_id).is_file():
                 raise NotFoundError(f"no session {session_id} of yours")

@@ -691,12 +691,24 @@ def test_oi_users_add_prints_a_token_once_and_keeps_only_its_hash(bob_server: Oi
     assert bob_server.call("GET", "/api/whoami", "stored").status_code == 401  # the hash: no
 
 
-def test_a_second_session_over_max_sessions_is_refused(bob_server: OiServer) -> None:
+def test_at_max_sessions_the_idlest_is_closed_and_a_working_one_is_kept(
+    bob_server: OiServer,
+) -> None:
     first = bob_server.new_session("bob")
-    second = bob_server.call("POST", "/api/sessions", "bob", json={})
-    assert second.status_code == 429, second.text
-    assert "your limit is 1" in second.json()["detail"], second.text
-    assert [row["id"] for row in bob_server.call("GET", "/api/sessions", "bob").json()] == [first]
-    # positive control: with the first one deleted, there is room again
-    assert bob_server.call("DELETE", f"/api/sessions/{first}", "bob").status_code == 204
-    bob_server.new_session("bob")
+    events = bob_server.events(first, f"{RUN}python\nprint('kept')", "bob")
+    proposal = until_approval(events)  # the first session is working: it awaits approval
+    refused = bob_server.call("POST", "/api/sessions", "bob", json={})
+    assert refused.status_code == 429, refused.text
+    assert "your limit is 1" in refused.json()["detail"], refused.text
+    assert bob_server.approve(first, proposal["sha256"], "bob").status_code == 200
+    assert any(e["event"] == "result" for e in rest(events))  # its turn ended: idle now
+
+    def live() -> dict[str, bool]:
+        rows = bob_server.call("GET", "/api/sessions", "bob").json()
+        return {row["id"]: row["live"] for row in rows}
+
+    second = bob_server.new_session("bob")  # room made by closing the idle one
+    assert live() == {second: True, first: False}
+    reopened = bob_server.call("GET", f"/api/sessions/{first}", "bob")  # its record resumes
+    assert reopened.status_code == 200, reopened.text
+    assert live() == {second: False, first: True}
