@@ -31,6 +31,7 @@ from orchestrator.records import (
     ResultRecord,
     parse_record,
 )
+from orchestrator.settings import field_meta, keys_with_trust
 
 if TYPE_CHECKING:
     from orchestrator.loading import Layer
@@ -38,22 +39,22 @@ if TYPE_CHECKING:
 
 ReplayAnswer = Literal["run", "skip", "quit"]
 
-LIMIT_KEYS: tuple[str, ...] = (
-    "memory",
-    "cpus",
-    "pids",
-    "timeout",
-    "max_output",
-    "tmp_size",
-    "max_file_size",
-    "nofile",
-    "workdir_max_bytes",
-    "workdir_max_files",
+NOT_REPLAYED: dict[str, str] = {
+    "pool_size": "how many containers wait ready, not what a block may do",
+    "max_model_requests": "a replay asks no model",
+}
+"""Capped settings a replay does not take from the record, and why."""
+
+LIMIT_KEYS: tuple[str, ...] = tuple(
+    name
+    for name in keys_with_trust("narrow")
+    if field_meta(name)[1].startswith("cap ") and name not in NOT_REPLAYED
 )
 """Recorded settings that replay reuses (they shape results and the captured output), as an
-untrusted layer: a recorded limit above the replaying person's own is not applied. The
-network, isolation and passed-in variables are the replaying person's choice, never the
-record's."""
+untrusted layer: a recorded limit above the replaying person's own is not applied. They are
+the settings the admin policy caps (``cap KEY`` in their metadata), so a new limit is replayed
+unless ``NOT_REPLAYED`` says why not. The network, isolation and passed-in variables are the
+replaying person's choice, never the record's."""
 
 DIFF_LINES = 60
 

@@ -565,7 +565,8 @@ def glob_escape(text: str) -> str:
 def save_markdown(messages: list[dict[str, Any]], path: Path, *, base: Path | None = None) -> Path:
     """Write a conversation as markdown. A relative ``path`` is written below ``base`` (the
     current folder) without following any symlink on the way - a block or a repository may have
-    planted one - and an absolute one never through a symlink at its last part."""
+    planted one - and an absolute one never through a symlink at its last part. A FIFO, socket
+    or device at the target is refused, never opened or replaced."""
     lines: list[str] = []
     for message in messages:
         role = message.get("role", "?")
@@ -577,10 +578,37 @@ def save_markdown(messages: list[dict[str, Any]], path: Path, *, base: Path | No
             lines.append(f"```json\n{call['function']['arguments']}\n```\n")
     data = "\n".join(lines).encode()
     path = path.expanduser()
-    if (base or Path.cwd()).joinpath(path).is_symlink():
-        raise ConfigError(f"{path} is a symlink; oi does not write through it: choose another name")
+    _refuse_unusual_target((base or Path.cwd()).joinpath(path), path)
     if path.is_absolute():
         write_atomic(path, data, 0o600)
         return path
     root = base or Path.cwd()
     return write_beneath(root, str(path), data, 0o600, dir_mode=0o755)
+
+
+_SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a device"),
+    (stat.S_ISBLK, "a device"),
+)
+
+
+def _refuse_unusual_target(target: Path, shown: Path) -> None:
+    """A symlink, FIFO, socket or device planted where a file will be saved is never written
+    through (a FIFO opened to write would hang until someone reads the conversation from it),
+    nor replaced: the person picks another name."""
+    try:
+        mode = target.lstat().st_mode
+    except OSError:
+        return  # absent (the usual case), or unreachable: the write itself reports that
+    if stat.S_ISLNK(mode):
+        raise ConfigError(
+            f"{shown} is a symlink; oi does not write through it: choose another name"
+        )
+    for test, kind in _SPECIAL_KINDS:
+        if test(mode):
+            raise ConfigError(
+                f"{shown} is not a regular file ({kind}); oi does not write to it: "
+                "choose another name"
+            )

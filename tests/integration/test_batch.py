@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import time
 import xml.etree.ElementTree as ET
@@ -91,6 +92,29 @@ def junit_cases(path: Path) -> tuple[ET.Element, dict[str, ET.Element]]:
     assert root.tag == "testsuites"
     (suite,) = root.findall("testsuite")
     return root, {case.get("name", ""): case for case in suite.findall("testcase")}
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+def assert_private_reports(out: Path, *, tasks: list[str], copies: list[Path]) -> None:
+    """Reports hold block output (which may print secrets the block could read): each file
+    0600, in 0700 folders (--out and each task's folder), and the --junit/--json copies 0600.
+    A task's workdir copy is the task's own files, not a report."""
+    wrong = {}
+    for folder in [out, *(out / task for task in tasks)]:
+        if mode(folder) != 0o700:
+            wrong[str(folder)] = oct(mode(folder))
+    files = [out / "summary.json", *copies]
+    for task in tasks:
+        files += [out / task / name for name in ("result.json", "log.txt", "session.jsonl")]
+    missing = [str(path) for path in files if not path.exists()]
+    assert not missing, f"batch reports missing: {missing}"
+    for path in files:
+        if mode(path) != 0o600:
+            wrong[str(path)] = oct(mode(path))
+    assert not wrong, f"batch reports readable by other users (want 0600 files in 0700): {wrong}"
 
 
 def write(path: Path, text: str) -> Path:
@@ -227,6 +251,7 @@ tasks:
     ]
     assert slow_records[-1]["event"] == "end" and "over budget" in slow_records[-1]["reason"]
     assert_no_containers(docker_client, pid)
+    assert_private_reports(out, tasks=list(cases), copies=[junit, summary_file])
 
     # A task's record replays without the model.
     replay = subprocess.run(

@@ -3,6 +3,7 @@ model on the real Docker engine: matches, mismatches with a diff, the shipped de
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -193,10 +194,49 @@ def test_a_records_limits_only_narrow_yours(
     header = json.loads(lines[0])
     header["settings"].update(memory=64 * 1024**3, timeout=1e6, pids=64)
     forged = tmp_path / "forged.jsonl"
-    forged.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    # A third block prints its pids limit; its recorded output says 64, so the replay matches
+    # only if the record's narrower pids limit reached the sandbox.
+    extra = with_block(lines, 3, "shell", PIDS_LIMIT, recorded_stdout="64\n")
+    forged.write_text("\n".join([json.dumps(header), *lines[1:], *extra]) + "\n")
     proc = run_oi("replay", str(forged), "--yes", "--json", "--workdir-from", str(start), env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "memory = '64g' not applied: wider than yours" in proc.stderr
     assert "timeout = 1000000.0 not applied" in proc.stderr
     report = json.loads(proc.stdout)
-    assert report["ok"] and report["matched"] == 2
+    pids = next(b for b in report["blocks"] if b["index"] == 3)
+    assert (pids["replayed"] or {}).get("stdout") == "64\n", (
+        f"the record's pids = 64 did not reach the sandbox: {pids}"
+    )
+    assert report["ok"] and report["matched"] == 3
+
+
+# cgroup v2 puts the limit at the top of the container's cgroup; v1 in the pids controller.
+PIDS_LIMIT = "cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max"
+
+
+def with_block(
+    lines: list[str], index: int, language: str, code: str, *, recorded_stdout: str
+) -> list[str]:
+    """Record lines of one more block that ran (proposed, run, result), made from the
+    record's last block: what a forged record adds."""
+    events = [json.loads(line) for line in lines]
+    sha = hashlib.sha256(code.encode()).hexdigest()
+    added = []
+    for kind in ("code_proposed", "decision", "result"):
+        last = next(e for e in reversed(events) if e.get("event") == kind)
+        entry = {**last, "index": index, "sha256": sha}
+        if kind == "code_proposed":
+            entry.update(language=language, code=code)
+        if kind == "result":
+            result = dict(entry["result"])
+            result.update(
+                stdout=recorded_stdout,
+                stdout_bytes=len(recorded_stdout),
+                stderr="",
+                stderr_bytes=0,
+                exit_code=0,
+                code_sha256=sha,
+            )
+            entry.update(result=result, exit_code=0)
+        added.append(json.dumps(entry))
+    return added

@@ -475,18 +475,27 @@ def test_an_admin_policy_another_user_could_write_is_not_obeyed(
     repo = tmp_path / "repo"
     repo.mkdir()
     env = oi_env(tmp_path)
+    # How `oi config show` prints the cap (the default memory is 1g, so only the policy
+    # makes it 512m): the positive control shows both halves of the check below are real
+    # output, so either outcome can be observed.
+    capped = 'memory = "512m"  # policy /etc/oi/policy.toml line 2: max_memory = "512m"'
     control = run_with_system_policy(policy, "true", "config", "show", env=env, cwd=repo)
     assert control.returncode == 0, control.stderr
     assert '"10.99.0.0/16"]  # policy /etc/oi/policy.toml' in control.stdout
+    assert capped in control.stdout, control.stdout
 
     shown = run_with_system_policy(
         policy, chmod.format(uid=other_user.uid), "config", "show", env=env, cwd=repo
     )
     refused = shown.returncode != 0 and "/etc/oi/policy.toml" in shown.stderr
-    grant_dropped = "10.99.0.0/16" not in shown.stdout and "memory = 536870912" in shown.stdout
-    assert refused or grant_dropped, (
-        f"a policy file another user could write ({chmod}) was obeyed, grants included"
+    grant_dropped = (
+        shown.returncode == 0 and "10.99.0.0/16" not in shown.stdout and capped in shown.stdout
     )
+    assert refused or grant_dropped, (
+        f"a policy file another user could write ({chmod}) was obeyed, grants included: "
+        f"{shown.stdout[-1500:]}{shown.stderr[-1500:]}"
+    )
+    assert not (refused and "10.99.0.0/16" in shown.stdout), "refused, yet its grant was shown"
 
 
 def test_a_relative_xdg_config_home_does_not_make_the_repo_your_config(tmp_path: Path) -> None:
@@ -593,6 +602,31 @@ def test_save_does_not_write_through_a_symlinked_folder_of_the_repo(
 
     run_oi("chat", env=env, cwd=repo, input="hi\n%save notes/chat.md\n")
     assert list(outside.iterdir()) == [], "%save wrote outside the workdir through a folder link"
+
+
+@pytest.mark.parametrize("name", ["chat.md", "notes/chat.md"])
+def test_save_onto_a_planted_fifo_is_refused_without_hanging(
+    tmp_path: Path, fake_vllm: FakeVllm, name: str
+) -> None:
+    """A block (or the repo) plants a FIFO where `%save` will write: opened for writing, it
+    hangs `oi chat` until someone reads it (and whoever reads gets the conversation). oi must
+    not open it, must leave it as it is, and say in one plain line why nothing was saved."""
+    repo = tmp_path / "repo"
+    (repo / "notes").mkdir(parents=True)
+    fifo = repo / name
+    os.mkfifo(fifo, 0o666)
+    fake_vllm.script(Reply(text="hello"))
+    env = oi_env(tmp_path, OI_API_BASE=fake_vllm.base_url)
+    try:
+        proc = run_oi("chat", env=env, cwd=repo, input=f"hi\n%save {name}\n", timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"`%save {name}` onto a FIFO hung oi chat: it opened the FIFO to write")
+    said = proc.stdout + proc.stderr
+    assert fake_vllm.chat_requests, "positive control: the chat reached the model"
+    assert stat.S_ISFIFO(fifo.lstat().st_mode), f"%save replaced the planted FIFO {name}"
+    assert "saved the conversation" not in said, said[-2000:]
+    assert "not a regular file" in said and name in said, said[-2000:]
+    assert "Traceback" not in said, said[-2000:]
 
 
 # --- 6. what `oi config show` and the policy say ---------------------------------------------

@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from orchestrator.errors import RuntimeMissingError
+from orchestrator.sandbox.config import DEFAULTS
 from tests.fake_vllm import FakeVllm, Reply
 from tests.sandbox_fixtures import SandboxFactory, run_oi
 
@@ -204,3 +206,86 @@ def test_a_tasks_file_cannot_name_host_paths_env_or_network(
         assert proc.returncode == 2, (line, proc.stdout + proc.stderr)
         assert expected in proc.stderr, (line, proc.stderr)
         assert not out.exists() or not any(out.iterdir())
+
+
+def exec_sh(
+    code: str, *args: str, repo: Path, env: dict[str, str], policy: Path | None, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    """``oi exec sh`` of ``code`` under the test's policy file (as OI_POLICY_FILE), if any."""
+    chosen = {"OI_POLICY_FILE": str(policy)} if policy is not None else {}
+    return run_oi(
+        "exec",
+        "sh",
+        "-",
+        *args,
+        cwd=repo,
+        env={**env, **chosen, **extra},
+        input=code,
+        timeout=90,
+    )
+
+
+def test_a_ca_bundle_is_a_mount_the_policy_restricts(
+    repo: Path, env: dict[str, str], tmp_path: Path
+) -> None:
+    """The review's case: ``--ca-bundle /etc/shadow`` was mounted (into the allowlist proxy,
+    and image builds) while the policy said ``allow_extra_mounts = false``. Only the system's
+    bundles may be named then, also through a link that looks like a bundle."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text("allow_extra_mounts = false\n")
+    (repo / "ca.pem").symlink_to("/etc/shadow")
+    for bundle in ("/etc/shadow", "ca.pem"):
+        proc = exec_sh("echo ran", "--ca-bundle", bundle, repo=repo, env=env, policy=policy)
+        assert proc.returncode == 2, (bundle, proc.stdout + proc.stderr)
+        assert f"--ca-bundle {bundle} is not allowed by the admin policy" in proc.stderr
+        assert f"{policy} line 1: allow_extra_mounts = false" in proc.stderr
+        assert "ran" not in proc.stdout  # refused before any sandbox (or proxy) started
+    system = "/etc/ssl/certs/ca-certificates.crt"
+    if not Path(system).is_file():
+        pytest.skip(f"positive control needs the system bundle {system}")
+    control = exec_sh("echo ran", "--ca-bundle", system, repo=repo, env=env, policy=policy)
+    assert control.returncode == 0 and control.stdout == "ran\n", control.stderr
+
+
+def test_open_files_and_file_size_caps_reach_the_sandbox(
+    repo: Path, env: dict[str, str], tmp_path: Path
+) -> None:
+    """``max_nofile`` and ``max_file_size`` lower the defaults nobody asked for (the block's
+    own ulimits show it, and a bigger file is cut), and refuse a value asked above them."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text('max_nofile = 64\nmax_file_size = "1m"\n')
+    code = "ulimit -n; ulimit -f\nhead -c 2097152 /dev/zero > big 2>/dev/null; wc -c < big\n"
+    proc = exec_sh(code, repo=repo, env=env, policy=policy)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    nofile, fsize_kib, written = proc.stdout.split()
+    assert nofile == "64", f"the block may open {nofile} files past max_nofile = 64"
+    assert fsize_kib == "1024", f"the block's file size limit is {fsize_kib} KiB, cap is 1 MiB"
+    assert int(written) <= 1024**2, f"a {written}-byte file was written past max_file_size"
+    uncapped = exec_sh(code, repo=repo, env=env, policy=None)
+    assert uncapped.stdout.split() == [str(DEFAULTS.nofile), "1048576", "2097152"], (
+        f"control: without the policy the defaults apply: {uncapped.stdout + uncapped.stderr}"
+    )
+
+    for variable, value, line in (
+        ("OI_NOFILE", "4096", "line 1: max_nofile = 64"),
+        ("OI_MAX_FILE_SIZE", "2m", 'line 2: max_file_size = "1m"'),
+    ):
+        asked = exec_sh("echo ran", repo=repo, env=env, policy=policy, **{variable: value})
+        assert asked.returncode == 2, (variable, asked.stdout + asked.stderr)
+        assert "is more than the admin policy allows" in asked.stderr and line in asked.stderr
+        assert "ran" not in asked.stdout
+
+
+def test_the_pool_size_cap_refuses_more_prestarted_containers(
+    repo: Path, env: dict[str, str], tmp_path: Path
+) -> None:
+    """``max_pool_size`` bounds the containers kept ready per shape: more is refused (the
+    default, 1, is the least there is, so nothing is ever lowered silently)."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text("max_pool_size = 1\n")
+    asked = exec_sh("echo ran", repo=repo, env=env, policy=policy, OI_POOL_SIZE="8")
+    assert asked.returncode == 2, asked.stdout + asked.stderr
+    assert "--pool-size 8 containers is more than the admin policy allows" in asked.stderr
+    assert f"{policy} line 1: max_pool_size = 1" in asked.stderr
+    control = exec_sh("echo ran", repo=repo, env=env, policy=policy, OI_POOL_SIZE="1")
+    assert control.returncode == 0 and control.stdout == "ran\n", control.stderr

@@ -13,7 +13,8 @@ import pytest
 
 from orchestrator.errors import ConfigError, PolicyError
 from orchestrator.loading import load
-from orchestrator.policy import KNOWN_KEYS, Policy, parse_policy
+from orchestrator.policy import KNOWN_KEYS, Policy, apply_policy, parse_policy
+from orchestrator.replay import LIMIT_KEYS, NOT_REPLAYED
 from orchestrator.settings import FIELDS, Settings, field_meta
 from orchestrator.trust import TrustStore
 
@@ -257,7 +258,8 @@ def test_the_policy_applies_once_and_is_named_as_the_source(home: Path) -> None:
 
 @pytest.mark.parametrize("name", FIELDS)
 def test_every_setting_has_a_trust_level_and_a_policy_decision(name: str) -> None:
-    """A new setting without a decision fails here: capped, fixed, a set, or harmless (why)."""
+    """A new setting without a decision fails here: capped, fixed, a set, or harmless (why);
+    and a decision the policy does not enforce fails too (``apply_policy`` is run with it)."""
     trust, decision = field_meta(name)
     assert trust in ("any", "narrow", "user", "admin")
     kind, _, rest = decision.partition(" ")
@@ -268,6 +270,128 @@ def test_every_setting_has_a_trust_level_and_a_policy_decision(name: str) -> Non
         assert rest.split()[0] in KNOWN_KEYS, f"{name}: {rest!r} is not a policy key"
     if trust == "any":
         assert kind == "harmless:", f"{name}: a key any project may set must be harmless"
+    keys = [word for word in rest.split() if word in KNOWN_KEYS]
+    if kind == "cap":
+        assert_capped(name, keys[0])
+    elif kind == "fixed":
+        assert_fixed(name, keys[0])
+    elif kind == "set":
+        for key in keys:  # "set allowed_hosts and allowed_tcp_ports": each one decides
+            assert_set_enforced(name, key)
+
+
+def policy_of(text: str) -> Policy:
+    rules = parse_policy(text, Path("/etc/oi/policy.toml"))
+    return Policy({key: [rule] for key, rule in rules.items()})
+
+
+CAP_PLUS: dict[str, str] = {"kill_grace": "timeout"}
+"""A cap on a sum: the policy key bounds this setting plus that one."""
+
+
+def assert_capped(name: str, key: str) -> None:
+    """``cap KEY``: a value asked above the cap is refused naming the policy line, and a value
+    nobody asked for is lowered to fit."""
+    default = getattr(Settings(), name)
+    assert isinstance(default, int | float) and default > 0, f"{name}: cap of a non-number?"
+    other = getattr(Settings(), CAP_PLUS[name]) if name in CAP_PLUS else 0
+    cap, high = other + 2 * default, 4 * default
+    policy = policy_of(f"{key} = {cap!r}\n")
+    asked = Settings.model_validate({name: high})
+    refusal = refusal_of(
+        asked,
+        policy,
+        f"{name} is marked 'cap {key}'",
+        "NUMBER_CAPS, or a check such as _cap_kill_grace",
+    )
+    assert f"line 1: {key} = " in refusal and "more than the admin policy allows" in refusal
+    lowered = apply_policy(asked, policy, explicit=set())
+    assert other + getattr(lowered, name) <= cap, (
+        f"{name} is marked 'cap {key}' but the policy does not lower it: add it to "
+        "NUMBER_CAPS in orchestrator/policy.py (or enforce it there)"
+    )
+
+
+FIXED_SAMPLES: dict[str, Any] = {
+    "egress_ranges": ["10.9.0.0/16"],
+    "gvisor_runtime": "runsc-corp",
+    "gvisor_network_runtime": "runsc-corp-net",
+    "audit_log": "/var/log/oi/audit.jsonl",
+    "image_prefix": "corp/oi-sandbox",
+}
+"""A value of each policy key that fixes a setting (admin only: system file)."""
+
+
+def assert_fixed(name: str, key: str) -> None:
+    """``fixed KEY``: the policy's value replaces whatever the user set."""
+    assert key in FIXED_SAMPLES, f"{name}: add a sample value of {key} to FIXED_SAMPLES"
+    sample = FIXED_SAMPLES[key]
+    policy = policy_of(f"{key} = {json.dumps(sample)}\n")
+    fixed = apply_policy(Settings(), policy, explicit={name})
+    shown = json.dumps(getattr(fixed, name), default=str)
+    assert shown == json.dumps(sample), (
+        f"{name} is marked 'fixed {key}' but the policy's {key} does not set it: "
+        "enforce it in apply_policy (orchestrator/policy.py)"
+    )
+    assert shown != json.dumps(getattr(Settings(), name), default=str)
+
+
+SET_CASES: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
+    ("env", "allow_env"): ("allow_env = false", {"env": ["HOME"]}),
+    ("network", "allowed_networks"): ('allowed_networks = ["none"]', {"network": "open"}),
+    ("allow_hosts", "allowed_hosts"): (
+        'allowed_hosts = ["a.example"]',
+        {"allow_hosts": ["b.example"]},
+    ),
+    ("allow_hosts", "allowed_tcp_ports"): (
+        "allowed_tcp_ports = [443]",
+        {"allow_hosts": ["db.example:5432"]},
+    ),
+    ("ca_bundle", "allowed_ca_bundles"): (
+        'allowed_ca_bundles = ["/etc/ssl/certs/ca-certificates.crt"]',
+        {"ca_bundle": "/etc/shadow"},
+    ),
+    ("mounts", "allow_extra_mounts"): ("allow_extra_mounts = false", {"mounts": ["/srv"]}),
+    ("isolation", "required_isolation"): ('required_isolation = "gvisor"', {"isolation": "runc"}),
+    ("toolbox", "allowed_toolboxes"): ('allowed_toolboxes = ["standard"]', {"toolbox": "full"}),
+}
+"""(setting, policy key) -> (a policy line, settings that line must refuse)."""
+
+
+def assert_set_enforced(name: str, key: str) -> None:
+    """``set KEY``: what the policy's set (or permission) leaves out is refused, naming the
+    line; the same settings under a policy without that key pass (the refusal is KEY's)."""
+    assert (name, key) in SET_CASES, f"{name}: add a case for {key} to SET_CASES"
+    line, values = SET_CASES[(name, key)]
+    asked = Settings.model_validate(values)
+    apply_policy(asked, policy_of("max_pids = 100000\n"))  # control: nothing else refuses
+    refusal = refusal_of(
+        asked, policy_of(line + "\n"), f"{name} is marked 'set {key}'", "_apply_sets"
+    )
+    assert f"line 1: {key} = " in refusal and "not allowed by the admin policy" in refusal
+
+
+def refusal_of(settings: Settings, policy: Policy, marked: str, where: str) -> str:
+    """The message of the ``PolicyError`` the policy must raise for these settings."""
+    try:
+        apply_policy(settings, policy)
+    except PolicyError as exc:
+        return str(exc)
+    pytest.fail(
+        f"{marked} but the policy does not refuse {sorted(settings.model_fields_set)}: "
+        f"enforce it in orchestrator/policy.py ({where})"
+    )
+
+
+def test_replay_reuses_every_capped_limit_of_a_record() -> None:
+    """``replay.LIMIT_KEYS`` (what a record may narrow) are the settings the policy caps, less
+    the ones ``NOT_REPLAYED`` explains: a new limit cannot be forgotten by replay."""
+    capped = {name for name in FIELDS if field_meta(name)[1].startswith("cap ")}
+    assert set(NOT_REPLAYED) <= capped, "NOT_REPLAYED names a key that is not a capped limit"
+    assert set(LIMIT_KEYS) == capped - set(NOT_REPLAYED)
+    assert all(field_meta(name)[0] == "narrow" for name in LIMIT_KEYS)
+    sandbox_limits = {"memory", "cpus", "pids", "timeout", "kill_grace", "nofile", "tmp_size"}
+    assert sandbox_limits | {"max_file_size", "max_output", "workdir_max_bytes"} <= set(LIMIT_KEYS)
 
 
 def test_every_policy_key_is_used() -> None:
