@@ -8,7 +8,9 @@ A thin adapter over ``Hub`` and ``Turn``: every route takes the user the bearer 
 # them local (the user dependency).
 
 import asyncio
+import tempfile
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
@@ -17,14 +19,28 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from orchestrator.approval import Approval
-from orchestrator.errors import NotFoundError, RequestError, TooLargeError
-from orchestrator.server.files import Workdir
+from orchestrator.errors import (
+    ConfigError,
+    ConflictError,
+    NotFoundError,
+    OiError,
+    RequestError,
+    TooLargeError,
+)
+from orchestrator.server.files import Workdir, check_name
 from orchestrator.server.hub import Hub, LiveSession
 from orchestrator.server.turns import Turn
 from orchestrator.server.users import User
 from orchestrator.transcript import scan_records
+from orchestrator.vision import MAX_FILE_BYTES, SessionImages, image_size, image_type
 
 MAX_MESSAGE_CHARS = 100_000
+MAX_MESSAGE_IMAGES = 8
+NO_VISION = (
+    "images are not sent to the model in this session: the server runs without --vision "
+    "(or the model server refused images); the file stays in the workdir, where a block can "
+    "read it. To send images, serve a vision model and start oi serve with --vision"
+)
 KEEPALIVE_S = 15.0
 INLINE_TYPES = {
     ".png": "image/png",
@@ -41,7 +57,11 @@ class NewSession(BaseModel):
 
 
 class Message(BaseModel):
+    """``images`` names PNG, JPEG or WebP files of the workdir to send with this message to
+    a vision model (the server's ``--vision``), as ``oi run --image`` does."""
+
     text: str = Field(..., min_length=1, max_length=MAX_MESSAGE_CHARS)
+    images: list[str] = Field(default_factory=list, max_length=MAX_MESSAGE_IMAGES)
 
 
 class ApprovalBody(BaseModel):
@@ -93,11 +113,13 @@ def build_router(hub: Hub, current_user: Any, *, auto_run: bool) -> APIRouter:
 
     @router.get("/whoami")
     def whoami(user: UserDep) -> dict[str, Any]:
-        """The signed-in user, their limits, and whether blocks run without approval."""
+        """The signed-in user, their limits, whether blocks run without approval and whether
+        images go to the model (``--vision``)."""
         limits = user.limits
         return {
             "user": user.name,
             "auto_run": auto_run,
+            "vision": hub.loaded.settings.vision,
             "limits": {
                 "max_sessions": limits.max_sessions,
                 "max_concurrent_blocks": limits.max_concurrent_blocks,
@@ -120,7 +142,8 @@ def build_router(hub: Hub, current_user: Any, *, auto_run: bool) -> APIRouter:
         """One session (resumed from its record if the server does not hold it open)."""
         live = session_of(user, session_id)
         turn = live.turn
-        return {**live.summary(), "turn": turn.state() if turn else None}
+        vision = live.opened.session.images.enabled
+        return {**live.summary(), "turn": turn.state() if turn else None, "vision": vision}
 
     @router.post("/sessions/{session_id}/resume")
     def resume_session(user: UserDep, session_id: str) -> dict[str, Any]:
@@ -137,8 +160,20 @@ def build_router(hub: Hub, current_user: Any, *, auto_run: bool) -> APIRouter:
     def send_message(user: UserDep, session_id: str, body: Message) -> StreamingResponse:
         """Send a message; the answer is the turn's events as Server-Sent Events (``data:``
         lines holding the JSON of ``oi run --json``), ending with an ``end`` event. Closing
-        the stream stops the turn: a running block is killed and its container removed."""
-        turn = session_of(user, session_id).start_turn(body.text)
+        the stream stops the turn: a running block is killed and its container removed.
+        ``images`` (workdir files) go with the message to a vision model; a name that leaves
+        the workdir, a link, or a file that is not a PNG, JPEG or WebP image is refused."""
+        live = session_of(user, session_id)
+        if not body.images:
+            turn = live.start_turn(body.text)
+        else:
+            images = live.opened.session.images
+            try:
+                queue_images(live, body.images)
+                turn = live.start_turn(body.text)
+            except OiError:
+                images.user_message("")  # nothing queued stays for a later message
+                raise
         return sse_response(stream_turn(turn, stop_on_disconnect=True))
 
     @router.get("/sessions/{session_id}/events")
@@ -235,3 +270,44 @@ def add_file_routes(router: APIRouter, hub: Hub, UserDep: Any) -> None:
 
 def _iterate(chunks: Iterator[bytes]) -> Iterator[bytes]:
     yield from chunks
+
+
+def queue_images(live: LiveSession, names: list[str]) -> None:
+    """Queue workdir images for the session's next message, all or none (``RequestError``
+    saying which and why). Each is read as a download is (inside the workdir, no link
+    followed, a regular file) and handed to ``SessionImages.queue`` as a private copy, so
+    what is sent is exactly what was checked."""
+    images = live.opened.session.images
+    if not images.enabled:
+        raise RequestError(NO_VISION)
+    if live.turn is not None and not live.turn.done.is_set():
+        raise ConflictError("this session is still working on a message; wait for its end")
+    workdir = Workdir(live.workdir)
+    checked = [(name, _read_image(workdir, name)) for name in dict.fromkeys(names)]
+    for name, data in checked:
+        _queue_copy(images, name, data)
+
+
+def _read_image(workdir: Workdir, name: str) -> bytes:
+    check_name(name)
+    if image_type(name) is None:
+        raise RequestError(
+            f"{name!r} is not a .png, .jpg, .jpeg or .webp file; only those go to the model"
+        )
+    data = workdir.read(name, MAX_FILE_BYTES)
+    if image_size(data) is None:
+        raise RequestError(
+            f"{name!r} is not a PNG, JPEG or WebP image (its content says otherwise)"
+        )
+    return data
+
+
+def _queue_copy(images: SessionImages, name: str, data: bytes) -> None:
+    with tempfile.TemporaryDirectory(prefix="oi-image-") as folder:
+        copy = Path(folder) / name.rsplit("/", 1)[-1]
+        copy.write_bytes(data)
+        try:
+            images.queue(copy)
+        except ConfigError as exc:
+            reason = str(exc).removeprefix(f"--image {copy}: ")
+            raise RequestError(f"{name!r} is not sent: {reason}") from None

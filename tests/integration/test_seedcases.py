@@ -156,6 +156,14 @@ def test_the_standard_toolbox_has_no_browser(make_sandbox: SandboxFactory) -> No
     assert "oi-sandbox-python:" in result.image
 
 
+def test_the_full_toolbox_has_fonts_for_chinese_text(make_sandbox: SandboxFactory) -> None:
+    """The seed's users search in Chinese: a screenshot must show the text, not boxes."""
+    result = make_sandbox(toolbox="full").run("shell", "fc-list :lang=zh family")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip(), "no font in the full image covers Chinese (fc-list :lang=zh)"
+    assert "oi-sandbox-full:" in result.image
+
+
 WEB_SERVER = (
     "import http.server, socketserver\n"
     "class H(http.server.BaseHTTPRequestHandler):\n"

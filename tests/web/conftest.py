@@ -70,5 +70,10 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 def screenshot(driver: object, name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    driver.save_screenshot(str(path))  # type: ignore[attr-defined]
+    path.unlink(missing_ok=True)  # a stale one from an earlier run proves nothing
+    assert driver.save_screenshot(str(path)), f"no screenshot saved at {path}"  # type: ignore[attr-defined]
+    data = path.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000, (
+        f"{path} is not a screenshot ({len(data)} bytes)"
+    )
     return path

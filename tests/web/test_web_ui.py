@@ -3,6 +3,7 @@ Stop, images inline, CSV upload and preview, and model or block output that trie
 
 from __future__ import annotations
 
+import base64
 import json
 import statistics
 import time
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
@@ -69,6 +72,15 @@ def wait_status(driver: Driver, words: str, card: int = -1) -> str:
     return str(wait(driver, status))
 
 
+def only_this_server_was_asked(driver: Driver, server: OiServer) -> None:
+    """Every request the page made (scripts, styles, images, API calls) went to the server."""
+    names = driver.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+    )
+    assert any(name.startswith(server.url + "/ui/app.js") for name in names), names
+    assert [n for n in names if not n.startswith(server.url + "/")] == [], names
+
+
 def pwned(driver: Driver) -> Any:
     return driver.execute_script("return window.pwned;")
 
@@ -126,6 +138,7 @@ def test_a_block_is_approved_its_output_and_images_appear(
     assert pwned(browser) is None  # the SVG's script and onload never ran
     wait(browser, lambda d: "Done:" in text_of(d, ".msg.model"))
     screenshot(browser, "03-conversation-output-images")
+    only_this_server_was_asked(browser, server)
 
 
 def test_edit_then_approve_runs_the_edited_code(browser: Driver, server: OiServer) -> None:
@@ -294,10 +307,6 @@ def test_measure_first_paint_and_token_to_screen(
     assert len(delays) >= len(letters) - 2
 
 
-def test_artifacts_exist() -> None:
-    assert Path(ARTIFACTS).is_dir()
-
-
 def test_the_ui_hides_exactly_what_the_terminal_hides(browser: Driver, server: OiServer) -> None:
     """app.js mirrors safe_text.py: the same code points are shown as escapes."""
     from orchestrator.safe_text import _HIDDEN
@@ -314,3 +323,95 @@ def test_the_ui_hides_exactly_what_the_terminal_hides(browser: Driver, server: O
     in_python = [c for c in points if c not in (0x0A, 0x09) and _HIDDEN.fullmatch(chr(c))]
     assert set(in_browser) == set(in_python)
     assert 0x202E in in_browser and 0x1B in in_browser and 0x41 not in in_browser
+
+
+def test_the_ui_is_served_under_its_content_security_policy(server: OiServer) -> None:
+    from orchestrator.server.app import UI_CSP
+
+    reply = requests.get(server.url + "/", timeout=10)
+    assert reply.status_code == 200
+    assert reply.headers["Content-Security-Policy"] == UI_CSP
+    assert "default-src 'none'" in UI_CSP and "connect-src 'self'" in UI_CSP
+
+
+def session_ids(driver: Driver) -> list[str]:
+    """The list's ids, top first (read in one go: the list is redrawn as sessions change)."""
+    script = "return [...document.querySelectorAll('#sessions li')].map(li => li.dataset.id)"
+    return list(driver.execute_script(script))
+
+
+def current_session(driver: Driver) -> str:
+    script = "const li = document.querySelector('#sessions li.current'); return li && li.dataset.id"
+    return str(wait(driver, lambda d: d.execute_script(script)))
+
+
+def click_steady(driver: Driver, css: str) -> None:
+    """Click what ``css`` finds, again if the list was redrawn under the click."""
+
+    def attempt(d: Driver) -> bool:
+        try:
+            d.find_element(By.CSS_SELECTOR, css).click()
+        except StaleElementReferenceException:
+            return False
+        return True
+
+    wait(driver, attempt)
+
+
+def test_sessions_newest_first_open_an_older_one_and_delete_it(
+    browser: Driver, server: OiServer
+) -> None:
+    sign_in(browser, server)
+    new_session(browser)
+    older = current_session(browser)
+    send(browser, SAY + "history of the older session")
+    wait(browser, lambda d: "history of the older session" in text_of(d, ".msg.model"))
+    wait(browser, lambda d: not d.find_element(By.ID, "send").get_attribute("disabled"))
+    new_session(browser)
+    newer = wait(browser, lambda d: (cur := current_session(d)) != older and cur)
+    wait(browser, lambda d: session_ids(d)[:1] == [newer])  # the newest on top
+    assert session_ids(browser).index(newer) < session_ids(browser).index(older)
+    assert not text_of(browser, ".msg")  # the new one is empty
+
+    click_steady(browser, f'#sessions li[data-id="{older}"]')
+    wait(browser, lambda d: current_session(d) == older)
+    wait(browser, lambda d: "history of the older session" in text_of(d, ".msg.model"))
+    assert SAY + "history of the older session" in text_of(browser, ".msg.user")
+    screenshot(browser, "13-older-session-opened")
+
+    click_steady(browser, f'#sessions li[data-id="{older}"] .delete')
+    alert = wait(browser, lambda d: d.switch_to.alert)
+    assert "Delete this session" in alert.text
+    alert.accept()
+    wait(browser, lambda d: older not in session_ids(d))
+    assert newer in session_ids(browser)
+    assert older not in [row["id"] for row in server.call("GET", "/api/sessions").json()]
+    assert server.call("GET", f"/api/sessions/{older}").status_code == 404
+    only_this_server_was_asked(browser, server)
+
+
+def test_without_vision_an_image_is_not_attached_and_the_ui_says_why(
+    browser: Driver, server: OiServer, tmp_path: Path
+) -> None:
+    """This server runs without --vision: attaching says so plainly, nothing is dropped
+    silently, and the API refuses a message with images the same way."""
+    sign_in(browser, server)
+    new_session(browser)
+    assert "without --vision" in browser.find_element(By.ID, "vision-note").text
+    picture = tmp_path / "photo.png"
+    picture.write_bytes(base64.b64decode(TINY_PNG))
+    browser.find_element(By.ID, "file-input").send_keys(str(picture))
+    offer = wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#upload-status .attach-offer"))
+    offer.click()
+    wait(browser, lambda d: "not attached" in d.find_element(By.ID, "upload-status").text)
+    assert "--vision" in browser.find_element(By.ID, "upload-status").text
+    assert not browser.find_element(By.ID, "attachments").is_displayed()
+    screenshot(browser, "14-no-vision")
+    session_id = current_session(browser)
+    reply = server.call(
+        "POST", f"/api/sessions/{session_id}/messages", json={"text": "hi", "images": ["photo.png"]}
+    )
+    assert reply.status_code == 400 and "--vision" in reply.json()["detail"], reply.text
+
+
+TINY_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="

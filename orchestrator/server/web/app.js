@@ -73,7 +73,8 @@ function el(tag, cls, text) {
   return node;
 }
 const state = { token: sessionStorage.getItem("oi-token"), session: null, busy: false,
-  pending: null, card: null, reply: null, blockStart: 0, seenFiles: new Map(), perf: [] };
+  pending: null, card: null, reply: null, blockStart: 0, seenFiles: new Map(), perf: [],
+  vision: false, attached: [] };
 
 async function api(method, path, body, raw) {
   const headers = { Authorization: "Bearer " + state.token };
@@ -144,6 +145,8 @@ async function refreshSessions() {
 }
 function closeSession() {
   state.session = null;
+  state.attached = [];
+  showAttachments();
   $("conversation").replaceChildren();
   $("session-title").textContent = "No session open";
   $("session-workdir").textContent = "";
@@ -157,6 +160,9 @@ async function openSession(id) {
   const info = await (await api("GET", `/api/sessions/${q(id)}`)).json();
   state.session = id;
   state.seenFiles = new Map();
+  state.vision = Boolean(info.vision);
+  state.attached = [];
+  showAttachments();
   $("conversation").replaceChildren();
   $("session-title").replaceChildren();
   putText($("session-title"), info.title || "(new session)");
@@ -197,19 +203,27 @@ function note(text, cls) { $("conversation").append(el("div", "note " + (cls || 
 
 async function send(text) {
   if (!state.session || state.busy || !text.trim()) return;
-  $("conversation").append(el("div", "msg user", text));
+  const images = [...state.attached];
+  const shown = el("div", "msg user", text);
+  if (images.length) shown.append(el("div", "attached", "with images: " + images.join(", ")));
+  $("conversation").append(shown);
   $("message").value = "";
   scrollDown();
-  await follow(`/api/sessions/${q(state.session)}/messages`, "POST", { text });
+  const body = images.length ? { text, images } : { text };
+  // the attachments are cleared once the server took the message (a refusal keeps them)
+  await follow(`/api/sessions/${q(state.session)}/messages`, "POST", body,
+    () => { state.attached = []; showAttachments(); });
 }
 
 // Read a stream of Server-Sent Events (fetch: EventSource cannot send the token in a header).
-async function follow(path, method, body) {
+async function follow(path, method, body, accepted) {
   setBusy(true);
   state.stopping = false;
   state.reply = null;
+  const session = state.session;
   try {
     const reply = await api(method, path, body);
+    if (accepted) accepted();
     const reader = reply.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
@@ -231,6 +245,7 @@ async function follow(path, method, body) {
   } finally {
     setBusy(false);
     state.pending = null;
+    await refreshVision(session);
     await refreshSessions();
     const row = document.querySelector(`#sessions li.current .title`);
     if (row) { $("session-title").replaceChildren(); putText($("session-title"), row.textContent); }
@@ -500,12 +515,63 @@ function highlight(code, language) {
   return frag;
 }
 
+// --- images for a vision model ---------------------------------------------------------------------
+const IMAGE_EXTS = ["png", "jpg", "jpeg", "webp"];  // what the server sends (vision.py)
+const isImage = (name) => IMAGE_EXTS.includes(name.split(".").pop().toLowerCase());
+function attach(name) {
+  const status = $("upload-status");
+  if (!state.vision) {
+    status.replaceChildren();
+    putText(status, `${name} is not attached: images are not sent to the model in this session ` +
+      "(the server runs without --vision). It stays in the workdir, where a block can read it.");
+    status.className = "hint error";
+    return;
+  }
+  if (!state.attached.includes(name)) state.attached.push(name);
+  status.replaceChildren();  // the chips by the message box say it now
+  showAttachments();
+  $("message").focus();
+}
+function showAttachments() {
+  const box = $("attachments");
+  box.replaceChildren();
+  box.hidden = state.attached.length === 0;
+  if (box.hidden) return;
+  box.append(el("span", "hint", "Sent with your next message:"));
+  for (const name of state.attached) {
+    const chip = el("span", "chip", name);
+    const drop = el("button", "quiet detach", "✕");
+    drop.type = "button";
+    drop.title = "do not send this image";
+    drop.addEventListener("click", () => { state.attached = state.attached.filter((n) => n !== name); showAttachments(); });
+    chip.append(drop);
+    box.append(chip);
+  }
+}
+async function refreshVision(id) {
+  if (!id || id !== state.session) return;
+  try {
+    const info = await (await api("GET", `/api/sessions/${q(id)}`)).json();
+    if (id === state.session) state.vision = Boolean(info.vision);
+  } catch (e) { return; }
+  $("vision-note").hidden = state.vision;
+}
+function attachButton(name) {
+  const button = el("button", "attach", "attach");
+  button.type = "button";
+  button.title = state.vision ? "attach to the next message (sent to the vision model)"
+    : "images are not sent to the model in this session (no --vision)";
+  button.addEventListener("click", () => attach(name));
+  return button;
+}
+
 // --- files -------------------------------------------------------------------------------------
 async function refreshFiles(initial, card) {
   if (!state.session) return;
   const files = await (await api("GET", `/api/sessions/${q(state.session)}/files`)).json();
   const list = $("file-list");
   list.replaceChildren();
+  $("vision-note").hidden = state.vision;
   for (const f of files) {
     const li = el("li");
     li.append(el("span", "name", f.name), el("span", "hint", `${f.size} B`));
@@ -513,6 +579,7 @@ async function refreshFiles(initial, card) {
     get.title = "download";
     get.addEventListener("click", () => download(f.name));
     li.append(get);
+    if (isImage(f.name)) li.append(attachButton(f.name));
     list.append(li);
     const before = state.seenFiles.get(f.name);
     if (!initial && card && (before === undefined || before < f.mtime)) showInline(card, f.name);
@@ -585,11 +652,19 @@ function parseCsv(text) {
 async function upload(files) {
   if (!state.session) { $("upload-status").textContent = "open a session first"; return; }
   for (const file of files) {
+    $("upload-status").className = "hint";
     $("upload-status").textContent = "uploading " + file.name + "…";
     try {
       await api("PUT", `/api/sessions/${q(state.session)}/files?path=${q(file.name)}`, file, true);
       $("upload-status").textContent = "";
+      $("upload-status").className = "hint";
       putText($("upload-status"), "uploaded " + file.name);
+      if (isImage(file.name)) {
+        const offer = el("button", "attach-offer", "attach to next message");
+        offer.type = "button";
+        offer.addEventListener("click", () => attach(file.name));
+        $("upload-status").append(" ", offer);
+      }
     } catch (err) { $("upload-status").textContent = "not uploaded: " + err.message; }
   }
   refreshFiles(true);
