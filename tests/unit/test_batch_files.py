@@ -20,6 +20,7 @@ from orchestrator.fsafe import (
     write_inline_files,
 )
 from orchestrator.fsafe import write_atomic as write_file_atomic
+from tests.deep import DEPTH, nest, shallow_stack
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mknod, chown)")
 
@@ -204,31 +205,19 @@ def test_remove_tree_of_a_symlink_removes_only_the_link(tmp_path: Path) -> None:
     assert not link.is_symlink() and (outside / "precious").exists()
 
 
-def nest(top: Path, depth: int) -> None:
-    """``depth`` folders inside each other below ``top`` (by descriptor: deeper than
-    PATH_MAX and than Python's recursion limit), a file at the bottom."""
-    fd = os.open(top, os.O_RDONLY)
-    for _ in range(depth):
-        os.mkdir("d", 0o755, dir_fd=fd)
-        child = os.open("d", os.O_RDONLY, dir_fd=fd)
-        os.close(fd)
-        fd = child
-    os.close(os.open("bottom", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
-    os.close(fd)
-
-
 def test_remove_tree_removes_a_tree_deeper_than_path_max_and_the_recursion_limit(
     tmp_path: Path,
 ) -> None:
     tree = tmp_path / "tree"
     tree.mkdir()
-    nest(tree, 2500)  # 5,000 characters of path; Python recurses 1,000 deep
+    os.close(os.open("bottom", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=nest(tree)))
     (tree / "wide").mkdir()
     for i in range(50):
         (tree / "wide" / f"f{i}").write_text("x")
         (tree / "wide" / f"d{i}").mkdir()
     (tree / "wide" / "d7").chmod(0)
-    remove_tree(tree)
+    with shallow_stack():
+        remove_tree(tree)
     assert not tree.exists()
 
 
@@ -254,9 +243,12 @@ def test_remove_tree_stops_when_a_folder_is_moved_under_it(tmp_path: Path) -> No
 def test_copy_tree_copies_a_deep_template(tmp_path: Path) -> None:
     template = tmp_path / "template"
     template.mkdir()
-    nest(template, 1200)  # deeper than the recursion limit, within PATH_MAX
-    copy_tree(template, tmp_path / "copy")
-    bottom = tmp_path / "copy" / Path(*["d"] * 1200) / "bottom"
+    fd = nest(template, name="d")  # deeper than the stack allows, within PATH_MAX
+    os.close(os.open("bottom", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
+    os.close(fd)
+    with shallow_stack():
+        copy_tree(template, tmp_path / "copy")
+    bottom = tmp_path / "copy" / Path(*["d"] * DEPTH) / "bottom"
     assert bottom.is_file()
     remove_tree(tmp_path / "copy")
     remove_tree(template)

@@ -12,6 +12,7 @@ import pytest
 from orchestrator.errors import ConfigError
 from orchestrator.fsafe import remove_tree
 from orchestrator.sandbox.grant import SANDBOX_GID, check_dedicated, grant_workdir, granted_mode
+from tests.deep import DEPTH, nest, shallow_stack
 
 ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's group needs root")
 
@@ -97,17 +98,13 @@ def test_a_tree_deeper_than_path_max_is_granted_to_the_bottom(tmp_path: Path) ->
     """A block may nest folders as deep as it likes; the next session's grant still works."""
     work = tmp_path / "work"
     work.mkdir()
-    fd = os.open(work, os.O_RDONLY)
-    for _ in range(2500):  # 5,000 characters of path; Python recurses 1,000 deep
-        os.mkdir("d", 0o755, dir_fd=fd)
-        child = os.open("d", os.O_RDONLY, dir_fd=fd)
-        os.close(fd)
-        fd = child
+    fd = nest(work)
     os.close(os.open("bottom", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
     try:
         assert os.stat("bottom", dir_fd=fd).st_gid != SANDBOX_GID
-        result = grant_workdir(work)
-        assert result.entries == 1 + 2500 + 1
+        with shallow_stack():
+            result = grant_workdir(work)
+        assert result.entries == 1 + DEPTH + 1
         bottom = os.stat("bottom", dir_fd=fd)
         assert bottom.st_gid == SANDBOX_GID and stat.S_IMODE(bottom.st_mode) == 0o664
     finally:

@@ -26,6 +26,7 @@ from orchestrator.sandbox.session_env import (
 )
 from orchestrator.sandbox.spec import Identity, build_spec, state_dir_in_sandbox
 from orchestrator.sandbox.workdir_quota import WorkdirOverrun
+from tests.deep import DEPTH, nest, shallow_stack
 
 
 @pytest.mark.parametrize(
@@ -187,19 +188,15 @@ def test_the_environment_is_counted_through_folders_a_block_locked_and_any_depth
     outside.mkdir()
     (outside / "big").write_bytes(os.urandom(500_000))
     (env / "link").symlink_to(outside)
-    fd = os.open(env, os.O_RDONLY)
-    for _ in range(2100):
-        os.mkdir("d", 0o700, dir_fd=fd)
-        child = os.open("d", os.O_RDONLY, dir_fd=fd)
-        os.close(fd)
-        fd = child
+    fd = nest(env, mode=0o700)
     with os.fdopen(os.open("deep", os.O_CREAT | os.O_WRONLY, 0o600, dir_fd=fd), "wb") as f:
         f.write(os.urandom(400_000))
     os.close(fd)
     try:
-        snapshot = env_snapshot(env)
-        assert 700_000 <= snapshot.usage.bytes < 1_150_000 + 2100 * 8192
-        assert snapshot.usage.files == 1 + 1 + 1 + 2100 + 1  # locked, blob, link, d..., deep
+        with shallow_stack():
+            snapshot = env_snapshot(env)
+        assert 700_000 <= snapshot.usage.bytes < 1_150_000 + DEPTH * 8192
+        assert snapshot.usage.files == 1 + 1 + 1 + DEPTH + 1  # locked, blob, link, d..., deep
         assert not snapshot.unreadable
     finally:
         remove_tree(env)

@@ -38,6 +38,7 @@ from orchestrator.sandbox.workdir_quota import (
 )
 from orchestrator.session import Session
 from orchestrator.settings import Settings
+from tests.deep import DEPTH, nest, shallow_stack
 from tests.fakes import FakeRunner, ScriptedModel
 
 MiB = 1024**2
@@ -204,18 +205,14 @@ def test_a_tree_deeper_than_path_max_is_counted_to_the_bottom(tmp_path: Path) ->
 
     root = tmp_path / "w"
     root.mkdir()
-    fd = os.open(root, os.O_RDONLY)
-    for _ in range(2100):
-        os.mkdir("d", 0o755, dir_fd=fd)
-        child = os.open("d", os.O_RDONLY, dir_fd=fd)
-        os.close(fd)
-        fd = child
+    fd = nest(root)
     with os.fdopen(os.open("big", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd), "wb") as out:
         out.write(os.urandom(3 * MiB))
     os.close(fd)
     try:
-        snapshot = walk(root)
-        assert snapshot.usage.files == 2101 and snapshot.usage.bytes >= 3 * MiB
+        with shallow_stack():
+            snapshot = walk(root)
+        assert snapshot.usage.files == DEPTH + 1 and snapshot.usage.bytes >= 3 * MiB
         assert snapshot.complete(set())
     finally:
         remove_tree(root)
