@@ -226,7 +226,11 @@ def run_command(
     ] = False,
     images: Annotated[
         list[Path] | None,
-        typer.Option("--image", help="An image sent with the task (repeatable; implies --vision)."),
+        typer.Option(
+            "--image",
+            metavar="FILE",
+            help="An image sent with the task (repeatable; implies --vision).",
+        ),
     ] = None,
     *,
     flags: SettingFlags,
@@ -263,7 +267,8 @@ def run_command(
 @with_setting_flags(*AGENT_FLAGS)
 def chat_command(
     resume: Annotated[
-        str | None, typer.Option("--resume", help="Continue a recorded session (id or prefix).")
+        str | None,
+        typer.Option("--resume", metavar="ID", help="Continue a recorded session (id or prefix)."),
     ] = None,
     *,
     flags: SettingFlags,
@@ -412,7 +417,10 @@ def images_build(
 
 @images_app.command("list")
 def images_list() -> None:
-    """Show each sandbox image: present, missing or stale."""
+    """Show each sandbox image: present, missing or stale.
+
+    Example:  oi images list
+    """
     from orchestrator.sandbox.docker import connect  # noqa: PLC0415
 
     with errors():
@@ -467,7 +475,10 @@ def config_show(
     ] = None,
 ) -> None:
     """Print each effective setting with where it comes from (flag, OI_* variable, a config
-    file, a profile, the admin policy, or the default), then the standing instructions."""
+    file, a profile, the admin policy, or the default), then the standing instructions.
+
+    Examples:  oi config show     oi config show --profile gpu
+    """
     from orchestrator.settings import (  # noqa: PLC0415
         project_config_path,
         shown_value,
@@ -502,6 +513,8 @@ def trust_command(
 
     Untrusted, a project's oi.toml or tasks file may only narrow what you allow; trusted, it
     may set anything you may (network, env, mounts, workdir, the model endpoint, ...).
+
+    Examples:  oi trust oi.toml     oi trust --list     oi trust --revoke oi.toml
     """
     from orchestrator.trust import TrustStore  # noqa: PLC0415
 
@@ -549,9 +562,12 @@ _register_extensions()
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: exit codes as the README lists them, whenever a stop signal
+    (Ctrl-C, SIGTERM, SIGHUP) arrives - a second one while oi ends included."""
+    from orchestrator.cli_common import run_to_exit  # noqa: PLC0415
+
     install_signal_handlers()
-    app()
+    run_to_exit(app)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,10 @@ heavy modules are imported inside the functions that need them.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -93,18 +95,73 @@ def out(line: str) -> None:
 EXIT_INTERRUPTED = 3
 """Stopped before finishing: Ctrl-C, SIGTERM or SIGHUP (never 130/143: those are a block's)."""
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_stops_received: list[int] = []  # the stop signals oi's own handler took, in this process
+
+
+_STOP_WORDS = {
+    signal.SIGTERM: "stopped by SIGTERM",
+    signal.SIGHUP: "stopped by SIGHUP (the terminal closed)",
+}
+"""What the record says ended the session (a Ctrl-C says so itself: ``Session``'s default)."""
+
 
 def _stop(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
+    _stops_received.append(signum)
+    words = _STOP_WORDS.get(signal.Signals(signum))
+    raise KeyboardInterrupt(words) if words else KeyboardInterrupt
 
 
 def install_signal_handlers() -> None:
     """SIGTERM and SIGHUP stop oi as Ctrl-C does: blocks killed, containers removed, records
-    closed, batch reports written."""
-    import signal  # noqa: PLC0415
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    closed, batch reports written. Ctrl-C goes through the same handler, so that the exit code
+    can tell a stop by a person from a block's own exit 130 (``run_to_exit``)."""
+    for sig in _STOP_SIGNALS:
         signal.signal(sig, _stop)
+    state["signals"] = True
+
+
+def _ignore_stop_signals() -> None:
+    """oi has decided how it ends (its containers are being or have been removed): a further
+    Ctrl-C or SIGTERM must not turn exit 3 into a death by signal (130/143, no message), nor cut
+    the exit-time cleanup short. Only in the process whose handlers ``install_signal_handlers``
+    set (never in a test runner that invokes commands in-process)."""
+    if not state.get("signals"):
+        return
+    for sig in _STOP_SIGNALS:
+        with contextlib.suppress(ValueError):  # not the main thread: nothing to do there
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def run_to_exit(app: Callable[[], object]) -> NoReturn:
+    """Run the CLI and exit with a code the README lists, whenever a stop signal arrives.
+
+    A signal that arrives outside every command's ``errors()`` (at start-up, or while the
+    command's exit unwinds) would end oi with 130 - typer's code for a ``KeyboardInterrupt``
+    - or kill it outright; both become ``EXIT_INTERRUPTED``. A 130 without a signal to oi is
+    a block's own exit code (``oi exec``) and is kept.
+    """
+    code: int | str | None = EXIT_INTERRUPTED
+    try:
+        try:
+            app()
+            code = 0
+        finally:
+            _ignore_stop_signals()
+    except SystemExit as exc:
+        _ignore_stop_signals()
+        code = exc.code
+        if code == _TYPER_INTERRUPTED and _stops_received:
+            err_console.print(Text("oi: interrupted", style="yellow"))
+            code = EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        _ignore_stop_signals()
+        err_console.print(Text("oi: interrupted", style="yellow"))
+        code = EXIT_INTERRUPTED
+    sys.exit(code)
+
+
+_TYPER_INTERRUPTED = 130  # what typer exits with when a KeyboardInterrupt reaches it
 
 
 @contextlib.contextmanager
@@ -119,6 +176,7 @@ def errors() -> Iterator[None]:
         err_console.print(error_line(exc))
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
+        _ignore_stop_signals()  # the command ends here: a second signal must not change that
         err_console.print(Text("oi: interrupted", style="yellow"))
         raise typer.Exit(EXIT_INTERRUPTED) from None
 

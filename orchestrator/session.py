@@ -69,6 +69,7 @@ from orchestrator.llm.prompts import (
     build_system_prompt,
     format_language_error,
     format_result_for_model,
+    result_for_model,
 )
 from orchestrator.protocols import BlockRunner, ChatModel, OutputStore
 from orchestrator.sandbox.container import ExecResult, signals_deferred
@@ -226,10 +227,17 @@ class Session:
             status, reason, turns = yield from self._turns()
         except (OiError, KeyboardInterrupt) as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "error"
+            if isinstance(exc, KeyboardInterrupt):
+                self._why_interrupted(exc)
             reason = self.interrupt_reason if status == "interrupted" else str(exc)
             self._record_end(status, reason, turns)
             raise
         return (yield from self._end(status, reason, turns))
+
+    def _why_interrupted(self, exc: KeyboardInterrupt) -> None:
+        """A stop that says why (SIGTERM, SIGHUP: the CLI's handler) is recorded as such."""
+        if exc.args and exc.args[0]:
+            self.interrupt_reason = str(exc.args[0])
 
     def _turns(self) -> Generator[Event, Approval | None, tuple[EndStatus, str, int]]:
         guard = LoopGuard()
@@ -500,7 +508,8 @@ class Session:
                 return code, sha
             try:
                 answer = yield from self._emit(proposal)
-            except KeyboardInterrupt:  # Ctrl-C at the question: stop, run nothing
+            except KeyboardInterrupt as exc:  # Ctrl-C at the question: stop, run nothing
+                self._why_interrupted(exc)
                 yield from self._emit(Decision(index, "quit", sha, "user", "interrupted"))
                 return Outcome(NOT_RUN_STOPPED, interrupted=True)
             answer = answer or Approval("decline", reason="no answer")
@@ -564,7 +573,8 @@ class Session:
                 text = decoders[stream].decode(data)
                 if text:
                     yield BlockOutput(index, stream, text)  # type: ignore[arg-type]
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            self._why_interrupted(exc)
             # Kill the block and wait for its container to go; a second Ctrl-C (or a SIGTERM)
             # meanwhile must not cut that short: it is held, and raised once the result is
             # recorded (``_report``).
@@ -627,19 +637,7 @@ class Session:
         box = self.runner.describe(language)
         per_stream = self._result_room() // (2 if result.stdout and result.stderr else 1)
         max_chars = max(MIN_RESULT_CHARS // 2, min(self.settings.max_output, per_stream))
-        for_model = format_result_for_model(
-            exit_code=result.exit_code,
-            stdout=result.stdout,
-            stderr=result.stderr,
-            stdout_cut_bytes=result.stdout_cut,
-            stderr_cut_bytes=result.stderr_cut,
-            timed_out=result.timed_out,
-            timeout_s=box.timeout_s,
-            oom_killed=result.oom_killed,
-            memory_str=box.memory,
-            max_chars=max_chars,
-            workdir_overrun=result.workdir_overrun,
-        )
+        for_model = result_for_model(result, box, max_chars)
         for_model += self._keep_whole_output(index, result, max_chars)
         yield from self._emit(
             BlockResult(

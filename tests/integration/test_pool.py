@@ -372,11 +372,30 @@ def test_sigkill_with_a_warm_pool_leaves_containers_that_gc_removes(
     assert pid_containers(docker_client, proc.pid) == []  # ...that gc removed
 
 
+def running_in(client: docker.DockerClient, pid: int, command: str) -> bool:
+    """Whether ``command`` runs in a container of the process ``pid``."""
+    for container in pid_containers(client, pid):
+        try:
+            top = client.api.top(container["Id"], ps_args="-eo pid,args")
+        except docker.errors.APIError:  # not running (yet, or any more)
+            continue
+        if any(command in " ".join(row) for row in top.get("Processes") or []):
+            return True
+    return False
+
+
 def test_ctrl_c_mid_block_with_a_warm_pool_leaves_nothing(
     docker_client: docker.DockerClient, workdir: Path
 ) -> None:
     proc = start_warm_process(workdir, "sandbox.run('shell', 'sleep 600')")
-    time.sleep(1.0)  # the block is running in one of the pre-started containers
+    deadline = time.monotonic() + 30
+    while not running_in(docker_client, proc.pid, "sleep 600"):  # the block, in a warm one
+        assert proc.poll() is None, proc.communicate()
+        if time.monotonic() > deadline:
+            proc.send_signal(signal.SIGINT)  # its containers go with it
+            proc.wait(timeout=60)
+            pytest.fail("the block never started in a container of the pool")
+        time.sleep(0.05)
     assert len(pid_containers(docker_client, proc.pid)) == 4
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=60)

@@ -168,7 +168,11 @@ def test_35_gvisor_fails_closed_when_missing(make_sandbox: SandboxFactory) -> No
 
 def test_35_doctor_reports_gvisor(tmp_path: Path) -> None:
     proc = run_oi("doctor", env={"OI_ISOLATION": "gvisor", "OI_API_BASE": "http://127.0.0.1:9/v1"})
-    assert "runtime runsc (gVisor)" in proc.stderr
+    # The whole line, mark included: the failures name the runtime too ("FAIL runtime runsc
+    # (gVisor) not registered", "... is /usr/bin/runc, not gVisor's runsc").
+    lines = [line.split() for line in proc.stderr.splitlines()]
+    assert ["ok", "runtime", "runsc", "(gVisor)"] in lines, proc.stderr
+    assert "not registered" not in proc.stderr and "not gVisor's runsc" not in proc.stderr
 
 
 def test_audit_log_has_one_line_per_block_and_no_secrets(
