@@ -243,6 +243,13 @@ def main(case: str) -> None:
         time.sleep(5)
     elif case == "block-exit-130":  # oi exec passes on a block's own exit code
         raise typer.Exit(130)
+    elif case.startswith("exit-without-teardown"):  # output, atexit, threads are not lost
+        import threading
+        atexit.register(lambda: print("atexit ran", file=sys.stderr))
+        sys.stdout.write("buffered, no newline")
+        if case.endswith("thread"):
+            threading.Thread(target=lambda: (time.sleep(0.2), print(" thread done"))).start()
+        raise typer.Exit(5)
     elif case == "ctrl-c-then-ctrl-c-while-ending":
         atexit.register(cleanup_at_exit)
         with errors():
@@ -281,3 +288,16 @@ def test_a_second_ctrl_c_while_oi_ends_changes_nothing() -> None:
     proc = _cli("ctrl-c-then-ctrl-c-while-ending")
     assert proc.returncode == 3, proc.stderr  # not 130 nor a death by SIGINT (-2)
     assert proc.stderr.splitlines() == ["oi: interrupted", "exit-time cleanup finished"]
+
+
+def test_oi_exits_without_teardown_but_loses_no_output_exit_hook_or_thread() -> None:
+    """``run_to_exit`` skips Python's teardown (about 0.2 s): buffered output, atexit handlers
+    and a thread that is not a daemon still finish, and the exit code is kept."""
+    for case, thread in (
+        ("exit-without-teardown", ""),
+        ("exit-without-teardown+thread", " thread done\n"),
+    ):
+        proc = _cli(case)
+        assert proc.returncode == 5, proc.stderr
+        assert proc.stdout == "buffered, no newline" + thread
+        assert proc.stderr == "atexit ran\n"
