@@ -102,17 +102,23 @@ class ImageCatalog:
         self._root = root or context_root()
         self._ca_bundle = ca_bundle  # for builds; None: the host's, if there is one
         self._resolved: dict[str, ResolvedImage] = {}
+        self._tags: dict[str, str] = {}  # the build contexts are files of this installed oi
 
     def repository(self, name: str) -> str:
         return f"{self._prefix}-{name}"
 
     def expected_tag(self, name: str) -> str:
         """``<prefix>-<name>:<hash>`` of the build context and of what it is built on (the
-        base image, or its parent sandbox image's own tag): a change below rebuilds above."""
+        base image, or its parent sandbox image's own tag): a change below rebuilds above.
+        Hashed once per catalog (the approval panel and every result name the image)."""
+        known = self._tags.get(name)
+        if known is not None:
+            return known
         parent = PARENTS.get(name)
         below = self.expected_tag(parent) if parent else self._base_image
         digest = context_hash(self._root / name, below)
-        return f"{self.repository(name)}:{digest[:12]}"
+        self._tags[name] = tag = f"{self.repository(name)}:{digest[:12]}"
+        return tag
 
     def resolve(self, language: Language, toolbox: Toolbox = "standard") -> ResolvedImage:
         """The image for a language in a toolbox, or ``ImageMissingError`` saying how to

@@ -81,6 +81,8 @@ def test_child_images_are_tagged_by_their_parents_tag_too(tmp_path: Path) -> Non
     catalog = ImageCatalog(None, root=tmp_path)  # type: ignore[arg-type]
     before = {name: catalog.expected_tag(name) for name in ("python", "node", "shell")}
     (tmp_path / "python" / "Dockerfile").write_text("FROM scratch # python, changed\n")
+    assert catalog.expected_tag("python") == before["python"]  # hashed once per catalog
+    catalog = ImageCatalog(None, root=tmp_path)  # type: ignore[arg-type]
     after = {name: catalog.expected_tag(name) for name in ("python", "node", "shell")}
     assert PARENTS["shell"] == "python"
     assert after["python"] != before["python"] and after["shell"] != before["shell"]
