@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError
 
+from orchestrator.llm.extract import history_arguments
+
 RECORD_VERSION = 1
 
 
@@ -64,8 +66,12 @@ class ChatMessage(BaseModel):
     tool_call_id: str | None = None
 
     def for_model(self) -> dict[str, Any]:
-        """The message as it was recorded (only the keys it had)."""
-        return self.model_dump(exclude_unset=True)
+        """The message as it was recorded (only the keys it had), tool-call arguments as JSON
+        objects (a record from before ``history_arguments`` may hold malformed ones)."""
+        message = self.model_dump(exclude_unset=True)
+        for call in message.get("tool_calls") or []:
+            call["function"]["arguments"] = history_arguments(call["function"]["arguments"])
+        return message
 
 
 class MessageRecord(_Line):

@@ -27,6 +27,7 @@ import math
 import os
 import stat
 import struct
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,6 +252,11 @@ def prepare(
     return ImagePart(name, mime, data, width, height, (width, height))
 
 
+_ONE_DECODE = threading.Lock()
+"""One image decoded at a time in this process: a decoded image may take ``MAX_PIXELS`` x 4
+bytes (200 MB), and a server's users could otherwise have many decoded at once."""
+
+
 def pillow_shrinker() -> Shrinker | None:
     """A downscaler with Pillow, if the host has it."""
     try:
@@ -259,7 +265,7 @@ def pillow_shrinker() -> Shrinker | None:
         return None
 
     def shrink(data: bytes, max_side: int) -> tuple[bytes, str, int, int]:
-        with Image.open(io.BytesIO(data)) as image:
+        with _ONE_DECODE, Image.open(io.BytesIO(data)) as image:
             image.draft("RGB", (max_side, max_side))  # JPEG: decode at a smaller scale
             image.thumbnail((max_side, max_side))
             alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info

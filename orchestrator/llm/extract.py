@@ -130,6 +130,21 @@ def parse_tool_arguments(
     return _block_from_call(name, decoded, "tool_call", tool_call_id)
 
 
+def history_arguments(arguments: str) -> str:
+    """Tool-call arguments as the conversation history keeps them: repaired when only closing
+    braces are missing, kept when they are a JSON object, else wrapped as one
+    (``{"unparsed": TEXT}``). vLLM parses the arguments of every earlier call as JSON and
+    refuses the whole request when it cannot: one malformed call must not end the session."""
+    repaired = repair_tool_arguments(arguments)
+    if repaired is not None:
+        return repaired
+    try:
+        value = json.loads(arguments)
+    except ValueError:
+        value = None
+    return arguments if isinstance(value, dict) else json.dumps({"unparsed": arguments})
+
+
 def repair_tool_arguments(arguments: str) -> str | None:
     """``arguments`` with the closing braces the server dropped put back, or ``None``.
 

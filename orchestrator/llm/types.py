@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.errors import ModelError, ModelUnavailableError
-from orchestrator.llm.extract import repair_tool_arguments
+from orchestrator.llm.extract import history_arguments
 
 
 class ToolsUnsupportedError(ModelError):
@@ -69,9 +69,10 @@ class Finished:
     def assistant_message(self) -> dict[str, Any]:
         """The reply as a chat message, to append to the conversation history.
 
-        Tool-call arguments missing only the closing braces vLLM's hermes parser drops get
-        them back (``repair_tool_arguments``): vLLM parses the arguments of earlier calls as
-        JSON, and refuses the whole next request when they are not.
+        Tool-call arguments are kept as JSON objects (``history_arguments``: the closing
+        braces vLLM's hermes parser drops put back, anything else wrapped): vLLM parses the
+        arguments of earlier calls as JSON, and refuses the whole next request when they are
+        not.
         """
         message: dict[str, Any] = {"role": "assistant", "content": self.text}
         if self.tool_calls:
@@ -82,7 +83,7 @@ class Finished:
                     "type": "function",
                     "function": {
                         "name": call.name,
-                        "arguments": repair_tool_arguments(call.arguments) or call.arguments,
+                        "arguments": history_arguments(call.arguments),
                     },
                 }
                 for call in self.tool_calls

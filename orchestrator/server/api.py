@@ -275,8 +275,8 @@ def _iterate(chunks: Iterator[bytes]) -> Iterator[bytes]:
 def queue_images(live: LiveSession, names: list[str]) -> None:
     """Queue workdir images for the session's next message, all or none (``RequestError``
     saying which and why). Each is read as a download is (inside the workdir, no link
-    followed, a regular file) and handed to ``SessionImages.queue`` as a private copy, so
-    what is sent is exactly what was checked."""
+    followed, a regular file), with no other hard link, and handed to
+    ``SessionImages.queue`` as a private copy, so what is sent is exactly what was checked."""
     images = live.opened.session.images
     if not images.enabled:
         raise RequestError(NO_VISION)
@@ -294,7 +294,7 @@ def _read_image(workdir: Workdir, name: str) -> bytes:
         raise RequestError(
             f"{name!r} is not a .png, .jpg, .jpeg or .webp file; only those go to the model"
         )
-    data = workdir.read(name, MAX_FILE_BYTES)
+    data = workdir.read(name, MAX_FILE_BYTES, one_link=True)
     if image_size(data) is None:
         raise RequestError(
             f"{name!r} is not a PNG, JPEG or WebP image (its content says otherwise)"

@@ -109,8 +109,9 @@ class Workdir:
             if stat.S_ISDIR(os.stat(leaf, dir_fd=fd, follow_symlinks=False).st_mode):
                 raise RequestError(f"{leaf!r} is a folder in the workdir; choose a file name")
 
-    def open(self, name: str) -> tuple[int, int]:
-        """A read descriptor and the size of the regular file ``name``."""
+    def open(self, name: str, *, one_link: bool = False) -> tuple[int, int]:
+        """A read descriptor and the size of the regular file ``name`` (with ``one_link``,
+        also refused when it has other names: a hard link may come from outside)."""
         *parents, leaf = check_name(name)
         with self._folder(tuple(parents)) as fd:
             try:
@@ -123,6 +124,12 @@ class Workdir:
         if not stat.S_ISREG(info.st_mode):
             os.close(out)
             raise NotFoundError(f"{name!r} is {kind(info.st_mode)}, not a file; not served")
+        if one_link and info.st_nlink != 1:
+            os.close(out)
+            raise NotFoundError(
+                f"{name!r} has {info.st_nlink} hard links (one may be outside the workdir); "
+                "not sent: copy it (cp) and name the copy"
+            )
         os.set_blocking(out, True)
         return out, info.st_size
 
@@ -136,8 +143,8 @@ class Workdir:
 
         return size, chunks()
 
-    def read(self, name: str, limit: int) -> bytes:
-        fd, size = self.open(name)
+    def read(self, name: str, limit: int, *, one_link: bool = False) -> bytes:
+        fd, size = self.open(name, one_link=one_link)
         with os.fdopen(fd, "rb") as fh:
             if size > limit:
                 raise TooLargeError(f"{name!r} is larger than {limit} bytes")

@@ -9,6 +9,7 @@ import pytest
 from orchestrator.llm.extract import (
     ProposedBlock,
     extract_blocks,
+    history_arguments,
     parse_tool_arguments,
     repair_tool_arguments,
 )
@@ -362,3 +363,18 @@ def test_control_dropped_brace_rows_fail_without_the_repair(name: str, arguments
     """Positive control: each repaired row really is broken JSON."""
     with pytest.raises(ValueError, match="not valid JSON"):
         parse_tool_arguments(name, arguments, repair=False)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "kept"),
+    [
+        ('{"a": 1}', '{"a": 1}'),  # an object: as it came
+        ('{"a": 1', '{"a": 1}'),  # only closers missing: repaired
+        ("{not json", '{"unparsed": "{not json"}'),
+        ('["a"]', '{"unparsed": "[\\"a\\"]"}'),  # JSON, but not an object
+        ("", '{"unparsed": ""}'),
+    ],
+)
+def test_history_arguments_are_always_a_json_object(arguments: str, kept: str) -> None:
+    assert history_arguments(arguments) == kept
+    assert isinstance(json.loads(history_arguments(arguments)), dict)

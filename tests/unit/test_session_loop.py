@@ -28,7 +28,7 @@ from orchestrator.llm.client import ToolsUnsupportedError
 from orchestrator.session import Session, SessionEvents
 from orchestrator.session_parts import code_sha256
 from orchestrator.settings import Settings
-from orchestrator.transcript import Transcript, read_records
+from orchestrator.transcript import Transcript, read_records, rebuild_history
 from tests.fakes import FakeRunner, Say, ScriptedModel
 
 
@@ -219,6 +219,36 @@ def test_tool_calls_run_and_bad_ones_are_explained_to_the_model(tmp_path: Path) 
     assert answers[0]["content"].startswith("exit code 0")
     assert "not valid JSON" in answers[1]["content"] or "not run" in answers[1]["content"]
     assert "there is no tool 'frobnicate'" in answers[2]["content"]
+
+
+def test_a_malformed_tool_call_does_not_poison_the_history(tmp_path: Path) -> None:
+    """vLLM parses every earlier call's arguments as JSON and refuses the whole request when
+    one does not parse: a single bad reply must not end every later request of the session,
+    nor those of a resumed one."""
+    bad = Say(calls=(("execute", "{not json"), ("execute", '["a list"]')))
+    record = tmp_path / "s.jsonl"
+    session, model, _ = make(
+        bad, "sorry", "fine", tmp_path=tmp_path, tool_mode="tools", auto_run=True
+    )
+    session.transcript = Transcript.open(record)
+    assert Script().run(session.send("go")) == "finished"
+    assert Script().run(session.send("again")) == "finished"
+    for request in model.requests[1:]:
+        for message in request["messages"]:
+            for tool_call in message.get("tool_calls") or []:
+                assert isinstance(json.loads(tool_call["function"]["arguments"]), dict)
+    sent = [c for m in model.requests[1]["messages"] for c in m.get("tool_calls") or []]
+    assert [json.loads(c["function"]["arguments"]) for c in sent] == [
+        {"unparsed": "{not json"},
+        {"unparsed": '["a list"]'},
+    ]
+    # a record written before the fix, with the raw arguments, is mended when resumed
+    raw = record.read_text().replace('{\\"unparsed\\": \\"{not json\\"}', "{not json")
+    assert "{not json" in raw and raw != record.read_text()
+    record.write_text(raw)
+    history = rebuild_history(read_records(record))
+    kept = [c for m in history for c in m.get("tool_calls") or []]
+    assert all(isinstance(json.loads(c["function"]["arguments"]), dict) for c in kept)
 
 
 def test_ctrl_c_while_a_block_runs_kills_it(tmp_path: Path) -> None:

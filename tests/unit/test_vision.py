@@ -363,3 +363,29 @@ def test_queue_refuses_what_is_not_an_image(tmp_path: Path) -> None:
 def test_data_urls_decode_to_the_bytes_sent() -> None:
     part = part_of()
     assert base64.b64decode(part.url.split(",", 1)[1]) == part.data
+
+
+def test_one_image_is_decoded_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server's users may send images at once; each decode may take 200 MB."""
+    import threading
+    import time
+
+    shrink = pillow_shrinker()
+    assert shrink is not None
+    inside, most = [0], [0]
+    real_open = Image.open
+
+    def counting_open(*args: Any, **kwargs: Any) -> Any:
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        time.sleep(0.05)  # a slow decode: the other thread would come in now
+        inside[0] -= 1
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    threads = [threading.Thread(target=shrink, args=(png(64, 64), 16)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most[0] == 1

@@ -5,6 +5,7 @@ non-images are refused, and the open network is marked in red on a block's card.
 from __future__ import annotations
 
 import io
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,6 +127,7 @@ def post_message(server: OiServer, session_id: str, images: list[str]) -> Any:
         ("notes.txt", 400, "not a .png"),
         ("fake.png", 400, "not a PNG, JPEG or WebP image"),
         ("missing.png", 404, "no file"),
+        ("hard.png", 404, "hard links"),  # a second name of a file outside the workdir
     ],
 )
 def test_message_images_must_be_image_files_inside_the_workdir(
@@ -144,6 +146,7 @@ def test_message_images_must_be_image_files_inside_the_workdir(
     outside.write_bytes(png_bytes("red"))
     workdir = vision_server.workspaces / "alice" / "work" / session_id
     (workdir / "link.png").symlink_to(outside)
+    os.link(outside, workdir / "hard.png")
     before = len(vision_model.chat_requests)
 
     # a good image with a bad one: refused whole, and the good one is not kept for later
