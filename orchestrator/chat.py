@@ -42,7 +42,9 @@ def chat_loop(
         except EOFError:
             err_console.print()
             return
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            if exc.args:  # SIGTERM or SIGHUP, not Ctrl-C: stop (exit 3), not goodbye
+                raise
             err_console.print("\nbye")
             return
         text = line.strip()

@@ -29,6 +29,7 @@ from orchestrator.cli_common import (
     plain,
     say,
     state,
+    stop_if_told,
     usage,
 )
 from orchestrator.cli_options import (
@@ -306,7 +307,12 @@ def chat_command(
             from orchestrator.wiring import announce_project_instructions  # noqa: PLC0415
 
             render = announce_project_instructions(renderer.render, session.instructions)
-            chat_loop(session, lambda text: _drive_terminal(session.send(text), renderer, render))
+
+            def send(text: str) -> None:
+                _drive_terminal(session.send(text), renderer, render)
+                stop_if_told()  # a SIGTERM/SIGHUP during a block ends the chat, exit 3
+
+            chat_loop(session, send)
         say(f"session {opened.session_id}", "dim")
 
 

@@ -112,6 +112,16 @@ def _stop(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(words) if words else KeyboardInterrupt
 
 
+def stop_if_told() -> None:
+    """Raise the ``KeyboardInterrupt`` of a SIGTERM or SIGHUP this process received: for a
+    loop (``oi chat``) that takes a Ctrl-C during a block as "back to the prompt", these mean
+    "stop" (a service manager, a closed terminal)."""
+    for signum in _stops_received:
+        words = _STOP_WORDS.get(signal.Signals(signum))
+        if words:
+            raise KeyboardInterrupt(words)
+
+
 def install_signal_handlers() -> None:
     """SIGTERM and SIGHUP stop oi as Ctrl-C does: blocks killed, containers removed, records
     closed, batch reports written. Ctrl-C goes through the same handler, so that the exit code

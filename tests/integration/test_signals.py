@@ -50,7 +50,14 @@ def oi_env(tmp_path: Path, fake_vllm: FakeVllm) -> dict[str, str]:
 class Oi:
     """A running ``oi`` whose stderr is read line by line as it comes (to act on a line)."""
 
-    def __init__(self, args: list[str], env: dict[str, str], stdin: str | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        stdin: str | None = None,
+        *,
+        keep_open: bool = False,
+    ) -> None:
         self.proc = subprocess.Popen(
             [OI, *args],
             env=env,
@@ -62,7 +69,10 @@ class Oi:
         if stdin is not None:
             assert self.proc.stdin is not None
             self.proc.stdin.write(stdin)
-            self.proc.stdin.close()
+            if keep_open:  # a person who has not typed anything more (yet)
+                self.proc.stdin.flush()
+            else:
+                self.proc.stdin.close()
         self.pid = self.proc.pid
         self.err_lines: list[str] = []
         self.out = ""
@@ -176,6 +186,34 @@ def test_a_stop_signal_to_oi_run_kills_the_block_and_closes_the_record(
     results = [r for r in records if r.get("event") == "result"]
     assert [r["interrupted"] for r in results] == [True]
     assert len(fake_vllm.chat_requests) == 1  # the model was not asked to go on
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("when", ["block", "prompt"])
+def test_a_stop_signal_ends_oi_chat_too(
+    sig: signal.Signals,
+    when: str,
+    workdir: Path,
+    fake_vllm: FakeVllm,
+    oi_env: dict[str, str],
+    docker_client: docker.DockerClient,
+    started: list[Oi],
+) -> None:
+    """In chat a Ctrl-C during a block goes back to the prompt; SIGTERM and SIGHUP (a service
+    manager, a closed terminal) end oi, with exit 3, whether a block runs or it waits."""
+    fake_vllm.script(Reply(text=fence(LOOP)), Reply(text="never asked"))
+    line = "loop forever\n" if when == "block" else ""
+    oi = Oi(["chat", "-y", "--workdir", str(workdir)], oi_env, stdin=line, keep_open=True)
+    started.append(oi)
+    if when == "block":
+        oi.wait_for_file(workdir / "started")
+    else:
+        oi.wait_for_line("type a task")
+    oi.proc.send_signal(sig)
+    code = oi.finish(timeout=STOP_WITHIN_S)
+    assert code == 3, oi.err
+    assert "Traceback" not in oi.err and "bye" not in oi.err
+    assert_no_containers(docker_client, f"oi.pid={oi.pid}")
 
 
 def test_sigterm_to_oi_batch_writes_the_reports_and_removes_its_containers(
