@@ -110,7 +110,8 @@ MountOpt = Annotated[
     typer.Option(
         "--mount",
         metavar="HOST[:PATH][:rw]",
-        help="Extra folder to mount, read-only unless :rw (repeat it).",
+        help="Extra folder to mount, read-only unless :rw, at /mnt/NAME unless PATH is given "
+        "(repeat it).",
     ),
 ]
 ApiBaseOpt = Annotated[

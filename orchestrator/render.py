@@ -294,7 +294,8 @@ def approval_panel(event: CodeProposed) -> Panel:
 
 
 def sandbox_details(event: CodeProposed) -> Table:
-    """``sandbox``, ``network``, ``workdir``, ``sha256`` lines for the approval panel."""
+    """``sandbox``, ``network``, ``workdir``, each extra ``mount``, the ``env`` names passed in
+    and ``sha256``: the lines of the approval panel."""
     box = event.sandbox
     hosts: Sequence[str] = box.allow_hosts
     lines = event.code.count("\n") + (0 if event.code.endswith("\n") else 1)
@@ -311,6 +312,14 @@ def sandbox_details(event: CodeProposed) -> Table:
         ),
         ("network", network_text(box.network, hosts)),
         ("workdir", Text(f"{clean_line(box.workdir)} → /workspace")),
+        *(
+            (
+                "mount",
+                Text(clean_line(mount), style="yellow" if mount.endswith("(read-write)") else ""),
+            )
+            for mount in box.mounts
+        ),
+        *([("env", Text(", ".join(clean_line(name) for name in box.env)))] if box.env else []),
         ("sha256", Text(f"{event.sha256[:16]} · {lines} line{'' if lines == 1 else 's'}")),
     ]
     for label, value in rows:

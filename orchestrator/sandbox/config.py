@@ -112,5 +112,7 @@ class SandboxDescription:
     isolation: str
     workdir: str
     allow_hosts: tuple[str, ...] = ()
+    mounts: tuple[str, ...] = ()  # "HOST -> PATH (read-only|read-write)", besides the workdir
+    env: tuple[str, ...] = ()  # names of the variables passed in (never their values)
     keeps_installs: bool = False  # pip/npm installs stay for the session (its environment)
     python_state: bool = False  # Python variables and imports carry from block to block

@@ -330,6 +330,11 @@ class Sandbox:
             isolation=config.isolation,
             workdir=str(config.workdir),
             allow_hosts=config.allow_hosts,
+            mounts=tuple(
+                f"{m.host} → {m.container} ({'read-only' if m.read_only else 'read-write'})"
+                for m in self._extra_mounts()
+            ),
+            env=tuple(dict.fromkeys(entry.split("=", 1)[0] for entry in config.env)),
             keeps_installs=config.env_dir is not None,
             python_state=config.env_dir is not None and config.python_state,
         )

@@ -236,3 +236,29 @@ def test_the_approval_question_comes_after_the_network_and_the_whole_workdir_at_
     assert re.search(r"│ network\s+none", panel), panel
     squeezed = re.sub(r"[\s│╭╮╰╯─]", "", panel)  # the workdir wraps; joined up it is whole
     assert "workdir" + str(deep).replace(" ", "") + "→/workspace" in squeezed, panel
+
+
+def test_the_approval_names_the_mounts_and_variables_a_block_can_reach(
+    tmp_path: Path, workdir: Path, fake_vllm: FakeVllm
+) -> None:
+    """A read-write mount and a passed-in variable are shown before the block runs (as the
+    variable's name: its value may be a secret), and the block indeed reaches them."""
+    data, out = tmp_path / "data-in", tmp_path / "results"
+    data.mkdir()
+    out.mkdir()
+    env = {**model_env(tmp_path, fake_vllm), "MYVAR": "s3cret-value"}
+    code = "import os; open('/out/w.txt', 'w').write(os.environ['MYVAR'][:2])"
+    fake_vllm.script(Reply(text=fence("python", code)), Reply(text="Done."))
+    args = ["--mount", str(data), "--mount", f"{out}:/out:rw", "-e", "MYVAR"]
+    proc = run_oi("run", "x", "-y", "--json", "--workdir", str(workdir), *args, env=env)
+    assert proc.returncode == 0, proc.stderr
+    (proposed,) = [
+        e for e in map(json.loads, proc.stdout.splitlines()) if e["event"] == "code_proposed"
+    ]
+    box = proposed["sandbox"]
+    assert box["mounts"] == [
+        f"{data} → /mnt/{data.name} (read-only)",
+        f"{out} → /out (read-write)",
+    ]
+    assert box["env"] == ["MYVAR"] and "s3cret-value" not in proc.stdout
+    assert (out / "w.txt").read_text() == "s3"  # what the screen named is what it reached

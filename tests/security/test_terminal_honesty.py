@@ -547,3 +547,22 @@ def test_sessions_show_in_a_pty(tmp_path: Path) -> None:
     assert "s1\\x1b]52;c;" in shown  # the clipboard write is shown, not done
     assert foreign_controls(shown.replace("\r\n", "\n")) == []
     assert "[bold red]markup[/]" in shown
+
+
+def test_every_mount_and_passed_variable_is_on_the_approval_screen() -> None:
+    """What a block can reach besides the workdir: each extra mount (read-write ones said so)
+    and the names of the variables passed in (never their values), at 80 columns too."""
+    box = sandbox(
+        mounts=(
+            "/srv/data → /mnt/data (read-only)",
+            "/home/dev/out-of-tree/results → /out (read-write)",
+        ),
+        env=("MYVAR", "AWS_REGION"),
+    )
+    for tty in (True, False):
+        seen = screen(render([proposal("print(1)", box)], width=80, tty=tty))
+        assert "mount    /srv/data → /mnt/data (read-only)" in seen
+        assert "mount    /home/dev/out-of-tree/results → /out (read-write)" in seen
+        assert "env      MYVAR, AWS_REGION" in seen
+    plain = screen(render([proposal("print(1)", sandbox())], width=80))
+    assert "mount" not in plain and "env " not in plain

@@ -294,6 +294,8 @@ function sandboxLine(box) {
     open: "network OPEN: the internet and your LAN" };
   head.append(el("span", box.network === "open" ? "net-open" : "", words[box.network] || box.network));
   head.append(el("span", "", `workdir ${box.workdir}`));
+  for (const mount of box.mounts || []) head.append(el("span", "", `mount ${mount}`));
+  if ((box.env || []).length) head.append(el("span", "", `env ${box.env.join(", ")}`));
   return head;
 }
 
