@@ -355,7 +355,12 @@ def sessions_list(
         if not infos:
             plain(f"no sessions in {settings.sessions_dir}")
             return
-        table = Table("id", "started", "status", "blocks", "task")
+        table = Table()
+        table.add_column("id", no_wrap=True, min_width=22)  # never cut: it is what you type next
+        table.add_column("started", no_wrap=True)
+        table.add_column("status")
+        table.add_column("blocks", justify="right")
+        table.add_column("task", overflow="fold", ratio=1)
         for info in infos[: max(1, limit)]:
             started = datetime.datetime.fromtimestamp(info.started).strftime("%Y-%m-%d %H:%M")
             status = info.status + (" (incomplete)" if info.incomplete_lines else "")

@@ -140,7 +140,8 @@ def test_every_run_names_its_session_and_the_list_is_newest_first(
 ) -> None:
     env = model_env(tmp_path, fake_vllm)
     fake_vllm.script(Reply(text="First: nothing to run."))
-    first = run_oi("run", "first task", "--workdir", str(workdir), env=env)
+    long_task = "first task, told at length: " + "clean the data and plot it " * 6
+    first = run_oi("run", long_task, "--workdir", str(workdir), env=env)
     assert first.returncode == 0, first.stderr
     first_id = session_of(first.stderr)
     sessions = tmp_path / "data" / "oi" / "sessions"
@@ -173,6 +174,11 @@ def test_every_run_names_its_session_and_the_list_is_newest_first(
     assert third_id in newest.stdout
     assert first_id not in newest.stdout and second_id not in newest.stdout
     assert "2 older session(s) not shown" in newest.stderr
+    narrow = run_oi("sessions", "list", env={**env, "COLUMNS": "80"})
+    lines = narrow.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), narrow.stdout
+    for session_id in (first_id, second_id, third_id):  # ids are what you type next: never cut
+        assert session_id in narrow.stdout, narrow.stdout
 
 
 # --- 6: resume from another folder ----------------------------------------------------------
