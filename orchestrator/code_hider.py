@@ -4,7 +4,9 @@ On a terminal, a reply that proposes code would otherwise show it twice: streame
 text, then highlighted in the approval panel. A fence whose info string names a language oi
 runs (```python, ```sh, ...) is replaced by one line saying the code follows; any other fence
 (```json, ```text, an unlabelled one) is prose and stays. Text arrives in chunks, so
-``CodeHider`` works on whole lines and holds back a partial one until it ends.
+``CodeHider`` decides per line: a partial line that cannot open a fence (its first character
+after indentation is not ` or ~) is prose and shows at once, as it streams; one that may is
+held until it ends (a model's long sentence must not wait for its newline).
 """
 
 from __future__ import annotations
@@ -31,18 +33,34 @@ class CodeHider:
     """Feed it the reply as it streams; it returns what to print."""
 
     def __init__(self) -> None:
-        self._partial = ""
+        self._partial = ""  # the current line, held: it may open or close a fence
+        self._prose = False  # the current line is prose and was partly shown already
         self._closing: str | None = None  # the fence that ends the code being hidden
 
     def feed(self, text: str) -> str:
-        lines = (self._partial + text).split("\n")
-        self._partial = lines.pop()
-        shown = (self._line(line) for line in lines)
-        return "".join(line + "\n" for line in shown if line is not None)
+        shown: list[str] = []
+        *ended, rest = text.split("\n")
+        for piece in ended:
+            if self._prose:
+                shown.append(piece + "\n")
+            else:
+                line = self._line(self._partial + piece)
+                if line is not None:
+                    shown.append(line + "\n")
+            self._partial, self._prose = "", False
+        if self._prose:
+            shown.append(rest)
+        else:
+            self._partial += rest
+            start = self._partial.lstrip(" \t")
+            if self._closing is None and start and start[0] not in "`~":
+                shown.append(self._partial)
+                self._partial, self._prose = "", True
+        return "".join(shown)
 
     def flush(self) -> str:
         """The end of the reply: a held partial line, unless it is hidden code."""
-        rest, self._partial = self._partial, ""
+        rest, self._partial, self._prose = self._partial, "", False
         if self._closing is not None:
             self._closing = None
             return ""

@@ -31,7 +31,24 @@ def test_hide_code(reply: str, shown: str) -> None:
 def test_chunks_anywhere_give_the_same_text() -> None:
     reply = f"Let me look.\n{F}python\nimport os\nprint(os.getcwd())\n{F}\nThen we see.\n"
     whole = hide_code(reply)
-    for size in (1, 2, 3, 7):
+    for size in (1, 2, 3, 5, 7, 11):
         hider = CodeHider()
         pieces = [hider.feed(reply[i : i + size]) for i in range(0, len(reply), size)]
         assert "".join(pieces) + hider.flush() == whole
+
+
+def test_prose_shows_as_it_streams_and_a_possible_fence_waits_for_its_line() -> None:
+    """A slow model's long sentence must not wait for its newline; a line that may open a
+    fence (or close the hidden code) is held until it ends."""
+    hider = CodeHider()
+    assert hider.feed("Here is a long sentence") == "Here is a long sentence"
+    assert hider.feed(" that goes on") == " that goes on"
+    assert hider.feed(" and ends.\n  ``") == " and ends.\n"  # may be a fence: held
+    assert hider.feed("`python\nprint(1)") == "(python code: shown below)\n"
+    assert hider.feed("\n``") == ""  # inside hidden code nothing shows
+    assert hider.feed("`\nDone") == "Done"
+    assert hider.feed(" now.") == " now."
+    assert hider.flush() == ""
+    mixed = "  Indented prose\n\tand `inline` code\n"
+    one = CodeHider()
+    assert "".join(one.feed(ch) for ch in mixed) + one.flush() == mixed
