@@ -474,6 +474,7 @@ def render_transcript(records: list[dict[str, Any]], console: Console) -> None:
     every value in it is untrusted: cleaned, printed as ``Text``, and a record of the wrong
     shape is shown as what it is instead of crashing the view.
     """
+    proposed: dict[object, object] = {}  # block index -> the sha256 first proposed
     for record in records:
         if not isinstance(record, dict):
             continue
@@ -489,7 +490,8 @@ def render_transcript(records: list[dict[str, Any]], console: Console) -> None:
         elif kind == "message":
             _show_message(record.get("message"), console)
         elif event == "code_proposed":
-            _show_recorded_code(record, console)
+            first = proposed.setdefault(record.get("index"), record.get("sha256"))
+            _show_recorded_code(record, console, edited=first != record.get("sha256"))
         elif event == "decision":
             console.print(
                 Text(
@@ -530,13 +532,21 @@ def _show_message(message: object, console: Console) -> None:
     console.print(Panel(Text(clean_text(text)), title=Text(_field(role)), title_align="left"))
 
 
-def _show_recorded_code(record: dict[str, Any], console: Console) -> None:
-    """The recorded code itself is in the assistant message above; here only what its display
-    hid: the same warnings the approval screen gave."""
+def _show_recorded_code(record: dict[str, Any], console: Console, *, edited: bool) -> None:
+    """The proposed code itself is in the assistant message above; here what its display hid
+    (the approval screen's warnings), and, when you edited the block, the code as edited (what
+    was then asked about, and run if approved: it is in no message)."""
     code = record.get("code")
     if not isinstance(code, str):
         return
-    for warning in show_code(code).warnings:
+    shown = show_code(code)
+    if edited:
+        title = (
+            f"block {_field(record.get('index'))} as edited by you "
+            f"(sha256 {_field(record.get('sha256'), 12)})"
+        )
+        console.print(Panel(Text(shown.text), title=Text(title), title_align="left"))
+    for warning in shown.warnings:
         console.print(
             Text(f"! block {_field(record.get('index'))}: {warning}", style="bold yellow")
         )

@@ -40,6 +40,7 @@ from orchestrator.render import (
     InteractiveApprover,
     edit_in_editor,
     find_editor,
+    render_transcript,
 )
 from orchestrator.sandbox.config import SandboxDescription
 from orchestrator.session import Session
@@ -425,3 +426,44 @@ def test_the_end_line_speaks_plainly() -> None:
     assert "max_turns" not in line
     assert "20 prompt + 111 reply tokens" in line
     assert "20+111" not in line
+
+
+def test_sessions_show_gives_the_code_as_edited_not_only_as_proposed() -> None:
+    """After an edit, what ran is in no message: the view shows it, escapes made visible."""
+    proposed, edited = "print('as proposed')", "print('as edited')  # \x1b[2J"
+    records: list[dict[str, Any]] = [
+        {
+            "type": "message",
+            "message": {"role": "assistant", "content": f"```python\n{proposed}\n```"},
+        },
+        {
+            "type": "event",
+            "event": "code_proposed",
+            "index": 1,
+            "code": proposed,
+            "sha256": "a" * 64,
+        },
+        {
+            "type": "event",
+            "event": "decision",
+            "index": 1,
+            "decision": "edited",
+            "by": "user",
+            "sha256": "b" * 64,
+        },
+        {"type": "event", "event": "code_proposed", "index": 1, "code": edited, "sha256": "b" * 64},
+        {
+            "type": "event",
+            "event": "decision",
+            "index": 1,
+            "decision": "run",
+            "by": "user",
+            "sha256": "b" * 64,
+        },
+    ]
+    console = Console(record=True, width=100, force_terminal=False)
+    render_transcript(records, console)
+    seen = console.export_text()
+    assert "block 1 as edited by you (sha256 bbbbbbbbbbbb)" in seen
+    assert "print('as edited')" in seen and "\\x1b[2J" in seen and "\x1b" not in seen
+    assert seen.count("as edited by you") == 1  # the first proposal is the message's own
