@@ -84,9 +84,15 @@ def doctor(*, flags: SettingFlags) -> None:
                 "oi images build",
             )
     _doctor_disk(str(info.get("DockerRootDir") or "/"), report)
-    _doctor_model(loaded, report)
+    model_usable = _doctor_model(loaded, report)
     if problems:
         err_console.print(f"[red]{problems} problem(s): the sandbox cannot run until fixed[/]")
+        raise typer.Exit(1)
+    if not model_usable:  # oi exec works; oi run, chat and batch would stop at once
+        err_console.print(
+            "[yellow]the sandbox is ready (oi exec works), but oi run, chat and batch need the "
+            "model: fix the model problem above[/]"
+        )
         raise typer.Exit(1)
     err_console.print("[green]the sandbox is ready[/]")
 
@@ -107,9 +113,10 @@ def _doctor_disk(root: str, report: Report) -> None:
     )
 
 
-def _doctor_model(loaded: Loaded, report: Report) -> None:
+def _doctor_model(loaded: Loaded, report: Report) -> bool:
     """Model endpoint checks: reachable, model served, its context against what the settings
-    need, tool calling. Warnings only, since the sandbox (oi exec) works without a model."""
+    need, tool calling. Warnings, since the sandbox (oi exec) works without a model; False when
+    no session could start (the server cannot be reached, or does not serve the model)."""
     from orchestrator.wiring import model_client  # noqa: PLC0415
 
     settings = loaded.settings
@@ -119,7 +126,7 @@ def _doctor_model(loaded: Loaded, report: Report) -> None:
         served = client.list_models()
     except OiError as exc:  # the message already says what to do
         report(False, f"model endpoint: {exc}", fatal=False)
-        return
+        return False
     report(True, f"model endpoint {settings.api_base} answers (serves: {', '.join(served)})")
     if settings.model not in served:
         report(
@@ -128,7 +135,7 @@ def _doctor_model(loaded: Loaded, report: Report) -> None:
             f"use --model / OI_MODEL with one of: {', '.join(served)}",
             fatal=False,
         )
-        return
+        return False
     length = client.model_max_len()
     report(
         True,
@@ -140,13 +147,14 @@ def _doctor_model(loaded: Loaded, report: Report) -> None:
         tools = client.supports_tools()
     except OiError as exc:
         report(False, f"tool calling: could not check ({exc})", fatal=False)
-        return
+        return True
     report(
         tools,
         "tool calling " + ("on" if tools else "off: oi will use markdown code blocks"),
         "start vLLM with --enable-auto-tool-choice --tool-call-parser hermes",
         fatal=False,
     )
+    return True
 
 
 def _doctor_context(loaded: Loaded, length: int, report: Report) -> None:

@@ -445,7 +445,8 @@ def test_doctor_checks_the_model_endpoint(agent_env: dict[str, str]) -> None:
         assert "tool calling off" in proc.stderr and "--enable-auto-tool-choice" in proc.stderr
     proc = run_oi("doctor", env={**agent_env, "OI_API_BASE": "http://127.0.0.1:9/v1"})
     assert "cannot reach the model server" in proc.stderr
-    assert proc.returncode == 0  # the sandbox itself is fine: model problems are warnings
+    assert proc.returncode == 1  # `oi doctor && oi run ...` must not go on
+    assert "the sandbox is ready (oi exec works), but oi run" in proc.stderr
 
 
 def test_chat_resume_continues_a_recorded_session(

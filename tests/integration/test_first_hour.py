@@ -110,7 +110,7 @@ def test_doctor_checks_the_endpoint_and_model_given_as_flags(
 ) -> None:
     env = model_env(tmp_path)  # no OI_API_BASE: only the flags point at the fake
     proc = run_oi("doctor", "--api-base", fake_vllm.base_url, "--model", "nope", env=env)
-    assert proc.returncode == 0, proc.stderr  # model problems are warnings
+    assert proc.returncode == 1, proc.stderr  # no session could start
     assert f"model endpoint {fake_vllm.base_url} answers" in proc.stderr
     assert "warn model nope is not served there" in proc.stderr
     assert f"fix: use --model / OI_MODEL with one of: {fake_vllm.model}" in proc.stderr

@@ -16,6 +16,7 @@ import pytest
 from orchestrator.errors import ImageMissingError, UnknownLanguageError
 from orchestrator.sandbox.runner import Sandbox
 from orchestrator.sandbox.watchdog import MARGIN_S
+from tests.fake_vllm import FakeVllm
 from tests.sandbox_fixtures import OI, SandboxFactory, pid_containers, run_oi
 
 PROGRAMS = {
@@ -390,7 +391,8 @@ def test_every_oi_start_sweeps_orphans(docker_client, workdir: Path) -> None:
 
 
 def test_doctor_reports_a_ready_sandbox() -> None:
-    proc = run_oi("doctor")
+    with FakeVllm() as fake:
+        proc = run_oi("doctor", "--api-base", fake.base_url)
     assert proc.returncode == 0, proc.stderr
     assert "Docker engine" in proc.stderr and "the sandbox is ready" in proc.stderr
 
