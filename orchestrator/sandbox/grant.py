@@ -11,7 +11,9 @@ both runtimes. The grant gives every folder and regular file of the workdir the 
 search/execute where the owner has it). Owners are unchanged, so ``git`` still sees root's
 repository; ``git`` does not track groups or group write. Symlinks are never followed, and
 FIFOs, sockets, devices, setuid/setgid files and files with more than one hard link (the same
-file may have a name outside the workdir) are left alone.
+file may have a name outside the workdir) are left alone, and so is everything another user
+owns (a folder of theirs is not even entered): in a shared folder, root's oi must not open
+another user's files to the blocks.
 
 Files a block creates belong to ``SANDBOX_UID``; root can read and change them as ever.
 Granting is idempotent: a later session finds the workdir granted and changes nothing.
@@ -69,7 +71,7 @@ def granted_mode(mode: int, *, directory: bool) -> int:
 class GrantResult:
     entries: int = 0  # folders and regular files seen
     changed: int = 0  # of them, given the group or its bits now
-    skipped: int = 0  # setuid/setgid files, left as they are
+    skipped: int = 0  # left as they are: setuid/setgid, hard-linked, or another user's
 
 
 def grant_workdir(root: Path, gid: int = SANDBOX_GID) -> GrantResult:
@@ -95,10 +97,18 @@ class _Granter(Descent):
     def __init__(self, gid: int, result: GrantResult) -> None:
         self.gid = gid
         self.result = result
+        self.owner: int | None = None  # the workdir's owner: only their entries are granted
 
     def enter(self, fd: int, path: Path) -> list[str]:
         gid, result = self.gid, self.result
-        _grant(fd, path, gid, result, directory=True)
+        info = os.fstat(fd)
+        if self.owner is None:
+            self.owner = info.st_uid
+        elif info.st_uid not in (self.owner, SANDBOX_UID):
+            result.entries += 1
+            result.skipped += 1  # another user's folder: neither granted nor entered
+            return []
+        _grant(fd, path, gid, result, directory=True, info=info, owner=self.owner)
         folders, files = [], []
         with os.scandir(fd) as entries:
             for entry in entries:
@@ -127,7 +137,15 @@ class _Granter(Descent):
             try:
                 info = os.fstat(file_fd)
                 if stat.S_ISREG(info.st_mode):
-                    _grant(file_fd, path / name, gid, result, directory=False, info=info)
+                    _grant(
+                        file_fd,
+                        path / name,
+                        gid,
+                        result,
+                        directory=False,
+                        info=info,
+                        owner=self.owner,
+                    )
             finally:
                 os.close(file_fd)
         return folders
@@ -151,9 +169,13 @@ def _grant(
     *,
     directory: bool,
     info: os.stat_result | None = None,
+    owner: int | None = None,
 ) -> None:
     info = info or os.fstat(fd)
     result.entries += 1
+    if owner is not None and info.st_uid not in (owner, SANDBOX_UID):
+        result.skipped += 1  # another user's: not root's to open to the blocks
+        return
     if not directory and info.st_mode & _SETID:
         result.skipped += 1  # a change of group would clear the bits: not ours to decide
         return

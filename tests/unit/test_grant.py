@@ -110,3 +110,25 @@ def test_a_tree_deeper_than_path_max_is_granted_to_the_bottom(tmp_path: Path) ->
     finally:
         os.close(fd)
         remove_tree(work)  # pytest's own clean-up recurses
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing another user's file needs root")
+def test_another_users_files_and_folders_are_left_alone(tmp_path: Path) -> None:
+    """In a shared folder (root's oi in /tmp, say), another user's private file must not be
+    opened to the blocks through the group; nor anything in a folder of theirs."""
+    work = tmp_path / "work"
+    (work / "theirs").mkdir(parents=True)
+    mine, private, inside = work / "mine.txt", work / "private.txt", work / "theirs" / "a.txt"
+    for path in (mine, private, inside):
+        path.write_text("x")
+        path.chmod(0o600)
+    os.chown(private, 12345, 12345)
+    os.chown(work / "theirs", 12345, 12345)
+    (work / "theirs").chmod(0o700)
+    before = {p: os.lstat(p) for p in (private, work / "theirs", inside)}
+    result = grant_workdir(work)
+    for path, was in before.items():
+        now = os.lstat(path)
+        assert (now.st_gid, now.st_mode) == (was.st_gid, was.st_mode), path
+    assert os.lstat(mine).st_gid == SANDBOX_GID  # the owner's own file is granted
+    assert result.skipped == 2
