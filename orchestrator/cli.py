@@ -247,6 +247,9 @@ def run_command(
     """
     _preload_wiring()
     with errors():
+        if not task.strip():
+            raise usage('oi run needs a task, e.g. oi run "plot sales.csv by month"')
+        _check_images(images or [])  # before a session (and its record) is opened
         session_id = ""
         try:
             with _open(load_flags(flags, vision=True if images else None)) as opened:
@@ -262,6 +265,14 @@ def run_command(
             if session_id and not as_json:  # also after an error: the record says what happened
                 say(f"session {session_id} (oi sessions show {session_id})", "dim")
         raise typer.Exit(EXIT_FOR_STATUS.get(status, 3))
+
+
+def _check_images(paths: list[Path]) -> None:
+    from orchestrator.vision import image_size, read_user_image  # noqa: PLC0415
+
+    for path in paths:
+        if image_size(read_user_image(path)) is None:
+            raise usage(f"--image {path}: not a PNG, JPEG or WebP image")
 
 
 @app.command("chat")

@@ -467,3 +467,24 @@ def test_sessions_show_gives_the_code_as_edited_not_only_as_proposed() -> None:
     assert "block 1 as edited by you (sha256 bbbbbbbbbbbb)" in seen
     assert "print('as edited')" in seen and "\\x1b[2J" in seen and "\x1b" not in seen
     assert seen.count("as edited by you") == 1  # the first proposal is the message's own
+
+
+def test_an_empty_task_or_a_bad_image_is_bad_usage_before_any_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing is asked, and no record is left behind (it would list as "open" for ever)."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("OI_CONFIG_FILE", str(tmp_path / "none.toml"))
+    monkeypatch.setenv("OI_API_BASE", "http://127.0.0.1:9/v1")
+    (tmp_path / "notes.png").write_text("not an image")
+    for args, words in (
+        (["run", "  "], "oi run needs a task"),
+        (["run", "x", "--image", str(tmp_path / "missing.png")], "No such file"),
+        (["run", "x", "--image", str(tmp_path / "notes.png")], "not a PNG, JPEG or WebP"),
+    ):
+        result = CliRunner().invoke(app, [*args, "--workdir", str(tmp_path)])
+        assert result.exit_code == 2, result.output
+        assert words in result.output
+    assert not (tmp_path / "data" / "oi" / "sessions").exists() or not any(
+        (tmp_path / "data" / "oi" / "sessions").iterdir()
+    )
