@@ -112,9 +112,14 @@ def chat_command(session: Session, text: str) -> None:
     elif command == "%auto" and argument in ("on", "off"):
         session.auto_run = argument == "on"
         err_console.print(f"auto-run {argument}")
+    elif command == "%auto":
+        err_console.print("%auto takes on or off (%auto on: run blocks without asking)")
     elif command == "%save":
         from orchestrator.transcript import save_markdown  # noqa: PLC0415
 
+        if not any(m.get("role") != "system" for m in session.messages):
+            plain("nothing to save yet: the conversation is empty")
+            return
         name = argument or f"oi-chat-{_session_name(session)}.md"
         with errors_in_chat():
             path = save_markdown(session.messages, Path(name))
@@ -123,7 +128,9 @@ def chat_command(session: Session, text: str) -> None:
         from orchestrator.instruction_view import show_instructions  # noqa: PLC0415
 
         show_instructions(session.instructions, err_console)
-    elif command == "%image" and argument:
+    elif command == "%image" and not argument:
+        err_console.print("%image takes a file: %image chart.png", markup=False)
+    elif command == "%image":
         with errors_in_chat():
             plain(f"with your next message: {session.images.queue(Path(argument)).describe()}")
     elif command == "%help":

@@ -308,10 +308,11 @@ def chat_command(
                 f"{settings.workdir} · session {opened.session_id}"
             )
             if resume:
-                told = sum(m.get("role") == "user" for m in opened.session.messages)
+                kept = [m for m in opened.session.messages if m.get("role") != "system"]
+                told = sum(m.get("role") == "user" for m in kept)
                 plain(
-                    f"resumed: {len(opened.session.messages)} message(s) so far, {told} of them "
-                    "yours or block results; the model remembers them (%tokens counts from now)"
+                    f"resumed: {len(kept)} message(s) so far, {told} of them yours or block "
+                    "results; the model remembers them (%tokens counts from now)"
                 )
             plain("type a task, %help for commands, Ctrl-D to leave")
             session = opened.session

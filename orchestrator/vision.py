@@ -154,14 +154,14 @@ def read_user_image(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
     try:
         fd = os.open(path, O_READ & ~os.O_NOFOLLOW)
     except OSError as exc:
-        raise ConfigError(f"--image {path}: {exc.strerror}") from None
+        raise ConfigError(f"image {path}: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as fh:
         info = os.fstat(fh.fileno())
         if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"--image {path}: not a regular file")
+            raise ConfigError(f"image {path}: not a regular file")
         if info.st_size > limit:
             raise ConfigError(
-                f"--image {path} is {format_size(info.st_size)}, more than the "
+                f"image {path} is {format_size(info.st_size)}, more than the "
                 f"{format_size(limit)} oi sends; make it smaller"
             )
         return fh.read(limit + 1)[:limit]
@@ -460,10 +460,13 @@ class SessionImages:
     def queue(self, path: Path) -> ImagePart:
         """A person's image for their next message (``--image``, ``%image``)."""
         if not self.enabled:
-            raise ConfigError(f"--image {path}: images go to the model only with --vision")
+            raise ConfigError(
+                f"image {path}: images go to the model only with --vision (oi run --vision, "
+                "oi chat --vision)"
+            )
         prepared = prepare(path.name, read_user_image(path), self.shrink)
         if isinstance(prepared, str):
-            raise ConfigError(f"--image {path}: {prepared.split(': ', 1)[1]}")
+            raise ConfigError(f"image {path}: {prepared.split(': ', 1)[1]}")
         self._queued.append(prepared)
         return prepared
 

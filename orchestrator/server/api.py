@@ -309,5 +309,5 @@ def _queue_copy(images: SessionImages, name: str, data: bytes) -> None:
         try:
             images.queue(copy)
         except ConfigError as exc:
-            reason = str(exc).removeprefix(f"--image {copy}: ")
+            reason = str(exc).removeprefix(f"image {copy}: ")
             raise RequestError(f"{name!r} is not sent: {reason}") from None

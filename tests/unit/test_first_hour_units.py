@@ -488,3 +488,25 @@ def test_an_empty_task_or_a_bad_image_is_bad_usage_before_any_session(
     assert not (tmp_path / "data" / "oi" / "sessions").exists() or not any(
         (tmp_path / "data" / "oi" / "sessions").iterdir()
     )
+
+
+def test_chat_commands_with_a_wrong_or_missing_argument_say_what_they_take(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.chat import chat_command
+
+    monkeypatch.chdir(tmp_path)
+    session = Session(
+        model=ScriptedModel(),
+        runner=FakeRunner(workdir=tmp_path),
+        settings=Settings(workdir=tmp_path),
+    )
+    chat_command(session, "%auto maybe")
+    chat_command(session, "%image")
+    chat_command(session, "%save")
+    chat_command(session, "%image chart.png")
+    err = capsys.readouterr().err
+    assert "%auto takes on or off" in err and "unknown command" not in err
+    assert "%image takes a file" in err
+    assert "nothing to save yet" in err and not list(tmp_path.glob("oi-chat-*.md"))
+    assert "oi chat --vision" in err and "--image" not in err
