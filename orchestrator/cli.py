@@ -204,7 +204,7 @@ def _drive_terminal(events: SessionEvents, renderer: Any, render: Any = None) ->
         return drive(
             events,
             render=render or renderer.render,
-            approve=InteractiveApprover().decide,
+            approve=InteractiveApprover(eof="quit").decide,
             on_interrupt=interrupted,
         )
     except BaseException:

@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from markdown_it import MarkdownIt
 from rich.console import Console, Group, RenderableType
@@ -372,12 +372,21 @@ _MARKDOWN_PARSER = MarkdownIt("commonmark", {"html": False}).enable("strikethrou
 
 
 class InteractiveApprover:
-    """Asks the person. With a terminal: a prompt; without one, one answer per stdin line
-    (EOF means no). Edit opens $EDITOR on a temporary copy; the edited code is shown again."""
+    """Asks the person. With a terminal: a prompt; without one, one answer per stdin line.
+    The end of input is no (``eof="decline"``), or, for ``oi run`` and ``oi chat``, a stop
+    (``eof="quit"``: nobody is left to answer, and a CI job that forgot -y must not look green).
+    Edit opens $EDITOR on a temporary copy; the edited code is shown again."""
 
-    def __init__(self, console: Console | None = None, stdin: IO[str] | None = None) -> None:
+    def __init__(
+        self,
+        console: Console | None = None,
+        stdin: IO[str] | None = None,
+        *,
+        eof: Literal["decline", "quit"] = "decline",
+    ) -> None:
         self.console = console or Console(stderr=True, highlight=False)
         self.stdin = stdin or sys.stdin
+        self.eof = eof
 
     def _say(self, message: str, style: str = "") -> None:
         self.console.print(Text(message, style=style))
@@ -387,13 +396,18 @@ class InteractiveApprover:
         self.console.file.flush()
         line = self.stdin.readline()
         if line == "":
-            self._say("(no answer: declined)")
+            if self.eof == "quit":
+                self._say("(no answer: the input ended; stopping - -y runs blocks without asking)")
+            else:
+                self._say("(no answer: declined)")
             return None
         return line
 
     def decide(self, proposal: CodeProposed) -> Approval:
         while True:
             answer = self._ask()
+            if answer is None and self.eof == "quit":
+                return Approval("quit", reason="no answer: the input ended (no -y)")
             kind = parse_answer(answer)
             if kind is None:
                 self._say(

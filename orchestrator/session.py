@@ -116,6 +116,7 @@ class Session:
         self.messages: list[dict[str, Any]] = []
         self.totals = Totals()
         self.interrupt_reason = "interrupted by the user (Ctrl-C)"  # an adapter may say why
+        self._quit_reason = "the user quit"
         self._interrupted_again = False
         self._whole = {"stdout": Kept(), "stderr": Kept()}
         self._max_model_len: int | None = None
@@ -305,7 +306,7 @@ class Session:
         if interrupted:
             return "interrupted", self.interrupt_reason
         if quit_now:
-            return "quit", "the user quit"
+            return "quit", self._quit_reason
         if stop_guard:
             return "loop_guard", (
                 f"the same block failed the same way {LOOP_GUARD_REPEATS} times in a row; "
@@ -522,7 +523,8 @@ class Session:
                 yield from self._emit(Decision(index, "declined", sha, "user", answer.reason))
                 return Outcome(format_result_for_model(exit_code=None, declined=True))
             if answer.kind == "quit":
-                yield from self._emit(Decision(index, "quit", sha, "user"))
+                yield from self._emit(Decision(index, "quit", sha, "user", answer.reason))
+                self._quit_reason = answer.reason or "the user quit"
                 return Outcome(NOT_RUN_STOPPED, quit=True)
             if answer.sha256 is not None and answer.sha256 != sha:
                 # An asynchronous client approved other code than this: never run that.

@@ -210,13 +210,16 @@ def test_declined_block_is_reported_and_not_run(
     assert "Run it?" in proc.stderr
 
 
-def test_eof_on_stdin_means_no(
+def test_eof_on_stdin_stops_and_runs_nothing(
     workdir: Path, fake_vllm: FakeVllm, agent_env: dict[str, str]
 ) -> None:
+    """Nobody is left to answer: oi stops (exit 3), so a CI job that forgot -y is not green."""
     fake_vllm.script(Reply(text=fence("sh", "touch nope")), Reply(text="Fine."))
     proc = oi_run(workdir, agent_env, "make a file", stdin="")
-    assert proc.returncode == 0
+    assert proc.returncode == 3, proc.stderr
     assert not (workdir / "nope").exists()
+    assert "the input ended" in proc.stderr and "-y runs blocks without asking" in proc.stderr
+    assert len(fake_vllm.chat_requests) == 1  # the model is not asked to go on
 
 
 def test_always_then_runs_without_asking(
