@@ -425,9 +425,14 @@ class InteractiveApprover:
                         "yellow",
                     )
                     continue
-                edited = edit_in_editor(proposal.code, proposal.language, editor)
+                edited, why = edit_failure(proposal.code, proposal.language, editor)
                 if edited is None:
-                    self._say("editor failed or was cancelled; block unchanged", "yellow")
+                    self._say(f"{why}; block unchanged", "yellow")
+                    continue
+                if not edited.strip():
+                    self._say(
+                        "the edited block is empty; block unchanged (n declines it)", "yellow"
+                    )
                     continue
                 return Approval("edit", edited)
             if kind == "always":
@@ -458,22 +463,41 @@ def find_editor() -> str | None:
 
 
 def edit_in_editor(code: str, language: str, editor: str | None = None) -> str | None:
-    """Open the editor on a private temporary file; return its content, None on failure. The
-    file ends with a newline, so an editor that appends to the last line cannot glue two."""
-    editor = editor or find_editor() or "vi"
+    """Open the editor on a private temporary file; return its content, None on failure (see
+    ``edit_failure`` for why). The file ends with a newline, so an editor that appends to the
+    last line cannot glue two."""
+    result = _edit(code, language, editor or find_editor() or "vi")
+    return result if not isinstance(result, _Failed) else None
+
+
+class _Failed(str):
+    """Why an edit failed (a string that is not the edited code)."""
+
+
+def edit_failure(code: str, language: str, editor: str) -> tuple[str | None, str]:
+    """``(edited code, "")``, or ``(None, why it failed)`` in words naming the editor."""
+    result = _edit(code, language, editor)
+    return (None, str(result)) if isinstance(result, _Failed) else (result, "")
+
+
+def _edit(code: str, language: str, editor: str) -> str:
     suffix = Path(LANGUAGES[Language(language)].filename).suffix
     fd, name = tempfile.mkstemp(prefix="oi-edit-", suffix=suffix)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(code if code.endswith("\n") else code + "\n")
-        proc = subprocess.run([*shlex.split(editor), name], check=False)
+        try:
+            proc = subprocess.run([*shlex.split(editor), name], check=False)
+        except (OSError, ValueError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            return _Failed(f"the editor {editor!r} could not start ({why})")
         if proc.returncode != 0:
-            return None
+            return _Failed(f"the editor {editor!r} exited with code {proc.returncode}")
         # Read once: this string is what is shown, hashed and run; later changes to the file
         # cannot reach the sandbox.
         return Path(name).read_text(encoding="utf-8")
-    except OSError:
-        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        return _Failed(f"the edited file could not be read back ({exc})")
     finally:
         Path(name).unlink(missing_ok=True)
 

@@ -321,6 +321,26 @@ def test_an_editor_that_appends_a_line_gives_two_lines(tmp_path: Path) -> None:
     assert edit_in_editor("print(1)", "python", str(editor)) == "print(1)\nprint(2)\n"
 
 
+def test_an_editor_that_fails_or_empties_the_block_is_named_and_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emptier = tmp_path / "emptier"
+    emptier.write_text('#!/bin/sh\n: > "$1"\n')
+    emptier.chmod(0o755)
+    proposal = CodeProposed(1, "python", "print(1)\n", "ab" * 32, box(), "markdown", True)
+    for editor, words in (
+        ("/bin/false", "the editor '/bin/false' exited with code 1"),
+        ("code-not-installed --wait", "the editor 'code-not-installed --wait' could not start"),
+        (str(emptier), "the edited block is empty; block unchanged"),
+    ):
+        monkeypatch.setenv("EDITOR", editor)
+        monkeypatch.delenv("VISUAL", raising=False)
+        console, buffer = terminal()
+        approver = InteractiveApprover(console, io.StringIO("e\nn\n"))
+        assert approver.decide(proposal).kind == "decline"  # nothing edited ran
+        assert words in buffer.getvalue(), buffer.getvalue()
+
+
 def test_with_no_editor_anywhere_e_says_how_to_set_one(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VISUAL", raising=False)
     monkeypatch.delenv("EDITOR", raising=False)
