@@ -243,7 +243,7 @@ def run_command(
       oi run -y --allow-host pypi "install tabulate and print data.csv as a table"
 
     Exit codes: 0 finished, 1 model or Docker unreachable, 2 bad usage or config,
-    3 stopped (max turns, you quit, the loop guard, Ctrl-C).
+    3 stopped (max turns, you quit, the loop guard, Ctrl-C, SIGTERM/SIGHUP, input ended).
     """
     _preload_wiring()
     with errors():

@@ -98,7 +98,7 @@ def doctor(*, flags: SettingFlags) -> None:
 
 
 def _doctor_disk(root: str, report: Report) -> None:
-    from orchestrator.units import format_size  # noqa: PLC0415
+    from orchestrator.units import format_amount  # noqa: PLC0415
 
     try:
         free = shutil.disk_usage(root).free
@@ -107,7 +107,7 @@ def _doctor_disk(root: str, report: Report) -> None:
         return
     report(
         free > 2 * 1024**3,
-        f"free disk at {root}: {format_size(free)}",
+        f"free disk at {root}: {format_amount(free)}",
         "free space: docker system prune, or remove stale images (oi images build --prune)",
         fatal=free < 512 * 1024**2,
     )

@@ -187,7 +187,7 @@ VisionOpt = Annotated[
     bool | None,
     typer.Option(
         "--vision",
-        help="Send images blocks make (and --image files) to the model (a vision model).",
+        help="Send images blocks make (and those you add: --image, %image) to a vision model.",
     ),
 ]
 NoPoolOpt = Annotated[

@@ -194,9 +194,18 @@ def _run_server(
 def users_add(
     name: Annotated[str, typer.Argument(help="User name (a-z, 0-9, - and _).")],
     users_file: UsersFileOpt = None,
-    max_sessions: Annotated[int | None, typer.Option("--max-sessions")] = None,
-    max_blocks: Annotated[int | None, typer.Option("--max-blocks")] = None,
-    max_upload: Annotated[str | None, typer.Option("--max-upload")] = None,
+    max_sessions: Annotated[
+        int | None,
+        typer.Option("--max-sessions", help="Sessions this user may hold open (else the server's)"),
+    ] = None,
+    max_blocks: Annotated[
+        int | None,
+        typer.Option("--max-blocks", help="Blocks this user may run at once (else the server's)."),
+    ] = None,
+    max_upload: Annotated[
+        str | None,
+        typer.Option("--max-upload", help="Largest upload per file, e.g. 50m (else the server's)."),
+    ] = None,
 ) -> None:
     """Add a user (or give them a new token): prints the token once; only its hash is kept.
 
