@@ -92,16 +92,7 @@ class FakeRunner:
         self.warmed.append(language)
 
     def describe(self, language: Language) -> SandboxDescription:
-        return SandboxDescription(
-            image=f"fake-{language.value}",
-            memory="1 GiB",
-            cpus=1.0,
-            pids=256,
-            timeout_s=60.0,
-            network="none",
-            isolation="runc",
-            workdir=str(self.workdir),
-        )
+        return description(str(self.workdir), image=f"fake-{language.value}")
 
     def run(
         self,
@@ -144,3 +135,17 @@ class FakeRunner:
         self.cancelled += 1
         if self.block is not None:
             self.block.set()
+
+
+def description(workdir: str, image: str = "oi-sandbox-python:3f9a1c2b7d4e") -> SandboxDescription:
+    """The sandbox an approval screen shows, with oi's default limits."""
+    return SandboxDescription(
+        image=image,
+        memory="1 GiB",
+        cpus=1.0,
+        pids=256,
+        timeout_s=60.0,
+        network="none",
+        isolation="runc",
+        workdir=workdir,
+    )

@@ -494,6 +494,8 @@ class Sandbox:
                 self._running.discard(live.id)
                 cancelled = live.id in self._cancelled
                 self._cancelled.discard(live.id)
+                if live.ended and not cancelled and self.config.runtime is not None:
+                    self._settling.add(live.id)  # see _remove
             with contextlib.suppress(OSError):
                 live.sock.close()
             if frozen:
@@ -508,9 +510,6 @@ class Sandbox:
                 if live.ended and not cancelled:
                     # Nothing of the block runs any more: remove off the hot path, but always
                     # (close() and interpreter exit wait for it).
-                    if self.config.runtime is not None:
-                        with self._running_lock:
-                            self._settling.add(live.id)
                     self._reaper.remove(live.id)
                 else:  # timed out, cancelled or interrupted: gone before run() returns
                     remove_container(self._api, live.id)
@@ -528,16 +527,13 @@ class Sandbox:
             return live.id in self._cancelled
 
     def _remove(self, container_id: str) -> None:
-        """The reaper's removal. The container may be exiting on its own at this very moment,
-        which the engine can refuse for a short while: try again before giving up (to the
-        sweep). Under gVisor, a container whose block ended is first let exit by itself (it
-        does within ~0.2 s): a forced removal landing while its sandbox exits left Docker 20.10
-        waiting ~30 s for the exit (measured: one in two removals after a 200-process block)."""
+        """The reaper's removal, retried. A gVisor block that ended exits first (~0.2 s): forced
+        mid-exit, Docker 20.10 waited ~30 s for it (one in two after a 200-process block)."""
         with self._running_lock:
             settling = container_id in self._settling
             self._settling.discard(container_id)
-        if settling:
-            with contextlib.suppress(Exception):  # still running after 2 s: removed by force
+        with contextlib.suppress(Exception):  # still running after 2 s: removed by force
+            if settling:
                 self._api.wait(container_id, timeout=2)
         for pause in (0.1, 0.5, 2.0):
             try:

@@ -47,7 +47,7 @@ from orchestrator.session import Session
 from orchestrator.settings import Settings, shown_value
 from orchestrator.transcript import Transcript
 from tests.fake_vllm import ErrorReply, FakeVllm, Reply
-from tests.fakes import FakeRunner, Say, ScriptedModel
+from tests.fakes import FakeRunner, Say, ScriptedModel, description
 
 # --- helpers ------------------------------------------------------------------------------------
 
@@ -88,16 +88,7 @@ def terminal() -> tuple[Console, io.StringIO]:
 
 
 def box(workdir: str = "/home/dev/project") -> SandboxDescription:
-    return SandboxDescription(
-        image="oi-sandbox-python:3f9a1c2b7d4e",
-        memory="1 GiB",
-        cpus=1.0,
-        pids=256,
-        timeout_s=60.0,
-        network="none",
-        isolation="runc",
-        workdir=workdir,
-    )
+    return description(workdir)
 
 
 def spinners_running() -> list[threading.Thread]:
