@@ -144,6 +144,27 @@ def raw_controls_in(text: str) -> list[str]:
 QUOTA_POLICY = "max_concurrent_per_user = 2\nmax_concurrent_total = 8\n"  # oi then takes a lock
 
 
+def _checkout_in_tmp() -> Path | None:
+    """Where this checkout (and its venv, whose ``oi`` the tests run) is below /tmp, if it is:
+    a clone in /tmp must stay visible under the private /tmp mounted over it."""
+    checkout = Path(OI).resolve().parents[2]
+    return checkout.relative_to("/tmp") if checkout.is_relative_to("/tmp") else None
+
+
+def _private_tmp_setup(private_tmp: Path) -> str:
+    """Shell lines mounting ``private_tmp`` over /tmp (the checkout bound back in, if it is
+    below /tmp)."""
+    inside = _checkout_in_tmp()
+    if inside is None:
+        return f"mount --bind {shlex.quote(str(private_tmp))} /tmp"
+    checkout, again = Path("/tmp") / inside, private_tmp / inside
+    return (
+        f"mkdir -p {shlex.quote(str(again))} && "
+        f"mount --bind {shlex.quote(str(checkout))} {shlex.quote(str(again))} && "
+        f"mount --rbind {shlex.quote(str(private_tmp))} /tmp"
+    )
+
+
 @NEEDS_ROOT
 @pytest.mark.parametrize("network", ["none", "allowlist"])
 def test_links_planted_in_tmp_make_no_folder_world_writable(
@@ -168,7 +189,7 @@ def test_links_planted_in_tmp_make_no_folder_world_writable(
     as_user(other_user, "mkdir", "-p", str(private_tmp / "runs"))
     for name in ("egress-None", "quota.lock", "egress.lock"):
         as_user(other_user, "ln", "-s", str(victim), str(private_tmp / "runs" / name))
-    setup = f"mount --bind {shlex.quote(str(private_tmp))} /tmp"
+    setup, planted = _private_tmp_setup(private_tmp), ["oi-0", "oi-run", "runs"]
     args = ["exec", "sh"]
     if network == "allowlist":
         args += ["--allow-host", f"oi-attack-{uuid.uuid4().hex[:10]}.invalid"]  # never resolved
@@ -176,8 +197,8 @@ def test_links_planted_in_tmp_make_no_folder_world_writable(
     proc = run_oi_in_namespace(setup, *args, env=env, cwd=work, stdin="echo ran\n")
     assert proc.returncode == 0 and "ran" in proc.stdout, proc.stderr
     assert_untouched(victim)
-    planted = ["oi-0", "oi-run", "runs"]
-    assert sorted(p.name for p in private_tmp.iterdir()) == planted, "oi used the shared /tmp"
+    planted += [_checkout_in_tmp().parts[0]] if _checkout_in_tmp() else []
+    assert sorted(p.name for p in private_tmp.iterdir()) == sorted(planted), "oi used /tmp"
     run = Path("/run/oi")
     info = run.lstat()  # positive control: the quota lock is taken, in root's own folder
     assert stat.S_ISDIR(info.st_mode) and info.st_uid == 0 and mode_of(run) == 0o755
