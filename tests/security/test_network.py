@@ -318,15 +318,20 @@ def test_42_the_docker_host_is_unreachable_from_an_allowlist_sandbox(
     assert result.stdout.count("unreachable") == len(hosts), result
 
 
-SERVE_ONCE = (
-    "import socket\n"
+SERVE_ONCE = (  # listens until someone comes, the test says it is done, or 30 s pass
+    "import os, socket, time\n"
     "s = socket.create_server(('0.0.0.0', 8080))\n"
     "print(socket.gethostbyname(socket.gethostname()), flush=True)\n"
-    "s.settimeout(20)\n"
-    "try:\n"
-    "    s.accept()\n"
-    "    print('SOMEONE CONNECTED')\n"
-    "except OSError:\n"
+    "s.settimeout(0.2)\n"
+    "end = time.monotonic() + 30\n"
+    "while time.monotonic() < end and not os.path.exists('/workspace/probe-done'):\n"
+    "    try:\n"
+    "        s.accept()\n"
+    "        print('SOMEONE CONNECTED')\n"
+    "        break\n"
+    "    except OSError:\n"
+    "        pass\n"
+    "else:\n"
     "    print('nobody came')\n"
 )
 
@@ -376,12 +381,14 @@ def test_42_two_sessions_with_the_same_allowlist_cannot_reach_each_other(
         )
         assert network_of(first) != network_of(second)
     finally:
+        (workdir / "probe-done").touch()  # the listener may stop now
         server.join(60)
         second.close()
         remove_session(docker_client, second.session_id)
         first.close()
     assert f"{address[0]} unreachable" in result.stdout, result
     assert "proxy said no 403" in result.stdout, result
+    assert results and "nobody came" in results[0].stdout, results  # nothing reached it
     assert results and "nobody came" in results[0].stdout, results
 
 
