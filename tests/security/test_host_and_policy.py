@@ -65,6 +65,8 @@ def test_27_users_cannot_reach_each_others_workdir_or_processes(
         path.chmod(0o700)
     (alice_dir / "diary.txt").write_text("alice's secret")
     os.chown(alice_dir / "diary.txt", 2001, 2001)
+    (bob_dir / "notes.txt").write_text("bob's own secret")  # the search's positive control
+    os.chown(bob_dir / "notes.txt", 2002, 2002)
     alice, bob = make_sandbox(workdir=alice_dir), make_sandbox(workdir=bob_dir)
     results: dict[str, object] = {}
     started = threading.Event()
@@ -77,14 +79,19 @@ def test_27_users_cannot_reach_each_others_workdir_or_processes(
     worker = threading.Thread(target=run_alice)
     worker.start()
     assert started.wait(30)
+    # Every filesystem mounted into bob's sandbox is searched (the image's own root cannot hold
+    # what alice wrote after it was built): the whole of each, not a guess of paths.
     bob_result = bob.run(
         "sh",
-        f"id -u; cat {alice_dir}/diary.txt 2>&1; grep -r secret / --exclude-dir=proc "
-        "--exclude-dir=sys 2>/dev/null; kill -9 -1 2>&1; ps -eo user,args | grep -c sleep; true",
+        f"id -u; cat {alice_dir}/diary.txt 2>&1; "
+        'for m in $(awk \'$2 != "/" && $2 !~ "^/(proc|sys|dev)" {print $2}\' /proc/mounts); '
+        'do echo "SEARCHED $m"; grep -rs secret "$m"; done; '
+        "kill -9 -1 2>&1; ps -eo user,args | grep -c sleep; true",
     )
     worker.join(60)
     alice_result = results["alice"]
     assert "alice's secret" not in bob_result.stdout
+    assert "SEARCHED /workspace" in bob_result.stdout and "bob's own secret" in bob_result.stdout
     assert bob_result.stdout.splitlines()[0] == "2002"
     assert "alice-survived" in alice_result.stdout  # type: ignore[attr-defined]
 
