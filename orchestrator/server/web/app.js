@@ -316,14 +316,8 @@ function proposed(ev) {
   state.card = card;
   if (ev.awaits_approval) {
     state.pending = ev;
-    const approve = el("button", "primary", "Approve (a)");
-    const edit = el("button", "", "Edit (e)");
-    const deny = el("button", "danger", "Deny (d)");
-    approve.addEventListener("click", () => answer("approve"));
-    edit.addEventListener("click", () => startEdit(card, ev));
-    deny.addEventListener("click", () => answer("deny"));
-    actions.append(approve, edit, deny);
-    approve.focus();
+    proposedButtons(card, ev);
+    actions.querySelector("button.primary").focus();
   }
   scrollDown();
 }
